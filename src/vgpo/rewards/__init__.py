@@ -1,0 +1,100 @@
+"""Reward protocol and registry.
+
+Every reward is a callable ``reward(images, prompts, metadata) -> (B,) float32 tensor`` with images
+(B, 3, H, W) float in [0, 1]. Configs name rewards by string; several can be weighted::
+
+    r = vgpo.rewards.build("geneval-shapes")
+    r = vgpo.rewards.build({"geneval-shapes": 1.0, "brightness": 0.1})
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from vgpo.errors import VgpoError
+
+
+@runtime_checkable
+class Reward(Protocol):
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor: ...
+
+
+_FACTORIES: dict[str, Callable[..., Reward]] = {}
+# Rewards whose module is imported on first use (heavy dependencies stay optional).
+_LAZY: dict[str, str] = {
+    "geneval-shapes": "vgpo.worlds.shapes.reward",
+    "geneval-shapes-strict": "vgpo.worlds.shapes.reward",
+    "ocr": "vgpo.rewards.ocr",
+    "pickscore": "vgpo.rewards.hf",
+    "clipscore": "vgpo.rewards.hf",
+    "aesthetic": "vgpo.rewards.hf",
+    "geneval-remote": "vgpo.rewards.geneval_client",
+}
+
+
+def register(name: str) -> Callable[[Callable[..., Reward]], Callable[..., Reward]]:
+    """Decorator registering a reward factory under ``name``."""
+
+    def deco(factory: Callable[..., Reward]) -> Callable[..., Reward]:
+        _FACTORIES[name] = factory
+        return factory
+
+    return deco
+
+
+def available() -> list[str]:
+    return sorted(set(_FACTORIES) | set(_LAZY))
+
+
+def _factory(name: str) -> Callable[..., Reward]:
+    if name not in _FACTORIES and name in _LAZY:
+        importlib.import_module(_LAZY[name])
+    if name not in _FACTORIES:
+        raise VgpoError(f"unknown reward '{name}'; expected one of: {', '.join(available())}")
+    return _FACTORIES[name]
+
+
+class WeightedReward:
+    """Sum of weighted rewards; ``last_components`` keeps each one's raw values for logging."""
+
+    def __init__(self, rewards: Mapping[str, Reward], weights: Mapping[str, float]):
+        self.rewards = dict(rewards)
+        self.weights = dict(weights)
+        self.last_components: dict[str, torch.Tensor] = {}
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
+        total = torch.zeros(images.shape[0], dtype=torch.float32)
+        self.last_components = {}
+        for name, reward in self.rewards.items():
+            value = reward(images, prompts, metadata).float().cpu()
+            self.last_components[name] = value
+            total = total + self.weights[name] * value
+        return total
+
+
+def build(spec: str | Mapping[str, Any], **kwargs: Any) -> Reward:
+    """Build a reward from a name, or a ``{name: weight}`` / ``{name: {"weight": w, **options}}`` map."""
+    if isinstance(spec, str):
+        return _factory(spec)(**kwargs)
+    if not isinstance(spec, Mapping) or not spec:
+        raise VgpoError(f"reward: expected a name or a non-empty {{name: weight}} map, got {spec!r}")
+    rewards, weights = {}, {}
+    for name, value in spec.items():
+        options = dict(value) if isinstance(value, Mapping) else {"weight": value}
+        weight = options.pop("weight", 1.0)
+        if not isinstance(weight, (int, float)):
+            raise VgpoError(f"reward.{name}.weight: expected a number, got {weight!r}")
+        rewards[name] = _factory(name)(**options, **kwargs)
+        weights[name] = float(weight)
+    return WeightedReward(rewards, weights)
+
+
+@register("brightness")
+class BrightnessReward:
+    """Mean pixel value in [0, 1]: a trivial reward for invariant tests and smoke runs."""
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
+        return images.float().clamp(0, 1).mean(dim=(1, 2, 3)).cpu()

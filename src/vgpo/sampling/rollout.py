@@ -1,0 +1,88 @@
+"""Run a model over a schedule with SDE or ODE steps and classifier-free guidance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vgpo.models.protocol import Condition, FlowModel, cat_conditions
+from vgpo.sampling.step import predict_x0, sde_step
+
+
+@dataclass
+class Trajectory:
+    """A batch of sampled trajectories.
+
+    sigmas: (T+1,) the schedule, descending to 0.
+    states: (B, T+1, *latent) x_0 .. x_T, states[:, 0] the initial noise, states[:, -1] the sample.
+    log_probs: (B, T) log-prob of the step i transition (0 for deterministic steps).
+    x0_hat: (B, T, *latent) one-step projections predict_x0(states[:, i], v_i, sigmas[i]) with the
+        guided velocity v_i the rollout used at step i (trainers never re-run the model for them).
+    """
+
+    sigmas: torch.Tensor
+    states: torch.Tensor
+    log_probs: torch.Tensor
+    x0_hat: torch.Tensor
+
+    @property
+    def final(self) -> torch.Tensor:
+        return self.states[:, -1]
+
+    @property
+    def num_steps(self) -> int:
+        return self.log_probs.shape[1]
+
+
+def guided_velocity(
+    model: FlowModel,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    cond: Condition,
+    uncond: Condition | None,
+    guidance_scale: float,
+) -> torch.Tensor:
+    """v_uncond + g*(v_cond - v_uncond), with cond and uncond in one batch; plain v(cond) when
+    ``uncond`` is None or g == 1."""
+    sigma_b = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
+    if uncond is None or guidance_scale == 1.0:
+        return model.velocity(x, sigma_b, cond)
+    v = model.velocity(torch.cat([x, x]), torch.cat([sigma_b, sigma_b]), cat_conditions(cond, uncond))
+    v_cond, v_uncond = v.float().chunk(2)
+    return (v_uncond + guidance_scale * (v_cond - v_uncond)).to(x.dtype)
+
+
+@torch.no_grad()
+def rollout(
+    model: FlowModel,
+    cond: Condition,
+    uncond: Condition | None,
+    sigmas: torch.Tensor,
+    noise_level: float,
+    guidance_scale: float,
+    generator: torch.Generator | None = None,
+    x_init: torch.Tensor | None = None,
+) -> Trajectory:
+    """Sample len(sigmas)-1 steps from noise. ``noise_level`` 0 is the Euler ODE (evaluation);
+    > 0 is Flow-GRPO's SDE (training rollouts)."""
+    batch = next(iter(cond.values())).shape[0]
+    device = model.device
+    sigmas = sigmas.to(device)
+    if x_init is None:
+        x_init = torch.randn((batch, *model.latent_shape), generator=generator, device=device)
+    x = x_init
+    states, log_probs, x0_hats = [x], [], []
+    for i in range(len(sigmas) - 1):
+        v = guided_velocity(model, x, sigmas[i], cond, uncond, guidance_scale)
+        x0_hats.append(predict_x0(x, v, sigmas[i]))
+        out = sde_step(x, v, sigmas, i, noise_level, generator=generator)
+        x = out.prev_sample
+        states.append(x)
+        log_probs.append(out.log_prob)
+    return Trajectory(
+        sigmas=sigmas,
+        states=torch.stack(states, dim=1),
+        log_probs=torch.stack(log_probs, dim=1),
+        x0_hat=torch.stack(x0_hats, dim=1),
+    )

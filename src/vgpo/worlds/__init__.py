@@ -1,0 +1,53 @@
+"""Worlds: a prompt set, a renderer of ground-truth images, a reward and an evaluation table.
+
+The trainer and the pretrainer only see the ``World`` interface; registered worlds are
+``shapes`` (GenEval-style compositions) and ``text`` (OCR-judged text rendering).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from vgpo.errors import VgpoError
+
+
+@dataclass(frozen=True)
+class World:
+    """Everything a world provides.
+
+    name: registry name.
+    image_size: (H, W) of renders and of the tiny model's canvas.
+    train_file / test_file: prompt files shipped in the package.
+    load_prompts(path) -> list of metadata dicts, each with at least "prompt"; raises VgpoError naming
+        the file and line on malformed input.
+    render(metadata, seed) -> (3, H, W) float32 in [0, 1], an image that satisfies the metadata.
+    reward: default reward name for ``vgpo.rewards.build``.
+    evaluate(images, metadata) -> dict of metrics (flat, JSON-serialisable; keys like "overall/strict").
+    format_table(metrics) -> str, the printable table (GenEval-style for shapes).
+    vocabulary() -> words and characters the tiny model's tokenizer must know.
+    """
+
+    name: str
+    image_size: tuple[int, int]
+    train_file: Path
+    test_file: Path
+    load_prompts: Callable[[Path], list[dict]]
+    render: Callable[[dict, int], torch.Tensor]
+    reward: str
+    evaluate: Callable[[torch.Tensor, Sequence[dict]], dict]
+    format_table: Callable[[dict], str]
+    vocabulary: Callable[[], list[str]]
+
+
+_WORLD_MODULES = {"shapes": "vgpo.worlds.shapes", "text": "vgpo.worlds.text"}
+
+
+def get_world(name: str) -> World:
+    if name not in _WORLD_MODULES:
+        raise VgpoError(f"unknown world '{name}'; expected one of: {', '.join(sorted(_WORLD_MODULES))}")
+    return importlib.import_module(_WORLD_MODULES[name]).WORLD
