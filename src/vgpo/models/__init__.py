@@ -3,3 +3,27 @@
 from vgpo.models.protocol import Condition, FlowModel, cat_conditions, index_condition
 
 __all__ = ["Condition", "FlowModel", "cat_conditions", "index_condition"]
+
+
+def load_model(kind: str, checkpoint: str, options: dict | None = None, device: str = "cpu") -> FlowModel:
+    """Build a model adapter by name: ``tiny`` (a folder written by ``vgpo pretrain``), ``sd3`` or
+    ``flux`` (a diffusers folder or hub id; needs the ``real`` extra)."""
+    from vgpo.errors import VgpoError
+
+    options = dict(options or {})
+    if kind == "tiny":
+        from vgpo.models.tiny import TinyFlowModel
+
+        if options:
+            raise VgpoError(f"model_options: the tiny model takes none, got {sorted(options)}")
+        return TinyFlowModel.load(checkpoint, device=device)
+    if kind in ("sd3", "flux"):
+        try:
+            if kind == "sd3":
+                from vgpo.models.sd3 import SD3FlowModel as adapter
+            else:
+                from vgpo.models.flux import FluxFlowModel as adapter
+        except ImportError as err:
+            raise VgpoError(f"model: '{kind}' needs the real-model extra (pip install 'vgpo[real]'): {err}") from None
+        return adapter.from_pretrained(checkpoint, device=device, **options)
+    raise VgpoError(f"model: unknown model '{kind}'; expected tiny, sd3 or flux")

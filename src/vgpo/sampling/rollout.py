@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from vgpo.models.protocol import Condition, FlowModel, cat_conditions
-from vgpo.sampling.step import predict_x0, sde_step
+from vgpo.sampling.step import Generators, batch_randn, predict_x0, sde_step
 
 
 @dataclass
@@ -61,16 +61,16 @@ def rollout(
     sigmas: torch.Tensor,
     noise_level: float,
     guidance_scale: float,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     x_init: torch.Tensor | None = None,
 ) -> Trajectory:
     """Sample len(sigmas)-1 steps from noise. ``noise_level`` 0 is the Euler ODE (evaluation);
-    > 0 is Flow-GRPO's SDE (training rollouts)."""
+    > 0 is Flow-GRPO's SDE (training rollouts). ``generator``: one, or a list with one per sample."""
     batch = next(iter(cond.values())).shape[0]
     device = model.device
     sigmas = sigmas.to(device)
     if x_init is None:
-        x_init = torch.randn((batch, *model.latent_shape), generator=generator, device=device)
+        x_init = batch_randn((batch, *model.latent_shape), generator, device)
     x = x_init
     states, log_probs, x0_hats = [x], [], []
     for i in range(len(sigmas) - 1):

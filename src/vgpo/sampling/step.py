@@ -10,10 +10,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def batch_randn(shape: Sequence[int], generator: Generators, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Standard normal noise of ``shape`` (batch first) in float32. A list of generators (one per
+    sample, as diffusers pipelines accept) makes each sample's noise independent of how samples are
+    batched or sharded over processes."""
+    if generator is None or isinstance(generator, torch.Generator):
+        gen_device = generator.device if generator is not None else device
+        return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=torch.float32).to(device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=torch.float32)
+                        for g in generator]).to(device)
 
 
 @dataclass
@@ -59,7 +76,7 @@ def sde_step(
     i: int,
     noise_level: float,
     prev_sample: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> SDEStepOutput:
     """Flow-GRPO's SDE step (``sde_step_with_logprob``), with s = sigmas[i], s' = sigmas[i+1], dt = s' - s:
 
@@ -87,7 +104,7 @@ def sde_step(
     mean = x32 * (1 + std**2 * dt / (2 * s)) + v32 * (1 + std**2 * (1 - s) / (2 * s)) * dt
     scale = std * torch.sqrt(-dt)
     if prev_sample is None:
-        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+        eps = batch_randn(x.shape, generator, x.device)
         prev = mean + scale * eps
     else:
         prev = prev_sample.float()

@@ -30,6 +30,7 @@ class World:
     evaluate(images, metadata) -> dict of metrics (flat, JSON-serialisable; keys like "overall/strict").
     format_table(metrics) -> str, the printable table (GenEval-style for shapes).
     vocabulary() -> words and characters the tiny model's tokenizer must know.
+    headline: the key of ``evaluate``'s metrics that progress bars, plots and benchmarks report.
     """
 
     name: str
@@ -42,6 +43,7 @@ class World:
     evaluate: Callable[[torch.Tensor, Sequence[dict]], dict]
     format_table: Callable[[dict], str]
     vocabulary: Callable[[], list[str]]
+    headline: str = "overall/strict"  # the metric of ``evaluate`` that summarises a run
 
 
 _WORLD_MODULES = {"shapes": "vgpo.worlds.shapes", "text": "vgpo.worlds.text"}
@@ -51,3 +53,16 @@ def get_world(name: str) -> World:
     if name not in _WORLD_MODULES:
         raise VgpoError(f"unknown world '{name}'; expected one of: {', '.join(sorted(_WORLD_MODULES))}")
     return importlib.import_module(_WORLD_MODULES[name]).WORLD
+
+
+def balanced_choice(prompts: Sequence[dict], n: int, generator: torch.Generator) -> list[int]:
+    """Draw ``n`` prompt indices, uniform over tags first, then uniform within the tag. GenEval-style
+    scores average over tags, and the train split is dominated by its largest tag (color_attr), so
+    uniform sampling over prompts would all but ignore single objects and counting."""
+    by_tag: dict[str, list[int]] = {}
+    for i, m in enumerate(prompts):
+        by_tag.setdefault(m.get("tag", ""), []).append(i)
+    tags = sorted(by_tag)
+    tag_idx = torch.randint(len(tags), (n,), generator=generator).tolist()
+    within = torch.rand(n, generator=generator).tolist()
+    return [by_tag[tags[t]][int(u * len(by_tag[tags[t]]))] for t, u in zip(tag_idx, within)]

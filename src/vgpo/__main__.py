@@ -1,0 +1,5 @@
+import sys
+
+from vgpo.cli import main
+
+sys.exit(main())

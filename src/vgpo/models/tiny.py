@@ -1,0 +1,271 @@
+"""The tiny text-to-image flow model: a ~2M-parameter pixel-space U-Net with a small text encoder.
+
+Chosen by measurement (issue 2): a pixel DiT with 4x4 patches drew blocky patch noise at this
+budget, a small U-Net (FiLM from time + pooled text, self- and cross-attention to the prompt tokens
+at the two coarse resolutions) drew clean shapes. ``TinyFlowModel`` wraps it in the FlowModel
+protocol; pretraining calls the network directly so that the text encoder is trained too, RL keeps
+the text encoder frozen (as SD3's) and updates the U-Net.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from vgpo.errors import VgpoError
+from vgpo.models.protocol import Condition
+from vgpo.models.tokenizer import PromptTokenizer
+from vgpo.sampling.schedule import flow_schedule
+from vgpo.utils import atomic_save_safetensors, atomic_write_text
+
+
+@dataclass
+class TinyConfig:
+    """Architecture of the tiny model (stored in the checkpoint's config.json)."""
+
+    vocab: list[str] = field(default_factory=list)  # world words + quoted-text characters
+    image_size: tuple[int, int] = (32, 32)  # (H, W), multiples of 4
+    channels: tuple[int, int, int] = (32, 64, 128)  # U-Net widths at full, 1/2 and 1/4 resolution
+    text_dim: int = 128  # text encoder width (also the cross-attention key/value width)
+    text_layers: int = 2
+    heads: int = 4
+    max_tokens: int = 24
+    emb_dim: int = 256  # FiLM embedding (time + pooled text)
+    shift: float = 3.0  # schedule shift, as SD3.5-M (the quirk of flow_schedule included)
+    world: str = "shapes"
+
+
+def _timestep_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
+    # Sinusoidal embedding of t = 1000*sigma (SD3's timestep convention).
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
+    args = 1000.0 * sigma.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, vocab_size: int, cfg: TinyConfig):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, cfg.text_dim)
+        self.pos = nn.Parameter(torch.randn(cfg.max_tokens, cfg.text_dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            cfg.text_dim, cfg.heads, 2 * cfg.text_dim, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.layers = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.text_dim)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> Condition:
+        h = self.embed(ids) + self.pos[: ids.shape[1]]
+        # The empty prompt has no valid token; let it attend to padding rather than produce NaNs.
+        attend = mask | (~mask.any(dim=1, keepdim=True))
+        h = self.norm(self.layers(h, src_key_padding_mask=~attend))
+        w = mask.float().unsqueeze(-1)
+        pooled = (h * w).sum(1) / w.sum(1).clamp(min=1.0)
+        return {"tokens": h, "mask": mask, "pooled": pooled}
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb_dim: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(8, cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.film = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = nn.GroupNorm(8, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        return self.skip(x) + self.conv2(F.silu(h))
+
+
+class AttnBlock(nn.Module):
+    """Self-attention over pixels, then cross-attention from pixels to the prompt tokens."""
+
+    def __init__(self, ch: int, text_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.GroupNorm(8, ch)
+        self.qkv = nn.Linear(ch, 3 * ch)
+        self.out1 = nn.Linear(ch, ch)
+        self.norm2 = nn.GroupNorm(8, ch)
+        self.q = nn.Linear(ch, ch)
+        self.kv = nn.Linear(text_dim, 2 * ch)
+        self.out2 = nn.Linear(ch, ch)
+        for out in (self.out1, self.out2):
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        b, n, c = t.shape
+        return t.view(b, n, self.heads, c // self.heads).transpose(1, 2)
+
+    def _merge(self, t: torch.Tensor) -> torch.Tensor:
+        b, h, n, d = t.shape
+        return t.transpose(1, 2).reshape(b, n, h * d)
+
+    def forward(self, x: torch.Tensor, cond: Condition) -> torch.Tensor:
+        b, c, hh, ww = x.shape
+        h = self.norm1(x).flatten(2).transpose(1, 2)
+        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        a = F.scaled_dot_product_attention(self._split(q), self._split(k), self._split(v))
+        x = x + self.out1(self._merge(a)).transpose(1, 2).view(b, c, hh, ww)
+        h = self.norm2(x).flatten(2).transpose(1, 2)
+        k, v = self.kv(cond["tokens"]).chunk(2, dim=-1)
+        mask = cond["mask"] | (~cond["mask"].any(dim=1, keepdim=True))  # empty prompt: attend to padding
+        a = F.scaled_dot_product_attention(self._split(self.q(h)), self._split(k), self._split(v),
+                                           attn_mask=mask[:, None, None, :])
+        return x + self.out2(self._merge(a)).transpose(1, 2).view(b, c, hh, ww)
+
+
+class TinyUNet(nn.Module):
+    """Velocity network v(x, sigma, text) on (B, 3, H, W) pixels in [-1, 1]."""
+
+    def __init__(self, cfg: TinyConfig, vocab_size: int):
+        super().__init__()
+        c0, c1, c2 = cfg.channels
+        e = cfg.emb_dim
+        self.cfg = cfg
+        self.text = TextEncoder(vocab_size, cfg)
+        self.time_mlp = nn.Sequential(nn.Linear(128, e), nn.SiLU(), nn.Linear(e, e))
+        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, e), nn.SiLU(), nn.Linear(e, e))
+        self.conv_in = nn.Conv2d(3, c0, 3, padding=1)
+        self.down0 = ResBlock(c0, c0, e)
+        self.pool0 = nn.Conv2d(c0, c0, 3, stride=2, padding=1)
+        self.down1, self.attn_d1 = ResBlock(c0, c1, e), AttnBlock(c1, cfg.text_dim, cfg.heads)
+        self.pool1 = nn.Conv2d(c1, c1, 3, stride=2, padding=1)
+        self.down2, self.attn_d2 = ResBlock(c1, c2, e), AttnBlock(c2, cfg.text_dim, cfg.heads)
+        self.mid, self.attn_mid = ResBlock(c2, c2, e), AttnBlock(c2, cfg.text_dim, cfg.heads)
+        self.up2, self.attn_u2 = ResBlock(c2 + c2, c2, e), AttnBlock(c2, cfg.text_dim, cfg.heads)
+        self.up1, self.attn_u1 = ResBlock(c2 + c1, c1, e), AttnBlock(c1, cfg.text_dim, cfg.heads)
+        self.up0 = ResBlock(c1 + c0, c0, e)
+        self.norm_out = nn.GroupNorm(8, c0)
+        self.conv_out = nn.Conv2d(c0, 3, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def unet_parameters(self) -> list[nn.Parameter]:
+        """Everything but the text encoder: what RL fine-tunes."""
+        text = {id(p) for p in self.text.parameters()}
+        return [p for p in self.parameters() if id(p) not in text]
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Condition) -> torch.Tensor:
+        emb = self.time_mlp(_timestep_embedding(sigma, 128)) + self.text_proj(cond["pooled"])
+        up = lambda t: F.interpolate(t, scale_factor=2.0, mode="nearest")  # noqa: E731
+        h0 = self.down0(self.conv_in(x), emb)
+        h1 = self.attn_d1(self.down1(self.pool0(h0), emb), cond)
+        h2 = self.attn_d2(self.down2(self.pool1(h1), emb), cond)
+        h = self.attn_mid(self.mid(h2, emb), cond)
+        h = self.attn_u2(self.up2(torch.cat([h, h2], 1), emb), cond)
+        h = self.attn_u1(self.up1(torch.cat([up(h), h1], 1), emb), cond)
+        h = self.up0(torch.cat([up(h), h0], 1), emb)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class TinyFlowModel:
+    """FlowModel protocol around ``TinyUNet``. Latents are pixels scaled to [-1, 1]."""
+
+    def __init__(self, cfg: TinyConfig, net: TinyUNet | None = None, device: str | torch.device = "cpu"):
+        self.cfg = cfg
+        self.tokenizer = PromptTokenizer(cfg.vocab, cfg.max_tokens)
+        self.device = torch.device(device)
+        self.net = (net or TinyUNet(cfg, self.tokenizer.vocab_size)).to(self.device)
+        self.latent_shape = (3, *cfg.image_size)
+        self._reference_net: TinyUNet | None = None
+        self._null: Condition | None = None
+
+    # --- protocol -------------------------------------------------------------------------------
+    def schedule(self, num_steps: int) -> torch.Tensor:
+        return flow_schedule(num_steps, self.cfg.shift)
+
+    def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = self.tokenizer(prompts)
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> Condition:
+        return self.net.text(*self.tokenize(prompts))
+
+    def negative_condition(self, batch_size: int) -> Condition:
+        if self._null is None:
+            self._null = self.encode_prompts([""])
+        return {k: v.expand(batch_size, *v.shape[1:]) for k, v in self._null.items()}
+
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Condition) -> torch.Tensor:
+        return self.net(x, sigma, cond)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] to latents (pretraining data)."""
+        return images.to(self.device) * 2.0 - 1.0
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return self.net.unet_parameters()
+
+    def snapshot_reference(self) -> None:
+        """Freeze a copy of the current weights as the reference policy (full fine-tuning's KL anchor).
+        ``load`` does this, so the reference is the checkpoint as loaded, whatever is trained after."""
+        self._reference_net = copy.deepcopy(self.net).requires_grad_(False)
+
+    @contextmanager
+    def reference(self) -> Iterator[None]:
+        if self._reference_net is None:
+            raise RuntimeError("no reference policy: load() a checkpoint or call snapshot_reference()")
+        current, self.net = self.net, self._reference_net
+        try:
+            yield
+        finally:
+            self.net = current
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.net.load_state_dict(state)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def save(self, directory: str | Path, extra: dict | None = None) -> None:
+        """Write ``model.safetensors`` and ``config.json`` atomically (temp file, then rename)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_save_safetensors(self.trainable_state_dict(), directory / "model.safetensors")
+        meta = {"model": "tiny", "arch": asdict(self.cfg), **(extra or {})}
+        atomic_write_text(json.dumps(meta, indent=2) + "\n", directory / "config.json")
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "TinyFlowModel":
+        directory = Path(directory)
+        cfg_path, weights = directory / "config.json", directory / "model.safetensors"
+        for path in (cfg_path, weights):
+            if not path.is_file():
+                raise VgpoError(f"checkpoint {directory}: missing {path.name} (expected a folder written by `vgpo pretrain`)")
+        try:
+            meta = json.loads(cfg_path.read_text())
+            arch = dict(meta["arch"])
+            arch["image_size"], arch["channels"] = tuple(arch["image_size"]), tuple(arch["channels"])
+            cfg = TinyConfig(**arch)
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise VgpoError(f"{cfg_path}: not a tiny-model config ({err})") from None
+        model = cls(cfg, device=device)
+        model.load_trainable_state_dict(load_file(str(weights), device=str(model.device)))
+        model.snapshot_reference()
+        return model

@@ -1,0 +1,134 @@
+"""Pretraining of the tiny model on a world's renders with the rectified-flow loss.
+
+Loss: || v(x_t, t, text) - (noise - x0) ||^2 with x_t = (1-t)*x0 + t*noise and logit-normal t (SD3),
+prompt dropout for classifier-free guidance, AdamW with linear warm-up, EMA weights (what is saved as
+``model.safetensors``). Every batch is a pure function of (seed, step), so a resumed run continues
+exactly where the killed one stopped; ``resume.pt`` (raw weights, EMA, optimizer, step) and the
+checkpoint files are written atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from vgpo.config import doc, to_dict
+from vgpo.errors import VgpoError
+from vgpo.models.tiny import TinyConfig, TinyFlowModel
+from vgpo.utils import atomic_torch_save, atomic_write_text, derive_seed
+from vgpo.worlds import balanced_choice, get_world
+
+
+@dataclass
+class PretrainConfig:
+    world: str = doc("shapes", "world to render training images from (shapes, text)")
+    out: str = doc("runs/pretrain-shapes", "output folder: model.safetensors, config.json, resume.pt, log.jsonl")
+    steps: int = doc(1200, "optimizer steps")
+    batch_size: int = doc(64, "images per step")
+    lr: float = doc(1e-3, "peak AdamW learning rate")
+    warmup_steps: int = doc(100, "linear learning-rate warm-up")
+    weight_decay: float = doc(0.0, "AdamW weight decay")
+    ema_decay: float = doc(0.995, "EMA decay of the saved weights (warmed up as min(decay, (1+n)/(10+n)))")
+    prompt_dropout: float = doc(0.1, "probability of training on the empty prompt (CFG's unconditional model)")
+    logit_normal_mean: float = doc(0.0, "mean of logit(t) for timestep sampling (SD3: 0)")
+    logit_normal_std: float = doc(1.0, "std of logit(t) for timestep sampling (SD3: 1)")
+    channels: list[int] = doc([32, 64, 128], "U-Net widths at full, 1/2 and 1/4 resolution")
+    shift: float = doc(3.0, "schedule shift stored with the model (SD3.5-M uses 3)")
+    seed: int = doc(0, "seed of initialisation and of every batch")
+    save_every: int = doc(100, "steps between checkpoints")
+    grad_clip: float = doc(1.0, "gradient-norm clip")
+    threads: int = doc(0, "torch CPU threads (0: torch's default)")
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "save_every"):
+            if getattr(self, name) < 1:
+                raise VgpoError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.prompt_dropout < 1.0:
+            raise VgpoError(f"prompt_dropout: expected in [0, 1), got {self.prompt_dropout}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise VgpoError(f"ema_decay: expected in [0, 1), got {self.ema_decay}")
+        if self.lr <= 0:
+            raise VgpoError(f"lr: expected > 0, got {self.lr}")
+        if len(self.channels) != 3:
+            raise VgpoError(f"channels: expected 3 widths, got {self.channels}")
+
+
+def _batch(world, prompts: list[dict], cfg: PretrainConfig, step: int):
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step))
+    metas = [prompts[i] for i in balanced_choice(prompts, cfg.batch_size, gen)]
+    seeds = torch.randint(2**31, (cfg.batch_size,), generator=gen).tolist()
+    images = torch.stack([world.render(m, s) for m, s in zip(metas, seeds)])
+    drop = (torch.rand(cfg.batch_size, generator=gen) < cfg.prompt_dropout).tolist()
+    texts = ["" if d else m["prompt"] for m, d in zip(metas, drop)]
+    t = torch.sigmoid(torch.randn(cfg.batch_size, generator=gen) * cfg.logit_normal_std + cfg.logit_normal_mean)
+    noise = torch.randn(images.shape, generator=gen)
+    return images, texts, t, noise
+
+
+def pretrain(cfg: PretrainConfig) -> Path:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    world = get_world(cfg.world)
+    prompts = world.load_prompts(world.train_file)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    arch = TinyConfig(vocab=world.vocabulary(), image_size=tuple(world.image_size), channels=tuple(cfg.channels),
+                      shift=cfg.shift, world=cfg.world)
+    model = TinyFlowModel(arch)
+    net = model.net
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    start = 0
+    resume_path = out / "resume.pt"
+    if resume_path.is_file():
+        state = torch.load(resume_path, weights_only=False)
+        if state["arch"] != to_dict(arch):
+            raise VgpoError(f"{resume_path}: written for another architecture/world; use a new --out")
+        net.load_state_dict(state["net"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start = state["step"]
+        print(f"resuming {out} from step {start}")
+    log = (out / "log.jsonl").open("a")
+    started = time.time()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", dynamic_ncols=True)
+    for step in bar:
+        images, texts, t, noise = _batch(world, prompts, cfg, step)
+        x0 = model.encode_images(images)
+        tb = t.view(-1, 1, 1, 1)
+        xt = (1 - tb) * x0 + tb * noise
+        ids, mask = model.tokenize(texts)
+        pred = net(xt, t, net.text(ids, mask))
+        loss = F.mse_loss(pred, noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(p, 1 - decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        log.write(json.dumps({"step": step + 1, "loss": loss.item(), "grad_norm": float(grad_norm),
+                              "lr": sched.get_last_lr()[0]}) + "\n")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            log.flush()
+            saved = TinyFlowModel(arch, net=ema)
+            saved.save(out, extra={"pretrain": {**to_dict(cfg), "completed_steps": step + 1}})
+            atomic_torch_save({"arch": to_dict(arch), "net": net.state_dict(), "ema": ema.state_dict(),
+                               "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step + 1}, resume_path)
+    log.close()
+    atomic_write_text(json.dumps({"wall_s": round(time.time() - started, 1), "steps": cfg.steps}) + "\n",
+                      out / "pretrain_time.json")
+    return out

@@ -1,0 +1,116 @@
+"""The training config: one typed dataclass, a help line per field, validated on load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Optional, Union
+
+from vgpo.config import doc
+from vgpo.errors import VgpoError
+
+ALGORITHMS = ("grpo", "vgpo", "tcrm", "adae")
+
+
+@dataclass
+class TrainConfig:
+    # --- run ---
+    out: str = doc("runs/train", "output folder: metrics.jsonl, checkpoints/, eval/, reward.png")
+    seed: int = doc(0, "seed of prompt choice, sampling noise and minibatch order (per epoch)")
+    epochs: int = doc(40, "sampling + update rounds")
+    threads: int = doc(0, "torch CPU threads (0: torch's default)")
+    # --- model and world ---
+    model: str = doc("tiny", "model adapter: tiny, sd3, flux")
+    checkpoint: str = doc("checkpoints/shapes-base", "tiny: checkpoint folder; sd3/flux: local path or hub id")
+    model_options: dict = doc({}, "extra adapter options (sd3/flux: lora_rank, resolution, dtype, ...)")
+    device: str = doc("cpu", "torch device")
+    world: str = doc("shapes", "prompt world: shapes, text")
+    train_prompts: str = doc("", "prompt file for training (default: the world's train split)")
+    test_prompts: str = doc("", "prompt file for evaluation (default: the world's test split)")
+    reward: Union[str, dict] = doc("", "reward name or {name: weight} (default: the world's reward)")
+    # --- sampling (Flow-GRPO: 10 train steps, noise level 0.7) ---
+    num_steps: int = doc(10, "sampling steps of training rollouts (Flow-GRPO: 10)")
+    noise_level: float = doc(0.7, "SDE noise level a of training rollouts (Flow-GRPO: 0.7)")
+    guidance_scale: float = doc(4.5, "CFG scale in rollouts and in the update (Flow-GRPO: 4.5)")
+    prompts_per_epoch: int = doc(8, "distinct prompts per epoch (over all processes)")
+    group_size: int = doc(8, "images per prompt, G (paper: 24)")
+    sample_batch_size: int = doc(64, "images per rollout forward batch")
+    # --- update (Flow-GRPO's PPO) ---
+    train_batch_size: int = doc(16, "samples per micro-batch of the update")
+    gradient_accumulation: int = doc(4, "micro-batches per optimizer step (the loss is averaged over all)")
+    inner_epochs: int = doc(1, "passes over an epoch's samples (Flow-GRPO: 1)")
+    timestep_fraction: float = doc(1.0, "train the first floor(f*T) steps (Flow-GRPO: timestep_fraction)")
+    lr: float = doc(1e-4, "AdamW learning rate")
+    weight_decay: float = doc(0.0, "AdamW weight decay")
+    adam_eps: float = doc(1e-8, "AdamW epsilon (Flow-GRPO: 1e-8)")
+    max_grad_norm: float = doc(1.0, "gradient-norm clip")
+    clip_range: float = doc(1e-3, "PPO ratio clip epsilon (Flow-GRPO SD3.5: 1e-4; see README for our scale)")
+    adv_clip_max: float = doc(5.0, "advantages clipped to +-this (Flow-GRPO: 5)")
+    beta: float = doc(0.0, "KL weight to the reference policy (Flow-GRPO: 0.04 GenEval/OCR, 0.01 PickScore)")
+    ema_decay: float = doc(0.9, "EMA of trained weights used for evaluation, per optimizer step (0: off)")
+    # --- algorithm ---
+    algorithm: Literal["grpo", "vgpo", "tcrm", "adae"] = doc(
+        "vgpo", "grpo: Flow-GRPO; vgpo: TCRM + ADAE; tcrm: TCRM only; adae: ADAE only (arXiv 2512.12387)")
+    global_std: bool = doc(False, "normalise by the batch's std instead of the group's (Flow-GRPO option)")
+    drop_zero_std_groups: Optional[bool] = doc(
+        None, "drop samples whose group rewards are all equal (default: true for grpo, false otherwise)")
+    gamma: float = doc(0.9, "TCRM discount of the reward-to-go Q_i (our choice; the paper leaves it open)")
+    adae_k: float = doc(0.1, "ADAE absolute-signal weight k, alpha = k*std_g Q (our choice; swept in benchmarks)")
+    adae_steps: int = doc(5, "ADAE adds k*Q_i on the first this many steps only (paper: 5)")
+    tcrm_every: int = doc(1, "score projections every k-th step, interpolate the rest (1: the paper)")
+    # --- evaluation and checkpoints ---
+    eval_every: int = doc(10, "epochs between held-out evaluations (0: only at the end)")
+    eval_num_steps: int = doc(40, "ODE steps of held-out evaluation (paper: 40)")
+    eval_images_per_prompt: int = doc(2, "held-out images per test prompt")
+    eval_limit: int = doc(0, "evaluate on the first N test prompts only (0: all)")
+    eval_batch_size: int = doc(128, "prompts per evaluation batch")
+    save_every: int = doc(10, "epochs between checkpoints (the last epoch is always saved)")
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "num_steps", "prompts_per_epoch", "sample_batch_size", "train_batch_size",
+                    "gradient_accumulation", "inner_epochs", "eval_num_steps", "eval_images_per_prompt",
+                    "eval_batch_size", "save_every", "tcrm_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise VgpoError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise VgpoError(f"group_size: expected >= 2 (group statistics need two samples), got {self.group_size}")
+        if not 0.0 < self.timestep_fraction <= 1.0:
+            raise VgpoError(f"timestep_fraction: expected in (0, 1], got {self.timestep_fraction}")
+        if int(self.timestep_fraction * self.num_steps) < 1:
+            raise VgpoError(f"timestep_fraction: {self.timestep_fraction} x num_steps {self.num_steps} trains no step")
+        if self.noise_level <= 0:
+            raise VgpoError(f"noise_level: expected > 0 (training needs stochastic steps), got {self.noise_level}")
+        for name in ("lr", "clip_range", "adv_clip_max", "max_grad_norm", "adam_eps"):
+            if getattr(self, name) <= 0:
+                raise VgpoError(f"{name}: expected > 0, got {getattr(self, name)}")
+        for name in ("beta", "weight_decay", "eval_every", "adae_steps", "eval_limit", "threads"):
+            if getattr(self, name) < 0:
+                raise VgpoError(f"{name}: expected >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise VgpoError(f"ema_decay: expected in [0, 1), got {self.ema_decay}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise VgpoError(f"gamma: expected in (0, 1], got {self.gamma}")
+        if self.guidance_scale < 1.0:
+            raise VgpoError(f"guidance_scale: expected >= 1, got {self.guidance_scale}")
+
+    # Derived switches: the algorithm name is the only thing a preset needs to set.
+    @property
+    def dense_rewards(self) -> bool:
+        """TCRM: instant rewards of every step's projection."""
+        return self.algorithm in ("vgpo", "tcrm")
+
+    @property
+    def absolute_signal(self) -> bool:
+        """ADAE: the k*Q term that survives a zero-std group."""
+        return self.algorithm in ("vgpo", "adae")
+
+    @property
+    def drops_zero_std(self) -> bool:
+        return self.algorithm == "grpo" if self.drop_zero_std_groups is None else self.drop_zero_std_groups
+
+    @property
+    def trained_steps(self) -> int:
+        return int(self.timestep_fraction * self.num_steps)
+
+    def reward_spec(self, world_reward: str) -> Any:
+        return self.reward or world_reward

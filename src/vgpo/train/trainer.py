@@ -1,0 +1,438 @@
+"""One trainer for every algorithm, model and world (read top to bottom).
+
+Each epoch: draw prompts, sample G images per prompt with the SDE (keeping states, log-probs and the
+one-step projections), score them, turn rewards into per-step advantages (``advantages.py``: the only
+place where Flow-GRPO and VGPO differ), then minimise Flow-GRPO's PPO-clipped loss over the trained
+steps, optionally with a KL to the reference policy. Everything random is a function of
+(seed, epoch, sample index), so a resumed run ends bit-identical to an uninterrupted one on CPU and
+results do not depend on batch sizes or the number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from vgpo import distributed as dist
+from vgpo.errors import VgpoError
+from vgpo.evaluate import evaluate_world
+from vgpo.images import save_grid
+from vgpo.models import FlowModel, index_condition, load_model
+from vgpo.rewards import Reward, WeightedReward, build as build_reward
+from vgpo.sampling import Trajectory, guided_velocity, rollout, sde_step
+from vgpo.train.advantages import (group_mean_std, grpo_advantages, interpolate_steps, reward_to_go,
+                                   scored_steps, vgpo_advantages, zero_std_groups)
+from vgpo.train.config import TrainConfig
+from vgpo.train.losses import gaussian_kl, ppo_clip_loss
+from vgpo.utils import atomic_save_safetensors, atomic_torch_save, atomic_write_text, derive_seed
+from vgpo.worlds import World, balanced_choice, get_world
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling and scoring
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class EpochBatch:
+    """This process's samples of one epoch. B = local prompts x G."""
+
+    metadata: list[dict]
+    group_ids: torch.Tensor  # (B,) global prompt index within the epoch
+    sample_ids: torch.Tensor  # (B,) global sample index within the epoch
+    traj: Trajectory
+    images: torch.Tensor  # (B, 3, H, W) decoded final samples, CPU
+
+
+def _generators(cfg: TrainConfig, epoch: int, sample_ids: torch.Tensor, device: torch.device) -> list[torch.Generator]:
+    # One generator per sample, seeded by (seed, epoch, global sample index).
+    return [torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, epoch, int(i)))
+            for i in sample_ids]
+
+
+def draw_prompts(cfg: TrainConfig, prompts: list[dict], epoch: int) -> list[int]:
+    """The epoch's prompt indices, tag-balanced (all processes draw the same list, then take their share)."""
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, "prompts"))
+    return balanced_choice(prompts, cfg.prompts_per_epoch, gen)
+
+
+@torch.no_grad()
+def sample_epoch(cfg: TrainConfig, model: FlowModel, prompts: list[dict], epoch: int, sigmas: torch.Tensor) -> EpochBatch:
+    chosen = draw_prompts(cfg, prompts, epoch)
+    per_rank = cfg.prompts_per_epoch // dist.world_size()
+    local = range(dist.rank() * per_rank, (dist.rank() + 1) * per_rank)
+    group_ids = torch.tensor([g for g in local for _ in range(cfg.group_size)])
+    sample_ids = torch.tensor([g * cfg.group_size + k for g in local for k in range(cfg.group_size)])
+    metadata = [prompts[chosen[g]] for g in group_ids.tolist()]
+    trajs, images = [], []
+    for start in range(0, len(metadata), cfg.sample_batch_size):
+        part = slice(start, start + cfg.sample_batch_size)
+        texts = [m["prompt"] for m in metadata[part]]
+        cond = model.encode_prompts(texts)
+        gens = _generators(cfg, epoch, sample_ids[part], model.device)
+        traj = rollout(model, cond, model.negative_condition(len(texts)), sigmas, cfg.noise_level,
+                       cfg.guidance_scale, generator=gens)
+        trajs.append(traj)
+        images.append(model.decode(traj.final).cpu())
+    traj = Trajectory(sigmas=sigmas, states=torch.cat([t.states for t in trajs]),
+                      log_probs=torch.cat([t.log_probs for t in trajs]), x0_hat=torch.cat([t.x0_hat for t in trajs]))
+    return EpochBatch(metadata, group_ids, sample_ids, traj, torch.cat(images))
+
+
+@dataclass
+class Scores:
+    final: torch.Tensor  # (B,) terminal reward
+    values: torch.Tensor  # (B, T) Q_i (terminal reward at every step without TCRM)
+    instant: torch.Tensor | None  # (B, T) instant rewards R_i (TCRM)
+    images_scored: int
+    components: dict[str, torch.Tensor]
+
+
+@torch.no_grad()
+def score_epoch(cfg: TrainConfig, model: FlowModel, reward_fn: Reward, batch: EpochBatch) -> Scores:
+    """Terminal rewards, and with TCRM the instant rewards of the projections, in one reward call.
+
+    TCRM instant reward (our reading of the paper): action i moves x_i to x_(i+1); its reward is that
+    of the projection of the state it produced, predict_x0(x_(i+1), v_(i+1), sigma_(i+1)), which the
+    rollout already computed as x0_hat[:, i+1]; the last action's reward is the final image's."""
+    B, T = batch.traj.log_probs.shape
+    prompts = [m["prompt"] for m in batch.metadata]
+    if not cfg.dense_rewards:
+        final = reward_fn(batch.images, prompts, batch.metadata).float()
+        return Scores(final, final[:, None].expand(B, T).contiguous(), None, B, _components(reward_fn))
+    steps = scored_steps(T, cfg.tcrm_every)
+    projections = [model.decode(batch.traj.x0_hat[:, i + 1]).cpu() for i in steps if i < T - 1]
+    images = torch.cat([batch.images, *projections])
+    rewards = reward_fn(images, prompts * (len(projections) + 1), batch.metadata * (len(projections) + 1)).float()
+    final = rewards[:B]
+    at_scored = torch.cat([rewards[B:].view(len(projections), B).T, final[:, None]], dim=1)
+    instant = interpolate_steps(at_scored, steps, T)
+    components = {k: v[:B] for k, v in _components(reward_fn).items()}
+    return Scores(final, reward_to_go(instant, cfg.gamma), instant, images.shape[0], components)
+
+
+def _components(reward_fn: Reward) -> dict[str, torch.Tensor]:
+    return dict(reward_fn.last_components) if isinstance(reward_fn, WeightedReward) else {}
+
+
+def compute_advantages(cfg: TrainConfig, scores: Scores, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) advantages and step weights omega for the configured algorithm (see advantages.py)."""
+    T = scores.values.shape[1]
+    if cfg.algorithm == "grpo":
+        adv = grpo_advantages(scores.final, group_ids, T, cfg.global_std)
+        omega = torch.ones_like(adv)
+    else:
+        adv, omega = vgpo_advantages(scores.values, group_ids, use_omega=cfg.dense_rewards,
+                                     adae_k=cfg.adae_k if cfg.absolute_signal else 0.0,
+                                     adae_steps=cfg.adae_steps, global_std=cfg.global_std)
+    return adv.clamp(-cfg.adv_clip_max, cfg.adv_clip_max), omega
+
+
+# --------------------------------------------------------------------------------------------------
+# Update
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class UpdateStats:
+    policy: float = 0.0
+    kl: float = 0.0
+    clipfrac: float = 0.0
+    approx_kl: float = 0.0
+    ratio_dev_first: float = 0.0  # max |r - 1| on the first inner epoch's first optimizer step
+    grad_norm: float = 0.0
+    fwd_bwd_s: float = 0.0
+    optimizer_steps: int = 0
+
+
+def update(cfg: TrainConfig, model: FlowModel, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+           ema: list[torch.Tensor] | None, batch: EpochBatch, advantages: torch.Tensor, keep: torch.Tensor,
+           epoch: int) -> UpdateStats:
+    """PPO-clipped policy-gradient steps over this process's kept samples.
+
+    An optimizer step takes ``train_batch_size x gradient_accumulation`` samples per process; its loss
+    is the sum of per-(sample, step) terms divided by the step's global sample count x trained steps,
+    so batch 8 x accumulation 1 and batch 2 x accumulation 4 give the same update."""
+    traj, sigmas = batch.traj, batch.traj.sigmas
+    T = cfg.trained_steps
+    stats, n_terms, sums = UpdateStats(), 0, {"policy": 0.0, "kl": 0.0, "clipfrac": 0.0, "approx_kl": 0.0}
+    local = keep.nonzero().flatten()
+    per_step = cfg.train_batch_size * cfg.gradient_accumulation
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, "order", dist.rank()))
+    texts = [m["prompt"] for m in batch.metadata]
+    for inner in range(cfg.inner_epochs):
+        order = local[torch.randperm(len(local), generator=gen)]
+        n_opt_steps = dist.all_reduce_max(math.ceil(len(order) / per_step))
+        for s in range(n_opt_steps):
+            block = order[s * per_step : (s + 1) * per_step]
+            denom = dist.all_reduce_sum_(torch.tensor([float(len(block))])).item() * T
+            for mb in block.split(cfg.train_batch_size):
+                cond = model.encode_prompts([texts[i] for i in mb])
+                uncond = model.negative_condition(len(mb))
+                for j in range(T):
+                    started = time.perf_counter()
+                    x, prev = traj.states[mb, j], traj.states[mb, j + 1]
+                    v = guided_velocity(model, x, sigmas[j], cond, uncond, cfg.guidance_scale)
+                    out = sde_step(x, v, sigmas, j, cfg.noise_level, prev_sample=prev)
+                    loss_terms, ratio = ppo_clip_loss(out.log_prob, traj.log_probs[mb, j], advantages[mb, j], cfg.clip_range)
+                    if cfg.beta > 0:
+                        with torch.no_grad(), model.reference():
+                            v_ref = guided_velocity(model, x, sigmas[j], cond, uncond, cfg.guidance_scale)
+                            ref_mean = sde_step(x, v_ref, sigmas, j, cfg.noise_level, prev_sample=prev).mean
+                        kl = gaussian_kl(out.mean, ref_mean, out.std)
+                        loss_terms = loss_terms + cfg.beta * kl
+                        sums["kl"] += kl.sum().item()
+                    (loss_terms.sum() / denom).backward()
+                    stats.fwd_bwd_s += time.perf_counter() - started
+                    with torch.no_grad():
+                        log_ratio = out.log_prob - traj.log_probs[mb, j]
+                        sums["policy"] += loss_terms.sum().item()
+                        sums["clipfrac"] += ((ratio - 1).abs() > cfg.clip_range).float().sum().item()
+                        sums["approx_kl"] += (0.5 * log_ratio**2).sum().item()
+                        if inner == 0 and s == 0:
+                            stats.ratio_dev_first = max(stats.ratio_dev_first, (ratio - 1).abs().max().item())
+                    n_terms += len(mb)
+            dist.sum_gradients_(params)
+            stats.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            stats.optimizer_steps += 1
+            if ema is not None:
+                with torch.no_grad():
+                    for e, p in zip(ema, params):
+                        e.lerp_(p.detach(), 1.0 - cfg.ema_decay)
+    for key, value in sums.items():
+        setattr(stats, key, value / max(1, n_terms))
+    return stats
+
+
+@contextmanager
+def ema_weights(params: list[torch.nn.Parameter], ema: list[torch.Tensor] | None) -> Iterator[None]:
+    """Temporarily load the EMA weights (evaluation), restoring the trained ones after."""
+    if ema is None:
+        yield
+        return
+    backup = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, b in zip(params, backup):
+                p.copy_(b)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------
+def save_checkpoint(out: Path, model: FlowModel, optimizer: torch.optim.Optimizer, ema: list[torch.Tensor] | None,
+                    epoch: int, cfg: TrainConfig) -> None:
+    """Write out/checkpoint atomically: a complete temp folder is renamed over the old one."""
+    final, tmp, old = out / "checkpoint", out / ".checkpoint.tmp", out / ".checkpoint.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    atomic_save_safetensors(model.trainable_state_dict(), tmp / "trainable.safetensors")
+    if ema is not None:
+        atomic_save_safetensors({f"ema.{i}": e for i, e in enumerate(ema)}, tmp / "ema.safetensors")
+    atomic_torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+    atomic_write_text(json.dumps({"epoch": epoch, "config": asdict(cfg)}, indent=2) + "\n", tmp / "state.json")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(out: Path, model: FlowModel, optimizer: torch.optim.Optimizer, ema: list[torch.Tensor] | None) -> int:
+    """Restore a checkpoint written by ``save_checkpoint``; returns the number of finished epochs."""
+    ckpt = out / "checkpoint"
+    if not (ckpt / "state.json").is_file():
+        old = out / ".checkpoint.old"  # a crash between the two renames leaves the previous one here
+        if (old / "state.json").is_file():
+            ckpt = old
+        else:
+            raise VgpoError(f"--resume: no checkpoint in {out} (expected {ckpt}/state.json)")
+    model.load_trainable_state_dict(load_file(str(ckpt / "trainable.safetensors"), device=str(model.device)))
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
+    if ema is not None and (ckpt / "ema.safetensors").is_file():
+        saved = load_file(str(ckpt / "ema.safetensors"))
+        for i, e in enumerate(ema):
+            e.copy_(saved[f"ema.{i}"])
+    return int(json.loads((ckpt / "state.json").read_text())["epoch"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Logging
+# --------------------------------------------------------------------------------------------------
+class MetricsLog:
+    """metrics.jsonl (one line per epoch, flushed), plus TensorBoard when it is installed."""
+
+    def __init__(self, out: Path, resume_epoch: int):
+        self.path = out / "metrics.jsonl"
+        if resume_epoch and self.path.exists():  # drop epochs after the checkpoint (they will be redone)
+            lines = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= resume_epoch]
+            atomic_write_text("".join(ln + "\n" for ln in lines), self.path)
+        elif not resume_epoch and self.path.exists():
+            self.path.unlink()
+        self.file = self.path.open("a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # optional dependency
+
+            self.tb = SummaryWriter(str(out / "tb"))
+        except ImportError:
+            self.tb = None
+
+    def write(self, epoch: int, metrics: dict) -> None:
+        self.file.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, epoch)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_rewards(metrics_path: Path, out: Path, headline: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["epoch"] for r in rows if "reward/mean" in r], [r["reward/mean"] for r in rows if "reward/mean" in r],
+            label="train reward (mean)")
+    evals = [r for r in rows if headline in r]
+    if evals:
+        ax.plot([r["epoch"] for r in evals], [r[headline] for r in evals], "o-", label=f"held-out {headline[5:]}")
+    ax.set_xlabel("epoch")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+def run_eval(cfg: TrainConfig, model: FlowModel, world: World, test_prompts: list[dict], out: Path, tag: str) -> dict:
+    result = evaluate_world(model, world, test_prompts, num_steps=cfg.eval_num_steps, guidance_scale=cfg.guidance_scale,
+                            images_per_prompt=cfg.eval_images_per_prompt, seed=cfg.seed, batch_size=cfg.eval_batch_size)
+    (out / "eval").mkdir(parents=True, exist_ok=True)
+    n = min(48, len(result.metadata))
+    save_grid(result.images[:n], [m["prompt"] for m in result.metadata[:n]], out / "eval" / f"{tag}.png")
+    atomic_write_text(json.dumps(result.metrics, indent=2) + "\n", out / "eval" / f"{tag}.json")
+    return result.metrics
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    dist.init_from_env(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.prompts_per_epoch % dist.world_size():
+        raise VgpoError(f"prompts_per_epoch: {cfg.prompts_per_epoch} is not divisible by {dist.world_size()} processes")
+    out = Path(cfg.out)
+    world = get_world(cfg.world)
+    train_prompts = world.load_prompts(Path(cfg.train_prompts) if cfg.train_prompts else world.train_file)
+    test_prompts = world.load_prompts(Path(cfg.test_prompts) if cfg.test_prompts else world.test_file)
+    if cfg.eval_limit:
+        test_prompts = test_prompts[: cfg.eval_limit]
+    reward_fn = build_reward(cfg.reward_spec(world.reward))
+    model = load_model(cfg.model, cfg.checkpoint, cfg.model_options, cfg.device)
+    params = model.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    ema = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
+    start = load_checkpoint(out, model, optimizer, ema) if resume else 0
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json.dumps(asdict(cfg), indent=2) + "\n", out / "config.json")
+    log = MetricsLog(out, start) if dist.is_main() else None
+    sigmas = model.schedule(cfg.num_steps)
+    if start == 0 and cfg.eval_every and dist.is_main():
+        log.write(0, {f"eval/{k}": v for k, v in run_eval(cfg, model, world, test_prompts, out, "epoch_0000").items()})
+    bar = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc=f"train {cfg.algorithm}",
+               dynamic_ncols=True, disable=not dist.is_main())
+    for epoch in bar:
+        t0 = time.perf_counter()
+        batch = sample_epoch(cfg, model, train_prompts, epoch, sigmas)
+        t1 = time.perf_counter()
+        scores = score_epoch(cfg, model, reward_fn, batch)
+        t2 = time.perf_counter()
+        # Statistics on the whole epoch (all processes): every group is complete on one process.
+        all_final = dist.all_gather_cat(scores.final)
+        all_values = dist.all_gather_cat(scores.values)
+        all_groups = dist.all_gather_cat(batch.group_ids)
+        all_scores = Scores(all_final, all_values, None, 0, {})
+        adv_all, omega_all = compute_advantages(cfg, all_scores, all_groups)
+        zero_std_all = zero_std_groups(all_final, all_groups)
+        keep_all = ~zero_std_all if cfg.drops_zero_std else torch.ones_like(zero_std_all)
+        mine = slice(dist.rank() * len(batch.metadata), (dist.rank() + 1) * len(batch.metadata))
+        advantages, keep = adv_all[mine], keep_all[mine]
+        t3 = time.perf_counter()
+        stats = update(cfg, model, params, optimizer, ema, batch, advantages, keep, epoch)
+        t4 = time.perf_counter()
+
+        n_samples = len(all_final)
+        metrics = {
+            "reward/mean": all_final.mean().item(),
+            "reward/std": all_final.std(unbiased=False).item(),
+            "reward/group_std": group_mean_std(all_final, all_groups)[1].mean().item(),
+            "reward/zero_std_frac": zero_std_all.float().mean().item(),
+            "adv/abs_mean": adv_all[keep_all].abs().mean().item() if keep_all.any() else 0.0,
+            "adv/kept_frac": keep_all.float().mean().item(),
+            "losses/policy": stats.policy,
+            "losses/kl": stats.kl,
+            "losses/clipfrac": stats.clipfrac,
+            "losses/approx_kl": stats.approx_kl,
+            "losses/ratio_dev_first": stats.ratio_dev_first,
+            "losses/grad_norm": stats.grad_norm,
+            "charts/samples_per_s": n_samples / (t4 - t0),
+            "charts/optimizer_steps": stats.optimizer_steps,
+            "perf/reward_images": scores.images_scored,
+            "time/rollout_s": t1 - t0,
+            "time/reward_s": t2 - t1,
+            "time/advantage_s": t3 - t2,
+            "time/update_s": t4 - t3,
+            "time/fwd_bwd_s": stats.fwd_bwd_s,
+            "time/epoch_s": t4 - t0,
+            "perf/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        for name, values in scores.components.items():
+            metrics[f"reward/{name}"] = values.mean().item()
+        if cfg.dense_rewards:
+            q_mean, omega_mean = all_values.mean(0), omega_all.mean(0)
+            for i in range(all_values.shape[1]):
+                metrics[f"tcrm/q_{i}"] = q_mean[i].item()
+                metrics[f"tcrm/omega_{i}"] = omega_mean[i].item()
+        done = epoch + 1
+        if dist.is_main():
+            if done == cfg.epochs or (cfg.eval_every and done % cfg.eval_every == 0):
+                with ema_weights(params, ema):
+                    evals = run_eval(cfg, model, world, test_prompts, out, f"epoch_{done:04d}")
+                metrics.update({f"eval/{k}": v for k, v in evals.items()})
+            log.write(done, metrics)
+            if done % cfg.save_every == 0 or done == cfg.epochs:
+                save_checkpoint(out, model, optimizer, ema, done, cfg)
+        dist.barrier()
+        headline = f"eval/{world.headline}"
+        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}",
+                        **({"eval": f"{metrics[headline]:.3f}"} if headline in metrics else {}))
+    if dist.is_main():
+        log.close()
+        plot_rewards(out / "metrics.jsonl", out / "reward.png", f"eval/{world.headline}")
+    dist.teardown()
+    return out

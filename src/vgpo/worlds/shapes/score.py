@@ -1,0 +1,119 @@
+"""GenEval scoring of detected objects: strict (all constraints) and partial (fraction met) per image.
+
+Constraints, as GenEval checks them: per include, its count (at least ``count`` objects of the class),
+its colour if given (at least ``count`` of them in that colour), its position if given (the include's
+objects, largest first, all stand in the relation to those of the referenced include, which must itself
+be satisfied); per exclude, fewer than ``count`` objects of the class. Strict is 1 when all hold (GenEval's
+``correct``); partial is the fraction that hold, the dense reward Flow-GRPO's reward server returns.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from vgpo.errors import VgpoError
+from vgpo.worlds.shapes.detect import Detection, detect
+from vgpo.worlds.shapes.prompts import TAGS
+
+POSITION_MARGIN = 0.1  # GenEval's POSITION_THRESHOLD: offsets shrink by this fraction of the box sizes
+
+
+def relations(a: Detection, b: Detection) -> set[str]:
+    """Where ``a`` is relative to ``b``: GenEval's ``relative_position`` on box centres (y points down).
+
+    Each axis offset shrinks by a margin proportional to the boxes' sizes; a relation holds when its
+    shrunk offset exceeds half of the full distance, so a diagonal neighbour can be both left and above.
+    Box centres rather than mass centroids, as in GenEval: a triangle's centroid sits h/6 below its box
+    centre, which would bias vertical relations.
+    """
+    dx, dy = a.center[0] - b.center[0], a.center[1] - b.center[1]
+    norm = math.hypot(dx, dy)
+    if norm == 0:
+        return set()
+    size_x = POSITION_MARGIN * (a.bbox[2] - a.bbox[0] + b.bbox[2] - b.bbox[0])
+    size_y = POSITION_MARGIN * (a.bbox[3] - a.bbox[1] + b.bbox[3] - b.bbox[1])
+    rx = math.copysign(max(abs(dx) - size_x, 0.0), dx) / norm
+    ry = math.copysign(max(abs(dy) - size_y, 0.0), dy) / norm
+    found = set()
+    if rx < -0.5:
+        found.add("left of")
+    if rx > 0.5:
+        found.add("right of")
+    if ry < -0.5:
+        found.add("above")
+    if ry > 0.5:
+        found.add("below")
+    return found
+
+
+def constraints(found: Sequence[Detection], meta: dict) -> list[bool]:
+    """Each constraint of ``meta`` checked against the detections of one image (largest first)."""
+    results: list[bool] = []
+    groups: list[list[Detection] | None] = []
+    for req in meta["include"]:
+        count = req["count"]
+        objects = [d for d in found if d.cls == req["class"]]
+        met = len(objects) >= count
+        results.append(met)
+        if "color" in req:
+            objects = [d for d in objects if d.color == req["color"]]
+            met = len(objects) >= count
+            results.append(met)
+        if "position" in req:
+            rel, target = req["position"]
+            anchors = groups[target]
+            met = met and anchors is not None and all(
+                rel in relations(a, b) for a in objects[:count] for b in anchors)
+            results.append(met)
+        groups.append(objects[:count] if met else None)
+    for req in meta.get("exclude", []):
+        results.append(sum(d.cls == req["class"] for d in found) < req["count"])
+    return results
+
+
+def score(images: torch.Tensor, metadata: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(strict, partial), each a (B,) float32 CPU tensor, for images (B, 3, H, W) in [0, 1]."""
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] != len(metadata):
+        raise VgpoError(f"shapes score: expected images (B, 3, H, W) with one metadata record each, got "
+                        f"{tuple(images.shape)} and {len(metadata)} records")
+    checks = [constraints(found, meta) for found, meta in zip(detect(images), metadata)]
+    strict = torch.tensor([float(all(c)) for c in checks], dtype=torch.float32)
+    partial = torch.tensor([sum(c) / len(c) for c in checks], dtype=torch.float32)
+    return strict, partial
+
+
+def evaluate(images: torch.Tensor, metadata: Sequence[dict]) -> dict:
+    """Per-tag and overall accuracy, flat keys ``"<tag>/strict"``, ``"<tag>/partial"``, ``"<tag>/n"``.
+
+    ``overall/*`` is GenEval's overall score: the mean over the tags present of each tag's accuracy, so
+    a tag's number of images sets its precision, not its weight. ``overall/n`` counts all images.
+    """
+    if not metadata:
+        raise VgpoError("shapes evaluate: expected at least one image")
+    strict, partial = score(images, metadata)
+    metrics: dict = {}
+    tags = [tag for tag in TAGS if any(m["tag"] == tag for m in metadata)]
+    for tag in tags:
+        rows = torch.tensor([m["tag"] == tag for m in metadata])
+        metrics[f"{tag}/strict"] = strict[rows].mean().item()
+        metrics[f"{tag}/partial"] = partial[rows].mean().item()
+        metrics[f"{tag}/n"] = int(rows.sum())
+    metrics["overall/strict"] = sum(metrics[f"{t}/strict"] for t in tags) / len(tags)
+    metrics["overall/partial"] = sum(metrics[f"{t}/partial"] for t in tags) / len(tags)
+    metrics["overall/n"] = len(metadata)
+    return metrics
+
+
+def format_table(metrics: dict) -> str:
+    """GenEval-style table: one row per tag (strict accuracy, partial score, images), then overall."""
+    lines = [f"{'task':<16}{'strict':>8}{'partial':>9}{'n':>7}"]
+    for tag in [t for t in TAGS if f"{t}/n" in metrics] + ["overall"]:
+        if tag == "overall":
+            lines.append("-" * len(lines[0]))
+        lines.append(f"{tag:<16}{metrics[f'{tag}/strict']:>8.2%}{metrics[f'{tag}/partial']:>9.2%}"
+                     f"{metrics[f'{tag}/n']:>7d}")
+    lines.append("overall = mean over tasks of each task's accuracy (GenEval)")
+    return "\n".join(lines)

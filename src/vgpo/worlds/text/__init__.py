@@ -1,0 +1,53 @@
+"""The text world: render a short word (3-6 letters, A-Z) on a 32x96 canvas, judged by a real OCR model.
+
+Prompts follow Flow-GRPO's convention (``a sign that says "RIVER"``); the train and test splits are word
+lists in ``data/`` whose test words never appear in training. The reward is ``ocr`` (RapidOCR's PP-OCR
+models, installed by the ``ocr`` extra); ``evaluate`` reports ``ocr/accuracy`` and ``ocr/exact``.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+from vgpo.worlds import World
+
+from .evaluate import evaluate, format_table
+from .prompts import TEMPLATES, load_prompts, make_metadata, target_text, template_words
+from .render import IMAGE_SIZE, render, render_text
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+def vocabulary() -> list[str]:
+    """Template words, then the characters A-Z (the quoted text is tokenized character by character)."""
+    return template_words() + list(string.ascii_uppercase)
+
+
+WORLD = World(
+    name="text",
+    image_size=IMAGE_SIZE,
+    train_file=DATA_DIR / "train_words.txt",
+    test_file=DATA_DIR / "test_words.txt",
+    load_prompts=load_prompts,
+    render=render,
+    reward="ocr",
+    evaluate=evaluate,
+    format_table=format_table,
+    vocabulary=vocabulary,
+    headline="ocr/accuracy",
+)
+
+__all__ = [
+    "IMAGE_SIZE",
+    "TEMPLATES",
+    "WORLD",
+    "evaluate",
+    "format_table",
+    "load_prompts",
+    "make_metadata",
+    "render",
+    "render_text",
+    "target_text",
+    "vocabulary",
+]

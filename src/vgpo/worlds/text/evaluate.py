@@ -1,0 +1,66 @@
+"""Evaluation of the text world: the OCR reward's mean (``ocr/accuracy``) and the exact-match rate.
+
+Keys: ``ocr/accuracy`` (mean Flow-GRPO OCR reward), ``ocr/exact`` (recognised text, spaces removed and
+lower-cased, equals the target), ``ocr/count``, and per target length N: ``len{N}/accuracy``,
+``len{N}/exact``, ``len{N}/count``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from vgpo.errors import VgpoError
+
+_JUDGE = None
+
+
+def _judge():
+    """The OCR reward with its default options, built once (engine loading is lazy)."""
+    global _JUDGE
+    if _JUDGE is None:
+        from vgpo.rewards import build
+
+        _JUDGE = build("ocr")
+    return _JUDGE
+
+
+def evaluate(images: torch.Tensor, metadata: Sequence[dict]) -> dict:
+    if images.shape[0] != len(metadata):
+        raise VgpoError(f"text evaluate: got {images.shape[0]} images but {len(metadata)} metadata dicts")
+    if not metadata:
+        raise VgpoError("text evaluate: no images to evaluate")
+    from vgpo.rewards.ocr import normalize, ocr_score
+
+    judge = _judge()
+    prompts = [str(m.get("prompt", "")) for m in metadata]
+    targets = judge.targets(prompts, metadata)
+    texts = [text for text, _ in judge.read(images)]
+    scores = [ocr_score(text, target) for text, target in zip(texts, targets)]
+    exact = [float(normalize(text) == normalize(target)) for text, target in zip(texts, targets)]
+    metrics: dict = {
+        "ocr/accuracy": sum(scores) / len(scores),
+        "ocr/exact": sum(exact) / len(exact),
+        "ocr/count": len(scores),
+    }
+    for length in sorted({len(normalize(t)) for t in targets}):
+        idx = [i for i, t in enumerate(targets) if len(normalize(t)) == length]
+        metrics[f"len{length}/accuracy"] = sum(scores[i] for i in idx) / len(idx)
+        metrics[f"len{length}/exact"] = sum(exact[i] for i in idx) / len(idx)
+        metrics[f"len{length}/count"] = len(idx)
+    return metrics
+
+
+def format_table(metrics: dict) -> str:
+    """Rows: overall, then each target length; columns: accuracy, exact, count."""
+    rows = [("overall", "ocr")]
+    rows += [(f"{key[3:-6]} letters", key[:-6]) for key in sorted(metrics)
+             if key.startswith("len") and key.endswith("/count")]
+    lines = [f"{'text':<12}{'accuracy':>10}{'exact':>8}{'count':>7}"]
+    for label, prefix in rows:
+        if f"{prefix}/accuracy" not in metrics:
+            continue
+        lines.append(f"{label:<12}{metrics[f'{prefix}/accuracy']:>10.3f}{metrics[f'{prefix}/exact']:>8.3f}"
+                     f"{int(metrics.get(f'{prefix}/count', 0)):>7d}")
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""Prompts of the text world: Flow-GRPO's convention, the target text between the first pair of double quotes.
+
+A prompt file holds one item per line; blank lines and lines starting with ``#`` are skipped. An item is
+either a bare word (``RIVER``), which gets template ``i % len(TEMPLATES)`` for the file's i-th item, or a whole prompt
+(``a sign that says "RIVER"``) whose words outside the quotes are template words. Targets are 1 to
+``MAX_CHARS`` upper-case letters A-Z: the tiny model tokenizes the quoted text character by character.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from vgpo.errors import VgpoError
+
+TAG = "text"
+MAX_CHARS = 6
+TEMPLATES = (
+    'a sign that says "{}"',
+    'a poster with the word "{}"',
+    'the word "{}" written in bold letters',
+    'a label that reads "{}"',
+)
+_TARGET_RE = re.compile(rf"[A-Z]{{1,{MAX_CHARS}}}")
+_QUOTED_RE = re.compile(r'"([^"]*)"')
+
+
+def template_words() -> list[str]:
+    """The words of all templates (outside the quotes), in first-seen order."""
+    seen: dict[str, None] = {}
+    for template in TEMPLATES:
+        for word in template.replace('"{}"', " ").split():
+            seen.setdefault(word, None)
+    return list(seen)
+
+
+def quoted_text(prompt: str) -> str | None:
+    """The text between the first pair of double quotes, or None when the prompt has no such pair."""
+    match = _QUOTED_RE.search(prompt)
+    return match.group(1) if match else None
+
+
+def target_text(prompt: str, metadata: Mapping | None = None) -> str:
+    """The text an image for ``prompt`` must show: the prompt's first quoted span, else ``metadata["text"]``."""
+    text = quoted_text(prompt)
+    if text is None and metadata is not None and isinstance(metadata.get("text"), str):
+        text = metadata["text"]
+    if text is None:
+        raise VgpoError(f"text prompt {prompt!r}: expected the target text between double quotes, "
+                        'e.g. a sign that says "RIVER" (or a "text" entry in its metadata)')
+    return text
+
+
+def make_metadata(text: str, template: int = 0) -> dict:
+    """Metadata dict of one prompt: ``{"tag": "text", "text": TEXT, "prompt": ...}``."""
+    return {"tag": TAG, "text": text, "prompt": TEMPLATES[template % len(TEMPLATES)].format(text)}
+
+
+def _parse_line(line: str, index: int, where: str) -> dict:
+    if '"' not in line:
+        if not _TARGET_RE.fullmatch(line):
+            raise VgpoError(f"{where}: expected a word of 1-{MAX_CHARS} upper-case letters A-Z "
+                            f'or a prompt with the text in double quotes, got {line!r}')
+        return make_metadata(line, index)
+    if line.count('"') != 2:
+        raise VgpoError(f'{where}: expected exactly one pair of double quotes around the text, got {line!r}')
+    text = quoted_text(line)
+    if not _TARGET_RE.fullmatch(text):
+        raise VgpoError(f"{where}: the quoted text must be 1-{MAX_CHARS} upper-case letters A-Z, got {text!r}")
+    allowed = set(template_words())
+    unknown = [w for w in _QUOTED_RE.sub(" ", line).split() if w not in allowed]
+    if unknown:
+        raise VgpoError(f"{where}: words outside the quotes must be template words "
+                        f"({', '.join(sorted(allowed))}); unknown: {', '.join(unknown)}")
+    return {"tag": TAG, "text": text, "prompt": " ".join(line.split())}
+
+
+def load_prompts(path: Path | str) -> list[dict]:
+    """Read a prompt file (see the module docstring) into metadata dicts; VgpoError names file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VgpoError(f"{path}: cannot read text prompt file ({exc})") from exc
+    prompts: list[dict] = []
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        prompts.append(_parse_line(line, len(prompts), f"{path}:{number}"))
+    if not prompts:
+        raise VgpoError(f"{path}: no prompts (expected one word or prompt per line)")
+    return prompts

@@ -1,0 +1,117 @@
+"""Trainer invariants on a small random tiny model (fast, CPU)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vgpo.config import from_dict
+from vgpo.errors import VgpoError
+from vgpo.models.tiny import TinyFlowModel
+from vgpo.train import TrainConfig, train
+
+
+def _cfg(tmp_path, ckpt, **kw):
+    base = dict(out=str(tmp_path / "run"), checkpoint=str(ckpt), reward="brightness", epochs=1,
+                prompts_per_epoch=2, group_size=4, sample_batch_size=8, train_batch_size=4,
+                gradient_accumulation=2, num_steps=4, guidance_scale=2.0, lr=1e-3, clip_range=0.2,
+                eval_every=0, eval_num_steps=2, eval_images_per_prompt=1, eval_limit=2, save_every=1,
+                ema_decay=0.0, threads=1)
+    base.update(kw)
+    return from_dict(TrainConfig, base)
+
+
+def _metrics(out):
+    return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(out):
+    return load_file(str(out / "checkpoint" / "trainable.safetensors"))
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "vgpo", "tcrm", "adae"])
+def test_first_inner_ratio_is_one_and_metrics_are_written(tmp_path, tiny_checkpoint, algorithm):
+    out = train(_cfg(tmp_path, tiny_checkpoint, algorithm=algorithm, beta=0.04))
+    (m,) = [r for r in _metrics(out) if r["epoch"] == 1]
+    assert m["losses/ratio_dev_first"] < 1e-5
+    assert m["losses/kl"] >= 0 and m["charts/samples_per_s"] > 0
+    assert (out / "reward.png").is_file() and (out / "eval" / "epoch_0001.json").is_file()
+    if algorithm in ("vgpo", "tcrm"):
+        assert "tcrm/q_0" in m and "tcrm/omega_3" in m and m["perf/reward_images"] == 8 * 4
+    else:
+        assert "tcrm/q_0" not in m and m["perf/reward_images"] == 8
+
+
+def test_batch_8_x_accumulation_1_equals_batch_2_x_accumulation_4(tmp_path, tiny_checkpoint):
+    # One optimizer step of 8 samples either way. Adam's first step is lr*g/(|g|+eps): with the usual
+    # eps it is blind to the gradient's scale and amplifies float noise in near-zero gradients, so
+    # eps = 1 makes the update ~lr*g (scale-sensitive, smooth); the pre-clip gradient norm is compared too.
+    kw = dict(max_grad_norm=1e6, adam_eps=1.0, lr=1.0)
+    a = train(_cfg(tmp_path / "a", tiny_checkpoint, train_batch_size=8, gradient_accumulation=1, **kw))
+    b = train(_cfg(tmp_path / "b", tiny_checkpoint, train_batch_size=2, gradient_accumulation=4, **kw))
+    ga, gb = _metrics(a)[-1]["losses/grad_norm"], _metrics(b)[-1]["losses/grad_norm"]
+    assert ga > 0 and ga == pytest.approx(gb, rel=1e-5)
+    assert _metrics(a)[-1]["charts/optimizer_steps"] == _metrics(b)[-1]["charts/optimizer_steps"] == 1
+    wa, wb = _weights(a), _weights(b)
+    base = TinyFlowModel.load(tiny_checkpoint).trainable_state_dict()
+    assert any(not torch.equal(wa[k], base[k]) for k in wa)
+    for k in wa:
+        torch.testing.assert_close(wa[k] - base[k], wb[k] - base[k], rtol=1e-4, atol=1e-7)
+
+
+def test_sample_batch_size_does_not_change_samples(tmp_path, tiny_checkpoint):
+    a = train(_cfg(tmp_path / "a", tiny_checkpoint, sample_batch_size=8))
+    b = train(_cfg(tmp_path / "b", tiny_checkpoint, sample_batch_size=3))
+    ma, mb = _metrics(a)[-1], _metrics(b)[-1]
+    assert ma["reward/mean"] == pytest.approx(mb["reward/mean"], abs=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "vgpo"])
+def test_brightness_reward_rises_and_every_parameter_changes(tmp_path, tiny_checkpoint, algorithm):
+    out = train(_cfg(tmp_path, tiny_checkpoint, algorithm=algorithm, epochs=6, prompts_per_epoch=4,
+                     lr=3e-3, clip_range=0.5, save_every=6))
+    rewards = [m["reward/mean"] for m in _metrics(out) if "reward/mean" in m]
+    assert sum(rewards[-2:]) / 2 > rewards[0] + 0.02, rewards
+    trained = _weights(out)
+    model = TinyFlowModel.load(tiny_checkpoint)
+    names = {id(p) for p in model.trainable_parameters()}
+    base = {k: v for (k, v), p in zip(model.net.state_dict(keep_vars=True).items(),
+                                      model.net.state_dict(keep_vars=True).values()) if id(p) in names}
+    unchanged = [k for k, v in base.items() if torch.equal(v.detach(), trained[k])]
+    assert not unchanged, unchanged
+    text = [k for k in trained if k.startswith("text.")]
+    assert text and all(torch.equal(trained[k], model.net.state_dict()[k]) for k in text)  # frozen encoder
+
+
+def test_resume_is_bit_identical(tmp_path, tiny_checkpoint):
+    kw = dict(algorithm="vgpo", ema_decay=0.9, epochs=3)
+    full = train(_cfg(tmp_path / "full", tiny_checkpoint, **kw))
+    part = _cfg(tmp_path / "part", tiny_checkpoint, **{**kw, "epochs": 2})
+    train(part)
+    resumed = train(_cfg(tmp_path / "part", tiny_checkpoint, **kw), resume=True)
+    wf, wr = _weights(full), _weights(resumed)
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+    ef = load_file(str(full / "checkpoint" / "ema.safetensors"))
+    er = load_file(str(resumed / "checkpoint" / "ema.safetensors"))
+    assert all(torch.equal(ef[k], er[k]) for k in ef)
+    assert [m["epoch"] for m in _metrics(resumed)] == [1, 2, 3]
+    assert _metrics(resumed)[-1]["reward/mean"] == _metrics(full)[-1]["reward/mean"]
+
+
+def test_resume_without_checkpoint_names_the_folder(tmp_path, tiny_checkpoint):
+    with pytest.raises(VgpoError, match="no checkpoint"):
+        train(_cfg(tmp_path, tiny_checkpoint), resume=True)
+
+
+@pytest.mark.parametrize("data, field", [
+    ({"lerning_rate": 1.0}, "lerning_rate"),
+    ({"lr": "fast"}, "lr"),
+    ({"group_size": 1}, "group_size"),
+    ({"algorithm": "ppo"}, "algorithm"),
+    ({"timestep_fraction": 0.0}, "timestep_fraction"),
+    ({"clip_range": -1.0}, "clip_range"),
+])
+def test_config_errors_name_the_field(data, field):
+    with pytest.raises(VgpoError, match=field):
+        from_dict(TrainConfig, data)
