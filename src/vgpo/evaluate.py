@@ -8,7 +8,8 @@ from typing import Sequence
 import torch
 
 from vgpo.models.protocol import FlowModel
-from vgpo.sampling import rollout
+from vgpo.sampling import batch_randn, rollout
+from vgpo.utils import derive_seed
 from vgpo.worlds import World
 
 
@@ -21,21 +22,17 @@ class EvalResult:
 
 @torch.no_grad()
 def sample_images(model: FlowModel, prompts: Sequence[str], num_steps: int, guidance_scale: float,
-                  seed: int, batch_size: int, noise_level: float = 0.0) -> torch.Tensor:
-    """Decode ODE (noise_level 0) or SDE samples for ``prompts``; the i-th image's noise depends only on
-    (seed, i), so results do not depend on the batch size."""
+                  seed: int, batch_size: int) -> torch.Tensor:
+    """Decoded ODE samples for ``prompts``; the i-th image's initial noise depends only on (seed, i),
+    so results do not depend on the batch size."""
     sigmas = model.schedule(num_steps)
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
-        noise = torch.stack([
-            torch.randn(model.latent_shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + start + j))
-            for j in range(len(chunk))
-        ]).to(model.device)
-        cond = model.encode_prompts(chunk)
-        uncond = model.negative_condition(len(chunk))
-        traj = rollout(model, cond, uncond, sigmas, noise_level, guidance_scale, x_init=noise,
-                       generator=torch.Generator(device=model.device).manual_seed(seed + start))
+        gens = [torch.Generator().manual_seed(derive_seed(seed, "eval", start + j)) for j in range(len(chunk))]
+        noise = batch_randn((len(chunk), *model.latent_shape), gens, model.device)
+        traj = rollout(model, model.encode_prompts(chunk), model.negative_condition(len(chunk)), sigmas,
+                       0.0, guidance_scale, x_init=noise)
         out.append(model.decode(traj.final).cpu())
     return torch.cat(out)
 
