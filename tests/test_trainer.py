@@ -95,7 +95,7 @@ def test_resume_is_bit_identical(tmp_path, tiny_checkpoint):
     ef = load_file(str(full / "checkpoint" / "ema.safetensors"))
     er = load_file(str(resumed / "checkpoint" / "ema.safetensors"))
     assert all(torch.equal(ef[k], er[k]) for k in ef)
-    assert [m["epoch"] for m in _metrics(resumed)] == [1, 2, 3]
+    assert [m["epoch"] for m in _metrics(resumed)] == [0, 1, 2, 3]  # 0: the base model's evaluation
     assert _metrics(resumed)[-1]["reward/mean"] == _metrics(full)[-1]["reward/mean"]
 
 

@@ -80,9 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.set_defaults(func=_cmd_eval)
 
-    from vgpo.train.cli import add_commands
+    from vgpo.bench.cli import add_commands as add_bench_commands
+    from vgpo.train.cli import add_commands as add_train_commands
 
-    add_commands(sub)
+    add_train_commands(sub)
+    add_bench_commands(sub)
     return parser
 
 

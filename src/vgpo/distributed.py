@@ -13,10 +13,24 @@ import torch
 import torch.distributed as dist
 
 
-def init_from_env(device: str) -> None:
-    """Initialise the default process group when launched with WORLD_SIZE > 1 (gloo on CPU)."""
+def local_device(device: str) -> str:
+    """This process's device: a bare ``cuda`` becomes ``cuda:<LOCAL_RANK>`` when launched with
+    WORLD_SIZE > 1 (torchrun and ``accelerate launch`` set both), so that each process gets its own GPU;
+    anything else (``cpu``, an explicit ``cuda:1``) is returned unchanged."""
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
+def init_from_env(device: str) -> str:
+    """Initialise the default process group when launched with WORLD_SIZE > 1 (NCCL on CUDA, gloo
+    otherwise) and return this process's device (``local_device``), made current on CUDA."""
+    device = local_device(device)
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(torch.device(device))  # rewards and helpers that say plain "cuda" follow
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return device
 
 
 def rank() -> int:
@@ -46,12 +60,23 @@ def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_reduce_max(value: int) -> int:
+def all_reduce_max(value: int | float) -> int | float:
+    """The maximum of a Python number over processes (an int stays an int)."""
     if world_size() == 1:
         return value
-    t = torch.tensor([value], dtype=torch.long)
+    t = torch.tensor([value], dtype=torch.long if isinstance(value, int) else torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    return type(value)(t.item())
+
+
+def broadcast_(tensors: list[torch.Tensor], src: int = 0) -> None:
+    """Copy rank ``src``'s values into every process's tensors, in place (as DDP does with the
+    initial weights: a random LoRA init must be the same on every process)."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for t in tensors:
+            dist.broadcast(t.data, src=src)
 
 
 def sum_gradients_(params: list[torch.nn.Parameter]) -> None:

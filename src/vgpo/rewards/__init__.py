@@ -10,6 +10,8 @@ Every reward is a callable ``reward(images, prompts, metadata) -> (B,) float32 t
 from __future__ import annotations
 
 import importlib
+import inspect
+import re
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -75,10 +77,47 @@ class WeightedReward:
         return total
 
 
+def _option_names(factory: Callable[..., Reward]) -> list[str]:
+    """The keyword options a factory accepts (following ``**kwargs`` up a class's bases)."""
+    names: set[str] = set()
+    inits = [c.__init__ for c in factory.__mro__ if c is not object] if isinstance(factory, type) else [factory]
+    for init in inits:
+        if init is object.__init__:
+            break
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return sorted(names)
+
+
+def _construct(name: str, options: Mapping[str, Any], extra: Mapping[str, Any]) -> Reward:
+    """``factory(**options, **extra)``; the TypeError of an unknown or missing option becomes a one-line
+    VgpoError naming the reward and the option (any other TypeError propagates)."""
+    factory = _factory(name)
+    try:
+        return factory(**options, **extra)
+    except TypeError as err:
+        given, message = {**options, **extra}, str(err)
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", message)
+        option = unknown.group(1) if unknown else None
+        if option is None and given and re.search(r"takes no( keyword)? arguments", message):
+            option = min(given)
+        if option in given:
+            names = _option_names(factory)
+            expected = f"one of: {', '.join(names)}" if names else "none"
+            raise VgpoError(f"reward.{name}.{option}: unknown option; expected {expected}") from None
+        missing = re.search(r"missing \d+ required (?:positional |keyword-only )?arguments?: '(\w+)'", message)
+        if missing and missing.group(1) in _option_names(factory):
+            raise VgpoError(f"reward.{name}.{missing.group(1)}: required option missing") from None
+        raise
+
+
 def build(spec: str | Mapping[str, Any], **kwargs: Any) -> Reward:
-    """Build a reward from a name, or a ``{name: weight}`` / ``{name: {"weight": w, **options}}`` map."""
+    """Build a reward from a name, or a ``{name: weight}`` / ``{name: {"weight": w, **options}}`` map.
+    An option the reward does not take is a one-line ``VgpoError`` naming the reward and the option."""
     if isinstance(spec, str):
-        return _factory(spec)(**kwargs)
+        return _construct(spec, {}, kwargs)
     if not isinstance(spec, Mapping) or not spec:
         raise VgpoError(f"reward: expected a name or a non-empty {{name: weight}} map, got {spec!r}")
     rewards, weights = {}, {}
@@ -87,7 +126,7 @@ def build(spec: str | Mapping[str, Any], **kwargs: Any) -> Reward:
         weight = options.pop("weight", 1.0)
         if not isinstance(weight, (int, float)):
             raise VgpoError(f"reward.{name}.weight: expected a number, got {weight!r}")
-        rewards[name] = _factory(name)(**options, **kwargs)
+        rewards[name] = _construct(name, options, kwargs)
         weights[name] = float(weight)
     return WeightedReward(rewards, weights)
 

@@ -58,7 +58,7 @@ class TrainConfig:
     adae_steps: int = doc(5, "ADAE adds k*Q_i on the first this many steps only (paper: 5)")
     tcrm_every: int = doc(1, "score projections every k-th step, interpolate the rest (1: the paper)")
     # --- evaluation and checkpoints ---
-    eval_every: int = doc(10, "epochs between held-out evaluations (0: only at the end)")
+    eval_every: int = doc(10, "epochs between held-out evaluations (0: only before the first and after the last)")
     eval_num_steps: int = doc(40, "ODE steps of held-out evaluation (paper: 40)")
     eval_images_per_prompt: int = doc(2, "held-out images per test prompt")
     eval_limit: int = doc(0, "evaluate on the first N test prompts only (0: all)")

@@ -208,8 +208,11 @@ def update(cfg: TrainConfig, model: FlowModel, params: list[torch.nn.Parameter],
                 with torch.no_grad():
                     for e, p in zip(ema, params):
                         e.lerp_(p.detach(), 1.0 - cfg.ema_decay)
-    for key, value in sums.items():
-        setattr(stats, key, value / max(1, n_terms))
+    # Averages over every process's terms, so the logged losses do not depend on the number of processes.
+    totals = dist.all_reduce_sum_(torch.tensor([*sums.values(), float(n_terms)], dtype=torch.float64)).tolist()
+    for key, value in zip(sums, totals):
+        setattr(stats, key, value / max(1.0, totals[-1]))
+    stats.ratio_dev_first = dist.all_reduce_max(stats.ratio_dev_first)
     return stats
 
 
@@ -329,9 +332,14 @@ def plot_rewards(metrics_path: Path, out: Path, headline: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------------
-def run_eval(cfg: TrainConfig, model: FlowModel, world: World, test_prompts: list[dict], out: Path, tag: str) -> dict:
+def run_eval(cfg: TrainConfig, model: FlowModel, world: World, test_prompts: list[dict], out: Path, tag: str,
+             reward_fn: Reward) -> dict:
     result = evaluate_world(model, world, test_prompts, num_steps=cfg.eval_num_steps, guidance_scale=cfg.guidance_scale,
                             images_per_prompt=cfg.eval_images_per_prompt, seed=cfg.seed, batch_size=cfg.eval_batch_size)
+    # The training reward on the held-out images too (Flow-GRPO's eval_reward): the only held-out score of
+    # worlds without a judge of their own (the prompt-file worlds: geneval, ocr, pickscore).
+    held_out = reward_fn(result.images, [m["prompt"] for m in result.metadata], result.metadata).float()
+    result.metrics["reward/mean"] = held_out.mean().item()
     (out / "eval").mkdir(parents=True, exist_ok=True)
     n = min(48, len(result.metadata))
     save_grid(result.images[:n], [m["prompt"] for m in result.metadata[:n]], out / "eval" / f"{tag}.png")
@@ -340,7 +348,7 @@ def run_eval(cfg: TrainConfig, model: FlowModel, world: World, test_prompts: lis
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    dist.init_from_env(cfg.device)
+    device = dist.init_from_env(cfg.device)  # "cuda" -> this process's GPU (LOCAL_RANK) under torchrun
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.prompts_per_epoch % dist.world_size():
@@ -352,8 +360,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if cfg.eval_limit:
         test_prompts = test_prompts[: cfg.eval_limit]
     reward_fn = build_reward(cfg.reward_spec(world.reward))
-    model = load_model(cfg.model, cfg.checkpoint, cfg.model_options, cfg.device)
+    # Adapters draw their LoRA init from the global RNG: seed it, so that a run (and its resumed twin) is a
+    # function of cfg.seed, and copy rank 0's trainable weights to every process (as DDP does).
+    torch.manual_seed(derive_seed(cfg.seed, "init"))
+    model = load_model(cfg.model, cfg.checkpoint, cfg.model_options, device)
     params = model.trainable_parameters()
+    dist.broadcast_(params)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     ema = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
     start = load_checkpoint(out, model, optimizer, ema) if resume else 0
@@ -362,8 +374,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         atomic_write_text(json.dumps(asdict(cfg), indent=2) + "\n", out / "config.json")
     log = MetricsLog(out, start) if dist.is_main() else None
     sigmas = model.schedule(cfg.num_steps)
-    if start == 0 and cfg.eval_every and dist.is_main():
-        log.write(0, {f"eval/{k}": v for k, v in run_eval(cfg, model, world, test_prompts, out, "epoch_0000").items()})
+    if start == 0 and dist.is_main():  # the base model's score: every run reports its starting point
+        base_evals = run_eval(cfg, model, world, test_prompts, out, "epoch_0000", reward_fn)
+        log.write(0, {f"eval/{k}": v for k, v in base_evals.items()})
     bar = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc=f"train {cfg.algorithm}",
                dynamic_ncols=True, disable=not dist.is_main())
     for epoch in bar:
@@ -412,7 +425,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             "perf/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         for name, values in scores.components.items():
-            metrics[f"reward/{name}"] = values.mean().item()
+            metrics[f"reward/{name}"] = dist.all_gather_cat(values).mean().item()
         if cfg.dense_rewards:
             q_mean, omega_mean = all_values.mean(0), omega_all.mean(0)
             for i in range(all_values.shape[1]):
@@ -422,7 +435,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         if dist.is_main():
             if done == cfg.epochs or (cfg.eval_every and done % cfg.eval_every == 0):
                 with ema_weights(params, ema):
-                    evals = run_eval(cfg, model, world, test_prompts, out, f"epoch_{done:04d}")
+                    evals = run_eval(cfg, model, world, test_prompts, out, f"epoch_{done:04d}", reward_fn)
                 metrics.update({f"eval/{k}": v for k, v in evals.items()})
             log.write(done, metrics)
             if done % cfg.save_every == 0 or done == cfg.epochs:

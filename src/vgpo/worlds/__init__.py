@@ -1,7 +1,8 @@
 """Worlds: a prompt set, a renderer of ground-truth images, a reward and an evaluation table.
 
 The trainer and the pretrainer only see the ``World`` interface; registered worlds are
-``shapes`` (GenEval-style compositions) and ``text`` (OCR-judged text rendering).
+``shapes`` (GenEval-style compositions) and ``text`` (OCR-judged text rendering), and for real models the
+prompt-file worlds ``geneval``, ``ocr`` and ``pickscore`` (``prompts_file``: prompts only, no renderer).
 """
 
 from __future__ import annotations
@@ -46,13 +47,21 @@ class World:
     headline: str = "overall/strict"  # the metric of ``evaluate`` that summarises a run
 
 
-_WORLD_MODULES = {"shapes": "vgpo.worlds.shapes", "text": "vgpo.worlds.text"}
+# name -> "module" (its WORLD) or "module:ATTRIBUTE" (one module defining several worlds).
+_WORLD_MODULES = {
+    "shapes": "vgpo.worlds.shapes",
+    "text": "vgpo.worlds.text",
+    "geneval": "vgpo.worlds.prompts_file:GENEVAL",
+    "ocr": "vgpo.worlds.prompts_file:OCR",
+    "pickscore": "vgpo.worlds.prompts_file:PICKSCORE",
+}
 
 
 def get_world(name: str) -> World:
     if name not in _WORLD_MODULES:
         raise VgpoError(f"unknown world '{name}'; expected one of: {', '.join(sorted(_WORLD_MODULES))}")
-    return importlib.import_module(_WORLD_MODULES[name]).WORLD
+    module, _, attribute = _WORLD_MODULES[name].partition(":")
+    return getattr(importlib.import_module(module), attribute or "WORLD")
 
 
 def balanced_choice(prompts: Sequence[dict], n: int, generator: torch.Generator) -> list[int]:
