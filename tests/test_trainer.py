@@ -100,7 +100,7 @@ def test_resume_is_bit_identical(tmp_path, tiny_checkpoint):
 
 
 def test_resume_without_checkpoint_names_the_folder(tmp_path, tiny_checkpoint):
-    with pytest.raises(VgpoError, match="no checkpoint"):
+    with pytest.raises(VgpoError, match="no training checkpoint"):
         train(_cfg(tmp_path, tiny_checkpoint), resume=True)
 
 
@@ -115,3 +115,14 @@ def test_resume_without_checkpoint_names_the_folder(tmp_path, tiny_checkpoint):
 def test_config_errors_name_the_field(data, field):
     with pytest.raises(VgpoError, match=field):
         from_dict(TrainConfig, data)
+
+
+def test_load_trained_model_uses_ema_weights(tmp_path, tiny_checkpoint):
+    from vgpo.train.trainer import load_trained_model
+
+    out = train(_cfg(tmp_path, tiny_checkpoint, ema_decay=0.5, epochs=2))
+    model, cfg, epoch = load_trained_model(out)
+    assert epoch == 2 and cfg.ema_decay == 0.5
+    ema = load_file(str(out / "checkpoint" / "ema.safetensors"))
+    for i, p in enumerate(model.trainable_parameters()):
+        assert torch.equal(p.detach(), ema[f"ema.{i}"])

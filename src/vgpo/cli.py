@@ -31,8 +31,15 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = TinyFlowModel.load(args.checkpoint)
-    world = get_world(args.world or model.cfg.world)
+    if args.run:
+        from vgpo.train.trainer import load_trained_model
+
+        model, train_cfg, _ = load_trained_model(args.run)
+        default_world, source = train_cfg.world, args.run
+    else:
+        model = TinyFlowModel.load(args.checkpoint)
+        default_world, source = model.cfg.world, args.checkpoint
+    world = get_world(args.world or default_world)
     metas = world.load_prompts(Path(args.prompts) if args.prompts else world.test_file)
     if args.limit:
         metas = metas[: args.limit]
@@ -43,7 +50,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     print(world.format_table(result.metrics))
     print(f"{len(result.metadata)} images, {args.steps} ODE steps, cfg {args.cfg}, {wall:.1f} s")
     if args.json:
-        payload = {"checkpoint": str(args.checkpoint), "world": world.name, "steps": args.steps, "cfg": args.cfg,
+        payload = {"checkpoint": str(source), "world": world.name, "steps": args.steps, "cfg": args.cfg,
                    "images": len(result.metadata), "seed": args.seed, "wall_s": round(wall, 1), "metrics": result.metrics}
         atomic_write_text(json.dumps(payload, indent=2) + "\n", args.json)
         print(f"wrote {args.json}")
@@ -66,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="sample the held-out prompts with the ODE and print the world's table")
     p.add_argument("--checkpoint", default="checkpoints/shapes-base", help="folder with model.safetensors + config.json")
+    p.add_argument("--run", default=None, help="a `vgpo train` output folder: evaluate its (EMA) weights instead")
     p.add_argument("--world", default=None, help="world (default: the checkpoint's)")
     p.add_argument("--prompts", default=None, help="prompt file (default: the world's test split)")
     p.add_argument("--steps", type=int, default=40, help="ODE steps")

@@ -20,14 +20,13 @@ Needs the ``real`` extra (diffusers, transformers, peft).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from vgpo.errors import VgpoError
-from vgpo.models.lora import LoraDiffusersModel, LoraOptions, load_pipeline, precision_dtype
+from vgpo.models.lora import LoraDiffusersModel, LoraOptions
 from vgpo.models.protocol import Condition
 
 
@@ -150,24 +149,10 @@ class FluxFlowModel(LoraDiffusersModel):
         )
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path_or_hub_id: str | Path,
-        resolution: int | Sequence[int] = 512,
-        *,
-        local_files_only: bool = False,
-        device: str | torch.device | None = None,
-        precision: str | None = None,
-        pipeline_kwargs: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> "FluxFlowModel":
-        """Load ``FluxPipeline.from_pretrained(path_or_hub_id)`` and wrap it (see ``SD3FlowModel``)."""
+    def load_pipeline_class(cls) -> type:
         from diffusers import FluxPipeline
 
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = precision_dtype(precision, dev)
-        pipe = load_pipeline(FluxPipeline, path_or_hub_id, dtype, local_files_only, **dict(pipeline_kwargs or {}))
-        return cls(pipe, resolution, device=dev, precision=precision, **kwargs)
+        return FluxPipeline
 
     # --- packing --------------------------------------------------------------------------------
     def pack(self, x: torch.Tensor) -> torch.Tensor:

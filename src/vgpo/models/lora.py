@@ -16,7 +16,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -200,6 +200,32 @@ class LoraDiffusersModel:
     """
 
     pipeline_class: type  # set by subclasses (StableDiffusion3Pipeline, FluxPipeline)
+
+    @classmethod
+    def load_pipeline_class(cls) -> type:
+        """The diffusers pipeline class this adapter wraps (imported lazily)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str | Path,
+        resolution: int | Sequence[int] = 512,
+        *,
+        local_files_only: bool = False,
+        device: str | torch.device | None = None,
+        precision: str | None = None,
+        pipeline_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        """Load the pipeline from a local folder or hub id (weights in ``precision``'s dtype; VAE in
+        fp32) and wrap it; ``local_files_only`` never touches the network. Other keyword arguments go
+        to the adapter's constructor."""
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = precision_dtype(precision, dev)
+        pipe = load_pipeline(cls.load_pipeline_class(), path_or_hub_id, dtype, local_files_only,
+                             **dict(pipeline_kwargs or {}))
+        return cls(pipe, resolution, device=dev, precision=precision, **kwargs)
 
     def _setup(
         self,

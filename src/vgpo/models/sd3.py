@@ -18,13 +18,12 @@ Needs the ``real`` extra (diffusers, transformers, peft). Example::
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from vgpo.errors import VgpoError
-from vgpo.models.lora import LoraDiffusersModel, LoraOptions, load_pipeline, precision_dtype
+from vgpo.models.lora import LoraDiffusersModel, LoraOptions
 from vgpo.models.protocol import Condition
 from vgpo.sampling.schedule import flow_schedule
 
@@ -96,26 +95,10 @@ class SD3FlowModel(LoraDiffusersModel):
         self._negative: Condition | None = None
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path_or_hub_id: str | Path,
-        resolution: int | Sequence[int] = 512,
-        *,
-        local_files_only: bool = False,
-        device: str | torch.device | None = None,
-        precision: str | None = None,
-        pipeline_kwargs: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> "SD3FlowModel":
-        """Load ``StableDiffusion3Pipeline.from_pretrained(path_or_hub_id)`` (weights in ``precision``'s
-        dtype; VAE upcast to fp32) and wrap it. ``local_files_only`` never touches the network."""
+    def load_pipeline_class(cls) -> type:
         from diffusers import StableDiffusion3Pipeline
 
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = precision_dtype(precision, dev)
-        pipe = load_pipeline(StableDiffusion3Pipeline, path_or_hub_id, dtype, local_files_only,
-                             **dict(pipeline_kwargs or {}))
-        return cls(pipe, resolution, device=dev, precision=precision, **kwargs)
+        return StableDiffusion3Pipeline
 
     # --- protocol -------------------------------------------------------------------------------
     def schedule(self, num_steps: int) -> torch.Tensor:

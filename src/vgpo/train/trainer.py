@@ -28,7 +28,7 @@ from vgpo import distributed as dist
 from vgpo.errors import VgpoError
 from vgpo.evaluate import evaluate_world
 from vgpo.images import save_grid
-from vgpo.models import FlowModel, index_condition, load_model
+from vgpo.models import FlowModel, load_model
 from vgpo.rewards import Reward, WeightedReward, build as build_reward
 from vgpo.sampling import Trajectory, guided_velocity, rollout, sde_step
 from vgpo.train.advantages import (group_mean_std, grpo_advantages, interpolate_steps, reward_to_go,
@@ -255,22 +255,47 @@ def save_checkpoint(out: Path, model: FlowModel, optimizer: torch.optim.Optimize
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(out: Path, model: FlowModel, optimizer: torch.optim.Optimizer, ema: list[torch.Tensor] | None) -> int:
-    """Restore a checkpoint written by ``save_checkpoint``; returns the number of finished epochs."""
+def _checkpoint_dir(out: Path) -> Path:
     ckpt = out / "checkpoint"
-    if not (ckpt / "state.json").is_file():
-        old = out / ".checkpoint.old"  # a crash between the two renames leaves the previous one here
-        if (old / "state.json").is_file():
-            ckpt = old
-        else:
-            raise VgpoError(f"--resume: no checkpoint in {out} (expected {ckpt}/state.json)")
+    if (ckpt / "state.json").is_file():
+        return ckpt
+    old = out / ".checkpoint.old"  # a crash between the two renames leaves the previous one here
+    if (old / "state.json").is_file():
+        return old
+    raise VgpoError(f"{out}: no training checkpoint (expected {ckpt}/state.json)")
+
+
+def load_checkpoint(out: Path, model: FlowModel, optimizer: torch.optim.Optimizer | None,
+                    ema: list[torch.Tensor] | None) -> int:
+    """Restore a checkpoint written by ``save_checkpoint``; returns the number of finished epochs."""
+    ckpt = _checkpoint_dir(out)
     model.load_trainable_state_dict(load_file(str(ckpt / "trainable.safetensors"), device=str(model.device)))
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
     if ema is not None and (ckpt / "ema.safetensors").is_file():
         saved = load_file(str(ckpt / "ema.safetensors"))
         for i, e in enumerate(ema):
             e.copy_(saved[f"ema.{i}"])
     return int(json.loads((ckpt / "state.json").read_text())["epoch"])
+
+
+def load_trained_model(out: str | Path, device: str = "cpu") -> tuple[FlowModel, TrainConfig, int]:
+    """The model of a training run folder, with its EMA weights when it kept them (what the run's
+    evaluations used); returns (model, config, finished epochs)."""
+    from vgpo.config import from_dict
+
+    out = Path(out)
+    state = json.loads((_checkpoint_dir(out) / "state.json").read_text())
+    cfg = from_dict(TrainConfig, state["config"], f"{out}/checkpoint/state.json: ")
+    model = load_model(cfg.model, cfg.checkpoint, cfg.model_options, device)
+    params = model.trainable_parameters()
+    ema = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
+    epoch = load_checkpoint(out, model, None, ema)
+    if ema is not None:
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
+    return model, cfg, epoch
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,59 @@
+"""Seconds per training epoch on the Shapes preset, split into rollout / reward / advantage / update,
+the share of the update spent in the network's forward+backward, VGPO's epoch time over GRPO's and
+peak RSS.
+
+    python benchmarks/epoch_speed.py [--epochs 3] [--out runs/speed]
+
+Each algorithm runs ``--epochs`` epochs of ``configs/shapes-<algo>.yaml`` from the shipped base
+(held-out evaluation reduced to one prompt, since it is not what is timed); the first epoch is
+dropped as warm-up. GRPO is timed twice: as configured (zero-std groups dropped, so it updates on
+fewer samples) and with every sample kept (the same update work as VGPO).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from vgpo.config import from_dict, load_yaml
+from vgpo.train import TrainConfig, train
+
+KEYS = ["time/rollout_s", "time/reward_s", "time/advantage_s", "time/update_s", "time/fwd_bwd_s", "time/epoch_s"]
+
+
+def timed_run(name: str, preset: str, out: Path, epochs: int, **overrides) -> dict:
+    data = {**load_yaml(preset), "out": str(out / name), "epochs": epochs, "eval_limit": 1, "eval_every": 0,
+            "eval_num_steps": 2, **overrides}
+    run = train(from_dict(TrainConfig, data))
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "time/epoch_s" in r][1:]  # drop the warm-up epoch
+    summary = {k: statistics.mean(r[k] for r in rows) for k in KEYS}
+    summary["fwd_bwd_share"] = summary["time/fwd_bwd_s"] / summary["time/update_s"]
+    summary["reward_images"] = rows[-1]["perf/reward_images"]
+    summary["peak_rss_mb"] = max(r["perf/peak_rss_mb"] for r in rows)
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--out", default="runs/speed")
+    args = parser.parse_args()
+    out = Path(args.out)
+    results = {
+        "grpo": timed_run("grpo", "configs/shapes-grpo.yaml", out, args.epochs),
+        "grpo-keep-all": timed_run("grpo-keep", "configs/shapes-grpo.yaml", out, args.epochs, drop_zero_std_groups=False),
+        "vgpo": timed_run("vgpo", "configs/shapes-vgpo.yaml", out, args.epochs),
+    }
+    print(f"{'':14}" + "".join(f"{k.split('/')[-1]:>12}" for k in KEYS) + f"{'fwd/bwd':>9}{'rss MB':>8}")
+    for name, s in results.items():
+        print(f"{name:14}" + "".join(f"{s[k]:12.2f}" for k in KEYS) + f"{s['fwd_bwd_share']:9.1%}{s['peak_rss_mb']:8.0f}")
+    for ref in ("grpo", "grpo-keep-all"):
+        print(f"VGPO epoch time / {ref}: {results['vgpo']['time/epoch_s'] / results[ref]['time/epoch_s']:.2f}x")
+    (out / "speed.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""The command line: one-line errors on bad input, pretraining resume, eval outputs."""
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from vgpo.cli import main
+
+
+def _run_error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("vgpo: error: ") and "Traceback" not in err
+    return err
+
+
+def test_missing_checkpoint_is_one_line(capsys, tmp_path):
+    err = _run_error(capsys, ["eval", "--checkpoint", str(tmp_path / "nope")])
+    assert "nope" in err and "config.json" in err
+
+
+def test_malformed_prompt_file_names_file_and_line(capsys, tmp_path, tiny_checkpoint):
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}\n'
+                   '{"tag": "single_object", "include": [{"class": "hexagon", "count": 1}], "prompt": "a photo of a hexagon"}\n')
+    err = _run_error(capsys, ["eval", "--checkpoint", str(tiny_checkpoint), "--prompts", str(bad)])
+    assert "prompts.jsonl:2" in err and "hexagon" in err
+
+
+def test_unknown_reward_and_bad_config_values_name_the_field(capsys, tmp_path, tiny_checkpoint):
+    common = ["train", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "run")]
+    assert "geneval-shapez" in _run_error(capsys, common + ["--reward", "geneval-shapez"])
+    assert "lr" in _run_error(capsys, common + ["--lr", "fast"])
+    assert "group_size" in _run_error(capsys, common + ["--set", "group_size=1"])
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("epochs: 2\nlerning_rate: 0.1\n")
+    assert "lerning_rate" in _run_error(capsys, ["train", "--config", str(cfg)])
+    cfg.write_text("epochs: [2\n")
+    assert "cfg.yaml:" in _run_error(capsys, ["train", "--config", str(cfg)])
+
+
+def test_pretrain_resume_equals_uninterrupted(tmp_path):
+    common = ["pretrain", "--batch-size", "4", "--save-every", "2", "--warmup-steps", "2", "--threads", "1"]
+    main(common + ["--steps", "4", "--out", str(tmp_path / "full")])
+    main(common + ["--steps", "2", "--out", str(tmp_path / "part")])  # "killed" after step 2
+    main(common + ["--steps", "4", "--out", str(tmp_path / "part")])  # resumes from resume.pt
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "part" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    meta = json.loads((tmp_path / "part" / "config.json").read_text())
+    assert meta["model"] == "tiny" and meta["pretrain"]["completed_steps"] == 4
+
+
+def test_eval_writes_table_json_and_grid(capsys, tmp_path, tiny_checkpoint):
+    out_json, grid = tmp_path / "eval.json", tmp_path / "grid.png"
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--steps", "2", "--limit", "6",
+                 "--images-per-prompt", "1", "--json", str(out_json), "--grid", str(grid)]) == 0
+    printed = capsys.readouterr().out
+    assert "overall" in printed and "single_object" in printed
+    payload = json.loads(out_json.read_text())
+    assert payload["images"] == 6 and 0.0 <= payload["metrics"]["overall/strict"] <= 1.0
+    assert grid.stat().st_size > 0
