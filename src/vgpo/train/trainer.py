@@ -124,14 +124,15 @@ def _components(reward_fn: Reward) -> dict[str, torch.Tensor]:
     return dict(reward_fn.last_components) if isinstance(reward_fn, WeightedReward) else {}
 
 
-def compute_advantages(cfg: TrainConfig, scores: Scores, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_advantages(cfg: TrainConfig, final: torch.Tensor, values: torch.Tensor,
+                       group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) advantages and step weights omega for the configured algorithm (see advantages.py)."""
-    T = scores.values.shape[1]
+    T = values.shape[1]
     if cfg.algorithm == "grpo":
-        adv = grpo_advantages(scores.final, group_ids, T, cfg.global_std)
+        adv = grpo_advantages(final, group_ids, T, cfg.global_std)
         omega = torch.ones_like(adv)
     else:
-        adv, omega = vgpo_advantages(scores.values, group_ids, use_omega=cfg.dense_rewards,
+        adv, omega = vgpo_advantages(values, group_ids, use_omega=cfg.dense_rewards,
                                      adae_k=cfg.adae_k if cfg.absolute_signal else 0.0,
                                      adae_steps=cfg.adae_steps, global_std=cfg.global_std)
     return adv.clamp(-cfg.adv_clip_max, cfg.adv_clip_max), omega
@@ -414,8 +415,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         all_final = dist.all_gather_cat(scores.final)
         all_values = dist.all_gather_cat(scores.values)
         all_groups = dist.all_gather_cat(batch.group_ids)
-        all_scores = Scores(all_final, all_values, None, 0, {})
-        adv_all, omega_all = compute_advantages(cfg, all_scores, all_groups)
+        adv_all, omega_all = compute_advantages(cfg, all_final, all_values, all_groups)
         zero_std_all = zero_std_groups(all_final, all_groups)
         keep_all = ~zero_std_all if cfg.drops_zero_std else torch.ones_like(zero_std_all)
         mine = slice(dist.rank() * len(batch.metadata), (dist.rank() + 1) * len(batch.metadata))
