@@ -88,7 +88,7 @@ def test_load_prompts_names_file_and_line(tmp_path, line, match):
 
 
 def test_load_prompts_missing_or_empty_file(tmp_path):
-    with pytest.raises(VgpoError, match="cannot read"):
+    with pytest.raises(VgpoError, match="missing.txt: prompt file not found"):
         load_prompts(tmp_path / "missing.txt")
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(VgpoError, match="no prompts"):

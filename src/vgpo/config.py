@@ -68,24 +68,17 @@ def _coerce(name: str, annotation: Any, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise VgpoError(f"{where}{name}: expected true or false, got {value!r}")
         return value
-    if annotation is int:
+    if annotation in (int, float):
         if isinstance(value, str):
             try:
-                return int(value)
+                value = annotation(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise VgpoError(f"{where}{name}: expected an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise VgpoError(f"{where}{name}: expected a number, got {value!r}")
-        return float(value)
+        allowed = int if annotation is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            kind = "an integer" if annotation is int else "a number"
+            raise VgpoError(f"{where}{name}: expected {kind}, got {value!r}")
+        return annotation(value)
     if annotation is str:
         if not isinstance(value, str):
             raise VgpoError(f"{where}{name}: expected a string, got {value!r}")

@@ -64,6 +64,24 @@ def get_world(name: str) -> World:
     return getattr(importlib.import_module(module), attribute or "WORLD")
 
 
+def read_prompt_lines(path: Path | str, expected: str, comments: bool = False) -> list[tuple[str, str]]:
+    """The non-blank lines of a prompt file as ``("file:line", text)`` pairs, stripped (and without
+    ``#`` comment lines when ``comments``). A missing, unreadable or empty file raises a one-line
+    VgpoError saying what was ``expected``; every world's loader goes through here."""
+    path = Path(path)
+    if not path.is_file():
+        raise VgpoError(f"{path}: prompt file not found; expected {expected}")
+    try:
+        raw = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise VgpoError(f"{path}: cannot read prompt file ({err})") from None
+    lines = [(f"{path}:{n}", ln.strip()) for n, ln in enumerate(raw, start=1)
+             if ln.strip() and not (comments and ln.strip().startswith("#"))]
+    if not lines:
+        raise VgpoError(f"{path}: no prompts; expected {expected}")
+    return lines
+
+
 def balanced_choice(prompts: Sequence[dict], n: int, generator: torch.Generator) -> list[int]:
     """Draw ``n`` prompt indices, uniform over tags first, then uniform within the tag. GenEval-style
     scores average over tags, and the train split is dominated by its largest tag (color_attr), so

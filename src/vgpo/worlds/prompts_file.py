@@ -23,36 +23,25 @@ from typing import Sequence
 import torch
 
 from vgpo.errors import VgpoError
-from vgpo.worlds import World
+from vgpo.worlds import World, read_prompt_lines
 
 
 def load_prompts(path: Path | str, world: str = "prompts") -> list[dict]:
     """GenEval JSONL (``.jsonl``) or plain-text prompts; a one-line VgpoError names the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise VgpoError(f"{path}: prompt file not found (world '{world}'; set train_prompts / test_prompts, "
-                        "e.g. to Flow-GRPO's dataset/ files)")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise VgpoError(f"{path}: cannot read prompt file ({err})") from None
     prompts: list[dict] = []
-    for number, raw in enumerate(lines, start=1):
-        line = raw.strip()
-        if not line:
-            continue
+    for where, line in read_prompt_lines(path, f"prompts for world '{world}' (set train_prompts / test_prompts, "
+                                         "e.g. to Flow-GRPO's dataset/ files)"):
         if path.suffix != ".jsonl":
             prompts.append({"prompt": line})
             continue
         try:
             meta = json.loads(line)
         except ValueError as err:
-            raise VgpoError(f"{path}:{number}: invalid JSON ({err})") from None
+            raise VgpoError(f"{where}: invalid JSON ({err})") from None
         if not isinstance(meta, dict) or not isinstance(meta.get("prompt"), str) or not meta["prompt"].strip():
-            raise VgpoError(f"{path}:{number}: expected a JSON object with a non-empty \"prompt\" string")
+            raise VgpoError(f"{where}: expected a JSON object with a non-empty \"prompt\" string")
         prompts.append(meta)
-    if not prompts:
-        raise VgpoError(f"{path}: no prompts")
     return prompts
 
 

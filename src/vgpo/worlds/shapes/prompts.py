@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vgpo.errors import VgpoError
+from vgpo.worlds import read_prompt_lines
 
 CLASSES = ("circle", "square", "triangle")
 COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -130,23 +131,16 @@ def validate(meta: Any) -> str | None:
 def load_prompts(path: Path | str) -> list[dict]:
     """Read a shapes JSONL prompt file (blank lines skipped); any malformed line raises a one-line
     ``VgpoError`` naming file:line and what was expected."""
-    path = Path(path)
-    if not path.is_file():
-        raise VgpoError(f"{path}: prompt file not found; expected a JSONL file of GenEval-style metadata")
     records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for where, line in read_prompt_lines(path, "a JSONL file of GenEval-style metadata"):
         try:
             meta = json.loads(line)
         except json.JSONDecodeError as err:
-            raise VgpoError(f"{path}:{lineno}: invalid JSON ({err.msg}); expected one JSON object per line") from None
+            raise VgpoError(f"{where}: invalid JSON ({err.msg}); expected one JSON object per line") from None
         problem = validate(meta)
         if problem:
-            raise VgpoError(f"{path}:{lineno}: {problem}")
+            raise VgpoError(f"{where}: {problem}")
         records.append(meta)
-    if not records:
-        raise VgpoError(f"{path}: no prompts; expected at least one JSON line")
     return records
 
 

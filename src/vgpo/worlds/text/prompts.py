@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from vgpo.errors import VgpoError
+from vgpo.worlds import read_prompt_lines
 
 TAG = "text"
 MAX_CHARS = 6
@@ -78,17 +79,7 @@ def _parse_line(line: str, index: int, where: str) -> dict:
 
 def load_prompts(path: Path | str) -> list[dict]:
     """Read a prompt file (see the module docstring) into metadata dicts; VgpoError names file and line."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise VgpoError(f"{path}: cannot read text prompt file ({exc})") from exc
     prompts: list[dict] = []
-    for number, raw in enumerate(lines, start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        prompts.append(_parse_line(line, len(prompts), f"{path}:{number}"))
-    if not prompts:
-        raise VgpoError(f"{path}: no prompts (expected one word or prompt per line)")
+    for where, line in read_prompt_lines(path, "one word or prompt per line", comments=True):
+        prompts.append(_parse_line(line, len(prompts), where))
     return prompts
