@@ -182,7 +182,9 @@ def update(cfg: TrainConfig, model: FlowModel, params: list[torch.nn.Parameter],
                     x, prev = traj.states[mb, j], traj.states[mb, j + 1]
                     v = guided_velocity(model, x, sigmas[j], cond, uncond, cfg.guidance_scale)
                     out = sde_step(x, v, sigmas, j, cfg.noise_level, prev_sample=prev)
-                    loss_terms, ratio = ppo_clip_loss(out.log_prob, traj.log_probs[mb, j], advantages[mb, j], cfg.clip_range)
+                    policy_terms, ratio = ppo_clip_loss(out.log_prob, traj.log_probs[mb, j], advantages[mb, j],
+                                                        cfg.clip_range)
+                    loss_terms = policy_terms
                     if cfg.beta > 0:
                         with torch.no_grad(), model.reference():
                             v_ref = guided_velocity(model, x, sigmas[j], cond, uncond, cfg.guidance_scale)
@@ -194,7 +196,7 @@ def update(cfg: TrainConfig, model: FlowModel, params: list[torch.nn.Parameter],
                     stats.fwd_bwd_s += time.perf_counter() - started
                     with torch.no_grad():
                         log_ratio = out.log_prob - traj.log_probs[mb, j]
-                        sums["policy"] += loss_terms.sum().item()
+                        sums["policy"] += policy_terms.sum().item()
                         sums["clipfrac"] += ((ratio - 1).abs() > cfg.clip_range).float().sum().item()
                         sums["approx_kl"] += (0.5 * log_ratio**2).sum().item()
                         if inner == 0 and s == 0:
