@@ -92,7 +92,6 @@ def sample_epoch(cfg: TrainConfig, model: FlowModel, prompts: list[dict], epoch:
 class Scores:
     final: torch.Tensor  # (B,) terminal reward
     values: torch.Tensor  # (B, T) Q_i (terminal reward at every step without TCRM)
-    instant: torch.Tensor | None  # (B, T) instant rewards R_i (TCRM)
     images_scored: int
     components: dict[str, torch.Tensor]
 
@@ -108,7 +107,7 @@ def score_epoch(cfg: TrainConfig, model: FlowModel, reward_fn: Reward, batch: Ep
     prompts = [m["prompt"] for m in batch.metadata]
     if not cfg.dense_rewards:
         final = reward_fn(batch.images, prompts, batch.metadata).float()
-        return Scores(final, final[:, None].expand(B, T).contiguous(), None, B, _components(reward_fn))
+        return Scores(final, final[:, None].expand(B, T).contiguous(), B, _components(reward_fn))
     steps = scored_steps(T, cfg.tcrm_every)
     projections = [model.decode(batch.traj.x0_hat[:, i + 1]).cpu() for i in steps if i < T - 1]
     images = torch.cat([batch.images, *projections])
@@ -117,7 +116,7 @@ def score_epoch(cfg: TrainConfig, model: FlowModel, reward_fn: Reward, batch: Ep
     at_scored = torch.cat([rewards[B:].view(len(projections), B).T, final[:, None]], dim=1)
     instant = interpolate_steps(at_scored, steps, T)
     components = {k: v[:B] for k, v in _components(reward_fn).items()}
-    return Scores(final, reward_to_go(instant, cfg.gamma), instant, images.shape[0], components)
+    return Scores(final, reward_to_go(instant, cfg.gamma), images.shape[0], components)
 
 
 def _components(reward_fn: Reward) -> dict[str, torch.Tensor]:
