@@ -199,3 +199,55 @@ def test_local_device_gives_each_process_its_gpu(monkeypatch):
 def test_all_reduce_max_keeps_the_type_in_one_process():
     assert distributed.all_reduce_max(3) == 3 and isinstance(distributed.all_reduce_max(3), int)
     assert distributed.all_reduce_max(0.25) == 0.25
+
+
+def _torchrun(tmp: Path, cfg_data: dict, resume: bool = False) -> subprocess.CompletedProcess:
+    cfg = tmp / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(cfg_data))
+    (tmp / "launcher.py").write_text(LAUNCHER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(tmp / "launcher.py"), cfg_data["out"], str(tmp / "writes"), "train", "--config", str(cfg)]
+    return launch(cmd + (["--resume"] if resume else []), tmp)
+
+
+def test_fsdp_two_processes_train_like_one_and_resume(tiny_checkpoint, tmp_path, single):
+    """FSDP2 (fsdp: true): weights, gradients and Adam state sharded over 2 gloo processes, evaluation run by
+    both (every forward is a collective), checkpoints gathered whole; the run, and a run stopped after
+    epoch 1 and resumed, train what 1 process trains, with half of the trained weights on each process."""
+    out = tmp_path / "run"
+    _torchrun(tmp_path, config(out, tiny_checkpoint, fsdp=True))
+    assert_same_training(out, single)
+    assert json.loads((tmp_path / "writes.1.json").read_text()) == []  # rank 1 wrote nothing
+    held, whole = metrics(out)[1]["perf/trainable_params_local"], metrics(single)[1]["perf/trainable_params_local"]
+    assert 0.45 * whole < held < 0.55 * whole  # rank 0 holds half of the trained weights
+    half = tmp_path / "half"
+    _torchrun(tmp_path, config(half, tiny_checkpoint, fsdp=True, epochs=1))
+    _torchrun(tmp_path, config(half, tiny_checkpoint, fsdp=True), resume=True)
+    assert_same_training(half, single)
+    saved = torch.load(half / "checkpoint" / "optimizer.pt", weights_only=False)["state"]
+    reference = torch.load(single / "checkpoint" / "optimizer.pt", weights_only=False)["state"]
+    assert saved.keys() == reference.keys()
+    for i in reference:  # Adam's moments come back whole
+        torch.testing.assert_close(saved[i]["exp_avg_sq"], reference[i]["exp_avg_sq"], rtol=1e-3, atol=1e-12)
+
+
+def test_fsdp_with_a_lora_adapter_trains_like_one_process(tiny_checkpoint, tmp_path):
+    """FSDP2 over a network that is frozen but for a LoRA adapter (the SD3.5 setting): frozen and trained
+    weights share the sharded units; the trained adapter equals the 1-process one."""
+    pytest.importorskip("peft")
+    lora = {"lora": {"rank": 4, "alpha": 8}}
+    one = train(from_dict(TrainConfig, config(tmp_path / "one", tiny_checkpoint, train_batch_size=8,
+                                              sample_batch_size=8, model_options=lora)))
+    two, cfg = tmp_path / "two", tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(config(two, tiny_checkpoint, fsdp=True, model_options=lora)))
+    launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+            "-m", "vgpo", "train", "--config", str(cfg)], tmp_path)
+    m1, m2 = metrics(one), metrics(two)
+    for epoch in range(1, EPOCHS + 1):
+        for key in ("reward/mean", "adv/abs_mean", "losses/policy", "losses/kl", "losses/grad_norm"):
+            assert m2[epoch][key] == pytest.approx(m1[epoch][key], rel=1e-5, abs=1e-7), (epoch, key)
+    assert m2[1]["perf/trainable_params_local"] == m1[1]["perf/trainable_params_local"] // 2
+    w1, w2 = weights(one), weights(two)
+    assert w1.keys() == w2.keys() and all(".lora_" in k for k in w1)
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)

@@ -44,6 +44,8 @@ def model() -> FluxFlowModel:
 
 def test_protocol_and_shapes(model):
     assert isinstance(model, FlowModel)
+    root, blocks, whole = model.fsdp_units()  # FSDP units: every transformer block, then the transformer
+    assert root is model.transformer and whole == [] and len(blocks) == len(model.transformer.transformer_blocks) + len(model.transformer.single_transformer_blocks) > 0
     h = RESOLUTION // 2  # tiny VAE: factor 2
     assert model.latent_shape == ((h // 2) ** 2, 16)
     cond = model.encode_prompts(PROMPTS)

@@ -42,6 +42,8 @@ def model() -> SD3FlowModel:
 
 def test_protocol_and_shapes(model):
     assert isinstance(model, FlowModel)
+    root, blocks, whole = model.fsdp_units()  # FSDP units: every transformer block, then the transformer
+    assert root is model.transformer and whole == [] and len(blocks) == len(model.transformer.transformer_blocks) > 0
     assert model.latent_shape == (4, RESOLUTION // 2, RESOLUTION // 2)
     cond = model.encode_prompts(PROMPTS)
     assert set(cond) == {"prompt_embeds", "pooled_prompt_embeds"}

@@ -11,6 +11,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 
 def local_device(device: str) -> str:
@@ -79,11 +80,52 @@ def broadcast_(tensors: list[torch.Tensor], src: int = 0) -> None:
             dist.broadcast(t.data, src=src)
 
 
+def is_sharded(t: torch.Tensor) -> bool:
+    return isinstance(t, DTensor)
+
+
+def shard_model(root: torch.nn.Module, blocks: list[torch.nn.Module], whole: list[torch.nn.Module]) -> None:
+    """FSDP2: shard every block, then the root, over all processes (weights, gradients and, through
+    the optimizer built on the sharded parameters, its state); the ``whole`` submodules' parameters
+    are left out (they must be frozen: nothing synchronises them). Gradients are reduce-scattered as
+    sums, not FSDP's default mean, because the trainer's loss is already divided by the global
+    sample count (as ``sum_gradients_`` assumes)."""
+    from torch.distributed.fsdp import fully_shard
+
+    ignored = {p for m in whole for p in m.parameters()}
+    if any(p.requires_grad for p in ignored):
+        raise ValueError("shard_model: the unsharded submodules must be frozen")
+    for module in [*blocks, root]:
+        fully_shard(module, ignored_params=ignored)
+        module.set_gradient_divide_factor(1.0)
+        module.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM
+
+
+def local_numel(t: torch.Tensor) -> int:
+    """Elements this process holds (its shard of a sharded tensor)."""
+    return t.to_local().numel() if isinstance(t, DTensor) else t.numel()
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a shard (a collective: every process must call it), or ``t`` itself."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``full`` (the same on every process) sharded as ``like``; unchanged when ``like`` is not sharded."""
+    if not isinstance(like, DTensor):
+        return full
+    return distribute_tensor(full.to(like.device, like.dtype), like.device_mesh, like.placements)
+
+
 def sum_gradients_(params: list[torch.nn.Parameter]) -> None:
-    """Sum gradients over processes (the loss is already divided by the global sample count)."""
+    """Sum gradients over processes (the loss is already divided by the global sample count).
+    Sharded parameters are skipped: FSDP reduce-scattered their gradients in the backward."""
     if world_size() == 1:
         return
     for p in params:
+        if is_sharded(p):
+            continue
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)

@@ -12,11 +12,18 @@ def load_model(kind: str, checkpoint: str, options: dict | None = None, device: 
 
     options = dict(options or {})
     if kind == "tiny":
-        from vgpo.models.tiny import TinyFlowModel
+        from vgpo.models.lora import LoraOptions
+        from vgpo.models.tiny import TINY_LORA_TARGETS, TinyFlowModel
 
+        lora = options.pop("lora", None)
         if options:
-            raise VgpoError(f"model_options: the tiny model takes none, got {sorted(options)}")
-        return TinyFlowModel.load(checkpoint, device=device)
+            raise VgpoError(f"model_options.{sorted(options)[0]}: unknown tiny-model option; expected: lora")
+        model = TinyFlowModel.load(checkpoint, device=device)
+        if lora is not None:
+            if not isinstance(lora, dict):
+                raise VgpoError(f"model_options.lora: expected a map of LoRA options, got {lora!r}")
+            model.add_lora(LoraOptions.from_spec({"target_modules": TINY_LORA_TARGETS, **lora}, "model_options.lora"))
+        return model
     if kind in ("sd3", "flux"):
         try:
             if kind == "sd3":

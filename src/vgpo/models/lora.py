@@ -1,4 +1,4 @@
-"""PEFT LoRA helpers shared by the diffusers adapters (SD3, FLUX).
+"""PEFT LoRA helpers shared by the model adapters (tiny, SD3, FLUX).
 
 The adapter is injected with diffusers' ``PeftAdapterMixin.add_adapter`` so the transformer keeps its
 class (diffusers' ``load_lora_weights`` and gradient checkpointing keep working). State dicts are
@@ -82,16 +82,23 @@ class LoraOptions:
         )
 
 
-def add_lora(transformer: torch.nn.Module, options: LoraOptions, adapter_name: str = "default") -> None:
-    """Freeze ``transformer`` and inject a trainable LoRA adapter (parameters kept in float32 whatever
-    the base weights' dtype, as Flow-GRPO does for bf16 training)."""
-    transformer.requires_grad_(False)
+def add_lora(model: torch.nn.Module, options: LoraOptions, adapter_name: str = "default") -> None:
+    """Freeze ``model`` and inject a trainable LoRA adapter (parameters kept in float32 whatever
+    the base weights' dtype, as Flow-GRPO does for bf16 training). A diffusers model goes through its
+    own ``add_adapter`` (so that ``load_lora_weights`` knows the adapter), any other module through
+    PEFT's ``inject_adapter_in_model``; the layers are PEFT's either way."""
+    model.requires_grad_(False)
     try:
-        transformer.add_adapter(options.peft_config(), adapter_name=adapter_name)
+        if hasattr(model, "add_adapter"):
+            model.add_adapter(options.peft_config(), adapter_name=adapter_name)
+        else:
+            from peft import inject_adapter_in_model
+
+            inject_adapter_in_model(options.peft_config(), model, adapter_name=adapter_name)
     except ValueError as err:  # PEFT: "Target modules {...} not found in the base model"
         msg = str(err).splitlines()[0]
         raise VgpoError(f"lora.target_modules {list(options.target_modules)}: {msg}") from None
-    for p in lora_parameters(transformer):
+    for p in lora_parameters(model):
         p.data = p.data.float()
         p.requires_grad_(True)
 
@@ -134,16 +141,21 @@ def load_lora_state_dict(
 
 
 @contextmanager
-def adapters_disabled(transformer: torch.nn.Module) -> Iterator[None]:
-    """The base model: every LoRA layer bypassed (PEFT's ``disable_adapters``), restored on exit.
+def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
+    """The base model: every LoRA layer bypassed, restored on exit.
 
     PEFT sets ``requires_grad=False`` on disabled adapters and back to True when re-enabling, so the
     trainable parameters are unchanged after the context."""
-    transformer.disable_adapters()
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
     try:
         yield
     finally:
-        transformer.enable_adapters()
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 def save_lora_weights(
@@ -281,6 +293,12 @@ class LoraDiffusersModel:
 
     def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         load_lora_state_dict(self.transformer, state)
+
+    def fsdp_units(self) -> tuple[torch.nn.Module, list[torch.nn.Module], list[torch.nn.Module]]:
+        # The transformer blocks (FLUX: double- and single-stream); frozen encoders and VAE stay whole.
+        blocks = [b for name in ("transformer_blocks", "single_transformer_blocks")
+                  for b in getattr(self.transformer, name, [])]
+        return self.transformer, blocks, []
 
     def train_mode(self, mode: bool = True) -> None:
         """Training mode for the transformer (LoRA dropout); encoders and VAE stay in eval mode."""

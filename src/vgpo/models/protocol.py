@@ -75,3 +75,9 @@ class FlowModel(Protocol):
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Inverse of ``trainable_state_dict``."""
         ...
+
+    def fsdp_units(self) -> tuple[torch.nn.Module, list[torch.nn.Module], list[torch.nn.Module]]:
+        """(root, blocks, whole) of the trained network for FSDP sharding (``TrainConfig.fsdp``): each
+        block and then the root become a ``fully_shard`` unit; the ``whole`` submodules, which the
+        adapter calls on their own (the tiny model's frozen text encoder), are left unsharded."""
+        ...

@@ -4,7 +4,9 @@ Chosen by measurement (issue 2): a pixel DiT with 4x4 patches drew blocky patch 
 budget, a small U-Net (FiLM from time + pooled text, self- and cross-attention to the prompt tokens
 at the two coarse resolutions) drew clean shapes. ``TinyFlowModel`` wraps it in the FlowModel
 protocol; pretraining calls the network directly so that the text encoder is trained too, RL keeps
-the text encoder frozen (as SD3's) and updates the U-Net.
+the text encoder frozen (as SD3's) and updates either the whole U-Net (full fine-tuning, the frozen
+checkpoint as the reference policy) or a PEFT LoRA adapter on it (``lora`` option: the
+adapter-disabled network as the reference, as Flow-GRPO and our SD3/FLUX adapters do).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vgpo.errors import VgpoError
+from vgpo.models.lora import LoraOptions, adapters_disabled, add_lora, load_lora_state_dict, lora_parameters, lora_state_dict
 from vgpo.models.protocol import Condition
 from vgpo.models.tokenizer import PromptTokenizer
 from vgpo.sampling.schedule import flow_schedule
@@ -43,6 +46,11 @@ class TinyConfig:
     emb_dim: int = 256  # FiLM embedding (time + pooled text)
     shift: float = 3.0  # schedule shift, as SD3.5-M (the quirk of flow_schedule included)
     world: str = "shapes"
+
+
+#: LoRA targets on the tiny U-Net: the attention projections (Flow-GRPO's choice on SD3) plus the
+#: ResBlocks' convolutions and FiLM, since a pixel U-Net of this size draws its layout in convolutions.
+TINY_LORA_TARGETS: tuple[str, ...] = ("qkv", "out1", "q", "kv", "out2", "film", "conv1", "conv2")
 
 
 def _timestep_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
@@ -181,6 +189,7 @@ class TinyFlowModel:
 
     def __init__(self, cfg: TinyConfig, net: TinyUNet | None = None, device: str | torch.device = "cpu"):
         self.cfg = cfg
+        self.lora_options: LoraOptions | None = None
         self.tokenizer = PromptTokenizer(cfg.vocab, cfg.max_tokens)
         self.device = torch.device(device)
         self.net = (net or TinyUNet(cfg, self.tokenizer.vocab_size)).to(self.device)
@@ -215,8 +224,15 @@ class TinyFlowModel:
         """Images in [0, 1] to latents (pretraining data)."""
         return images.to(self.device) * 2.0 - 1.0
 
+    def add_lora(self, options: LoraOptions) -> None:
+        """Freeze the network and train a LoRA adapter on it instead (PEFT; B = 0, so it starts as the
+        checkpoint). The reference policy becomes the adapter-disabled network; no copy is kept."""
+        add_lora(self.net, options)
+        self.lora_options = options
+        self._reference_net = None
+
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return self.net.unet_parameters()
+        return lora_parameters(self.net) if self.lora_options else self.net.unet_parameters()
 
     def snapshot_reference(self) -> None:
         """Freeze a copy of the current weights as the reference policy (full fine-tuning's KL anchor).
@@ -225,6 +241,10 @@ class TinyFlowModel:
 
     @contextmanager
     def reference(self) -> Iterator[None]:
+        if self.lora_options:
+            with adapters_disabled(self.net):
+                yield
+            return
         if self._reference_net is None:
             raise RuntimeError("no reference policy: load() a checkpoint or call snapshot_reference()")
         current, self.net = self.net, self._reference_net
@@ -234,10 +254,21 @@ class TinyFlowModel:
             self.net = current
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        if self.lora_options:
+            return lora_state_dict(self.net)
         return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.net.load_state_dict(state)
+        if self.lora_options:
+            load_lora_state_dict(self.net, state)
+        else:
+            self.net.load_state_dict(state)
+
+    def fsdp_units(self) -> tuple[nn.Module, list[nn.Module], list[nn.Module]]:
+        # The U-Net's children with weights are units; the frozen text encoder, which encode_prompts
+        # calls on its own, stays whole.
+        blocks = [m for m in self.net.children() if m is not self.net.text and any(True for _ in m.parameters())]
+        return self.net, blocks, [self.net.text]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
@@ -245,6 +276,8 @@ class TinyFlowModel:
     # --- checkpoints ----------------------------------------------------------------------------
     def save(self, directory: str | Path, extra: dict | None = None) -> None:
         """Write ``model.safetensors`` and ``config.json`` atomically (temp file, then rename)."""
+        if self.lora_options:
+            raise VgpoError("save: a LoRA-wrapped tiny model has no full checkpoint; save trainable_state_dict()")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_save_safetensors(self.trainable_state_dict(), directory / "model.safetensors")
@@ -267,5 +300,6 @@ class TinyFlowModel:
             raise VgpoError(f"{cfg_path}: not a tiny-model config ({err})") from None
         model = cls(cfg, device=device)
         model.load_trainable_state_dict(load_file(str(weights), device=str(model.device)))
+        model.net.text.requires_grad_(False)  # RL keeps the text encoder frozen (pretraining builds its own)
         model.snapshot_reference()
         return model

@@ -23,6 +23,8 @@ class TrainConfig:
     checkpoint: str = doc("checkpoints/shapes-base", "tiny: checkpoint folder; sd3/flux: local path or hub id")
     model_options: dict = doc({}, "extra adapter options (sd3/flux: lora_rank, resolution, dtype, ...)")
     device: str = doc("cpu", "torch device")
+    fsdp: bool = doc(False, "shard the trained network over processes with FSDP2 (torch fully_shard): weights, "
+                            "gradients and optimizer state; for models that do not fit one device (no effect alone)")
     world: str = doc("shapes", "prompt world: shapes, text")
     train_prompts: str = doc("", "prompt file for training (default: the world's train split)")
     test_prompts: str = doc("", "prompt file for evaluation (default: the world's test split)")
@@ -59,6 +61,7 @@ class TrainConfig:
     tcrm_every: int = doc(1, "score projections every k-th step, interpolate the rest (1: the paper)")
     # --- evaluation and checkpoints ---
     eval_every: int = doc(10, "epochs between held-out evaluations (0: only before the first and after the last)")
+    eval_base: bool = doc(True, "evaluate the starting model before the first epoch (off: its score is known already)")
     eval_num_steps: int = doc(40, "ODE steps of held-out evaluation (paper: 40)")
     eval_images_per_prompt: int = doc(2, "held-out images per test prompt")
     eval_limit: int = doc(0, "evaluate on the first N test prompts only (0: all)")

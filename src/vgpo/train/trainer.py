@@ -167,13 +167,19 @@ def update(cfg: TrainConfig, model: FlowModel, params: list[torch.nn.Parameter],
     per_step = cfg.train_batch_size * cfg.gradient_accumulation
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, "order", dist.rank()))
     texts = [m["prompt"] for m in batch.metadata]
+    sharded = any(dist.is_sharded(p) for p in params)
     for inner in range(cfg.inner_epochs):
         order = local[torch.randperm(len(local), generator=gen)]
         n_opt_steps = dist.all_reduce_max(math.ceil(len(order) / per_step))
         for s in range(n_opt_steps):
             block = order[s * per_step : (s + 1) * per_step]
             denom = dist.all_reduce_sum_(torch.tensor([float(len(block))])).item() * T
-            for mb in block.split(cfg.train_batch_size):
+            micro_batches: list[torch.Tensor | None] = list(block.split(cfg.train_batch_size))
+            if sharded:  # FSDP's collectives need the same number of passes on every process: pad with no-ops
+                micro_batches += [None] * (dist.all_reduce_max(len(micro_batches)) - len(micro_batches))
+            for mb in micro_batches:
+                weight = 0.0 if mb is None else 1.0
+                mb = torch.zeros(1, dtype=torch.long) if mb is None else mb
                 cond = model.encode_prompts([texts[i] for i in mb])
                 uncond = model.negative_condition(len(mb))
                 for j in range(T):
@@ -190,9 +196,11 @@ def update(cfg: TrainConfig, model: FlowModel, params: list[torch.nn.Parameter],
                             ref_mean = sde_step(x, v_ref, sigmas, j, cfg.noise_level, prev_sample=prev).mean
                         kl = gaussian_kl(out.mean, ref_mean, out.std)
                         loss_terms = loss_terms + cfg.beta * kl
-                        sums["kl"] += kl.sum().item()
-                    (loss_terms.sum() / denom).backward()
+                        sums["kl"] += weight * kl.sum().item()
+                    (weight * loss_terms.sum() / denom).backward()
                     stats.fwd_bwd_s += time.perf_counter() - started
+                    if not weight:
+                        continue
                     with torch.no_grad():
                         log_ratio = out.log_prob - traj.log_probs[mb, j]
                         sums["policy"] += policy_terms.sum().item()
@@ -202,7 +210,7 @@ def update(cfg: TrainConfig, model: FlowModel, params: list[torch.nn.Parameter],
                             stats.ratio_dev_first = max(stats.ratio_dev_first, (ratio - 1).abs().max().item())
                     n_terms += len(mb)
             dist.sum_gradients_(params)
-            stats.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            stats.grad_norm = float(dist.full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             stats.optimizer_steps += 1
@@ -239,16 +247,35 @@ def ema_weights(params: list[torch.nn.Parameter], ema: list[torch.Tensor] | None
 # --------------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------------
-def save_checkpoint(out: Path, model: FlowModel, optimizer: torch.optim.Optimizer, ema: list[torch.Tensor] | None,
-                    epoch: int, cfg: TrainConfig) -> None:
+@dataclass
+class TrainingState:
+    """What a checkpoint holds besides its config, as whole (unsharded) tensors."""
+
+    trainable: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None
+    optimizer: dict
+
+
+def gather_training_state(model: FlowModel, optimizer: torch.optim.Optimizer,
+                          ema: list[torch.Tensor] | None) -> TrainingState:
+    """The checkpoint's tensors, whole. Under FSDP this gathers shards: every process must call it."""
+    trainable = {k: dist.full_tensor(v).detach().cpu() for k, v in model.trainable_state_dict().items()}
+    ema_state = None if ema is None else {f"ema.{i}": dist.full_tensor(e).cpu() for i, e in enumerate(ema)}
+    opt = optimizer.state_dict()
+    opt["state"] = {i: {k: dist.full_tensor(v) if torch.is_tensor(v) else v for k, v in st.items()}
+                    for i, st in opt["state"].items()}
+    return TrainingState(trainable, ema_state, opt)
+
+
+def save_checkpoint(out: Path, state: TrainingState, epoch: int, cfg: TrainConfig) -> None:
     """Write out/checkpoint atomically: a complete temp folder is renamed over the old one."""
     final, tmp, old = out / "checkpoint", out / ".checkpoint.tmp", out / ".checkpoint.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    atomic_save_safetensors(model.trainable_state_dict(), tmp / "trainable.safetensors")
-    if ema is not None:
-        atomic_save_safetensors({f"ema.{i}": e for i, e in enumerate(ema)}, tmp / "ema.safetensors")
-    atomic_torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+    atomic_save_safetensors(state.trainable, tmp / "trainable.safetensors")
+    if state.ema is not None:
+        atomic_save_safetensors(state.ema, tmp / "ema.safetensors")
+    atomic_torch_save(state.optimizer, tmp / "optimizer.pt")
     atomic_write_text(json.dumps({"epoch": epoch, "config": asdict(cfg)}, indent=2) + "\n", tmp / "state.json")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -267,18 +294,32 @@ def _checkpoint_dir(out: Path) -> Path:
     raise VgpoError(f"{out}: no training checkpoint (expected {ckpt}/state.json)")
 
 
-def load_checkpoint(out: Path, model: FlowModel, optimizer: torch.optim.Optimizer | None,
-                    ema: list[torch.Tensor] | None) -> int:
-    """Restore a checkpoint written by ``save_checkpoint``; returns the number of finished epochs."""
+def load_weights(out: Path, model: FlowModel) -> int:
+    """Load a checkpoint's trained weights into an unsharded model; returns the number of finished epochs."""
     ckpt = _checkpoint_dir(out)
     model.load_trainable_state_dict(load_file(str(ckpt / "trainable.safetensors"), device=str(model.device)))
-    if optimizer is not None:
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
-    if ema is not None and (ckpt / "ema.safetensors").is_file():
-        saved = load_file(str(ckpt / "ema.safetensors"))
-        for i, e in enumerate(ema):
-            e.copy_(saved[f"ema.{i}"])
     return int(json.loads((ckpt / "state.json").read_text())["epoch"])
+
+
+def load_ema(out: Path, ema: list[torch.Tensor]) -> None:
+    """Restore the EMA weights (into sharded tensors too: each process keeps its shard)."""
+    path = _checkpoint_dir(out) / "ema.safetensors"
+    if not path.is_file():  # saved without EMA: it starts from the trained weights
+        return
+    saved = load_file(str(path))
+    with torch.no_grad():
+        for i, e in enumerate(ema):
+            e.copy_(dist.shard_like(saved[f"ema.{i}"], e))
+
+
+def load_optimizer(out: Path, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
+    """Restore the optimizer state, each tensor sharded as its parameter (under FSDP)."""
+    state = torch.load(_checkpoint_dir(out) / "optimizer.pt", weights_only=False)
+    for i, st in state["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.shape == params[i].shape:
+                st[k] = dist.shard_like(v, params[i])
+    optimizer.load_state_dict(state)
 
 
 def load_trained_model(out: str | Path, device: str = "cpu") -> tuple[FlowModel, TrainConfig, int]:
@@ -290,10 +331,11 @@ def load_trained_model(out: str | Path, device: str = "cpu") -> tuple[FlowModel,
     state = json.loads((_checkpoint_dir(out) / "state.json").read_text())
     cfg = from_dict(TrainConfig, state["config"], f"{out}/checkpoint/state.json: ")
     model = load_model(cfg.model, cfg.checkpoint, cfg.model_options, device)
-    params = model.trainable_parameters()
-    ema = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
-    epoch = load_checkpoint(out, model, None, ema)
-    if ema is not None:
+    epoch = load_weights(out, model)
+    if cfg.ema_decay > 0:
+        params = model.trainable_parameters()
+        ema = [p.detach().clone() for p in params]
+        load_ema(out, ema)
         with torch.no_grad():
             for p, e in zip(params, ema):
                 p.copy_(e)
@@ -367,6 +409,8 @@ def run_eval(cfg: TrainConfig, model: FlowModel, world: World, test_prompts: lis
     # worlds without a judge of their own (the prompt-file worlds: geneval, ocr, pickscore).
     held_out = reward_fn(result.images, [m["prompt"] for m in result.metadata], result.metadata).float()
     result.metrics["reward/mean"] = held_out.mean().item()
+    if not dist.is_main():  # an FSDP process that took part in the sampling
+        return result.metrics
     (out / "eval").mkdir(parents=True, exist_ok=True)
     n = min(48, len(result.metadata))
     save_grid(result.images[:n], [m["prompt"] for m in result.metadata[:n]], out / "eval" / f"{tag}.png")
@@ -391,19 +435,28 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     # function of cfg.seed, and copy rank 0's trainable weights to every process (as DDP does).
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = load_model(cfg.model, cfg.checkpoint, cfg.model_options, device)
+    dist.broadcast_(model.trainable_parameters())
+    start = load_weights(out, model) if resume else 0
+    # FSDP: every forward pass is then a collective, so every process runs every one (evaluation included).
+    sharded = cfg.fsdp and dist.world_size() > 1
+    if sharded:
+        dist.shard_model(*model.fsdp_units())
     params = model.trainable_parameters()
-    dist.broadcast_(params)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     ema = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
-    start = load_checkpoint(out, model, optimizer, ema) if resume else 0
+    if resume:
+        load_optimizer(out, optimizer, params)
+        if ema is not None:
+            load_ema(out, ema)
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(json.dumps(asdict(cfg), indent=2) + "\n", out / "config.json")
     log = MetricsLog(out, start) if dist.is_main() else None
     sigmas = model.schedule(cfg.num_steps)
-    if start == 0 and dist.is_main():  # the base model's score: every run reports its starting point
+    if start == 0 and cfg.eval_base and (dist.is_main() or sharded):  # every run reports its starting point
         base_evals = run_eval(cfg, model, world, test_prompts, out, "epoch_0000", reward_fn)
-        log.write(0, {f"eval/{k}": v for k, v in base_evals.items()})
+        if dist.is_main():
+            log.write(0, {f"eval/{k}": v for k, v in base_evals.items()})
     bar = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc=f"train {cfg.algorithm}",
                dynamic_ncols=True, disable=not dist.is_main())
     for epoch in bar:
@@ -449,6 +502,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             "time/fwd_bwd_s": stats.fwd_bwd_s,
             "time/epoch_s": t4 - t0,
             "perf/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            # Trainable elements held by rank 0 (a shard of them under FSDP).
+            "perf/trainable_params_local": sum(dist.local_numel(p) for p in params),
         }
         for name, values in scores.components.items():
             metrics[f"reward/{name}"] = dist.all_gather_cat(values).mean().item()
@@ -458,14 +513,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                 metrics[f"tcrm/q_{i}"] = q_mean[i].item()
                 metrics[f"tcrm/omega_{i}"] = omega_mean[i].item()
         done = epoch + 1
+        if (dist.is_main() or sharded) and (done == cfg.epochs or (cfg.eval_every and done % cfg.eval_every == 0)):
+            with ema_weights(params, ema):
+                evals = run_eval(cfg, model, world, test_prompts, out, f"epoch_{done:04d}", reward_fn)
+            metrics.update({f"eval/{k}": v for k, v in evals.items()})
         if dist.is_main():
-            if done == cfg.epochs or (cfg.eval_every and done % cfg.eval_every == 0):
-                with ema_weights(params, ema):
-                    evals = run_eval(cfg, model, world, test_prompts, out, f"epoch_{done:04d}", reward_fn)
-                metrics.update({f"eval/{k}": v for k, v in evals.items()})
             log.write(done, metrics)
-            if done % cfg.save_every == 0 or done == cfg.epochs:
-                save_checkpoint(out, model, optimizer, ema, done, cfg)
+        if done % cfg.save_every == 0 or done == cfg.epochs:
+            state = gather_training_state(model, optimizer, ema) if (dist.is_main() or sharded) else None
+            if dist.is_main():
+                save_checkpoint(out, state, done, cfg)
         dist.barrier()
         headline = f"eval/{world.headline}"
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}",

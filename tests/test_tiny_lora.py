@@ -1,0 +1,83 @@
+"""LoRA on the tiny model: PEFT layers, the adapter-disabled network as the reference, training and resume."""
+
+import json
+
+import pytest
+import torch
+
+from vgpo.config import from_dict
+from vgpo.errors import VgpoError
+from vgpo.models import load_model
+from vgpo.train import TrainConfig, train
+from vgpo.train.trainer import load_trained_model
+
+pytest.importorskip("peft")
+
+LORA = {"lora": {"rank": 4, "alpha": 8}}
+
+
+def _velocity(model, prompts=("a red circle", "two blue squares")):
+    torch.manual_seed(1)
+    x = torch.randn(len(prompts), *model.latent_shape)
+    return model.velocity(x, torch.full((len(prompts),), 0.6), model.encode_prompts(list(prompts)))
+
+
+def test_lora_starts_as_the_base_and_only_the_adapter_trains(tiny_checkpoint):
+    base = load_model("tiny", str(tiny_checkpoint))
+    model = load_model("tiny", str(tiny_checkpoint), LORA)
+    params = model.trainable_parameters()
+    assert params and all(".lora_" in n for n, p in model.net.named_parameters() if p.requires_grad)
+    assert sum(p.numel() for p in params) < 0.5 * sum(p.numel() for p in base.trainable_parameters())
+    torch.testing.assert_close(_velocity(model), _velocity(base), rtol=0, atol=1e-6)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.05 * torch.randn_like(p))
+    assert (_velocity(model) - _velocity(base)).abs().max() > 1e-4
+    with model.reference():  # the adapter-disabled network is the base policy
+        torch.testing.assert_close(_velocity(model), _velocity(base), rtol=0, atol=1e-6)
+    assert all(p.requires_grad for p in params)  # re-enabled after the reference
+
+
+def test_lora_state_dict_round_trip(tiny_checkpoint):
+    model = load_model("tiny", str(tiny_checkpoint), LORA)
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    state = model.trainable_state_dict()
+    assert state and all(".lora_" in k for k in state)
+    other = load_model("tiny", str(tiny_checkpoint), LORA)
+    other.load_trainable_state_dict(state)
+    torch.testing.assert_close(_velocity(other), _velocity(model), rtol=0, atol=0)
+    with pytest.raises(VgpoError, match="different rank"):
+        load_model("tiny", str(tiny_checkpoint), {"lora": {"rank": 2}}).load_trainable_state_dict(state)
+
+
+@pytest.mark.parametrize("options, field", [({"lora": {"rnk": 4}}, "model_options.lora.rnk"),
+                                            ({"dropout": 0.1}, "model_options.dropout"),
+                                            ({"lora": {"target_modules": ["nope"]}}, "lora.target_modules")])
+def test_bad_tiny_options_name_the_field(tiny_checkpoint, options, field):
+    with pytest.raises(VgpoError, match=field.replace(".", r"\.")):
+        load_model("tiny", str(tiny_checkpoint), options)
+
+
+def test_lora_training_changes_only_the_adapter_and_resumes(tmp_path, tiny_checkpoint):
+    kw = dict(checkpoint=str(tiny_checkpoint), reward="brightness", model_options=LORA, prompts_per_epoch=2,
+              group_size=4, sample_batch_size=8, train_batch_size=4, gradient_accumulation=2, num_steps=4,
+              guidance_scale=2.0, lr=1e-2, clip_range=0.2, beta=0.04, eval_every=0, eval_num_steps=2,
+              eval_images_per_prompt=1, eval_limit=2, save_every=1, ema_decay=0.5, threads=1)
+    full = train(from_dict(TrainConfig, dict(kw, out=str(tmp_path / "full"), epochs=2)))
+    (first,) = [json.loads(ln) for ln in (full / "metrics.jsonl").read_text().splitlines()
+                if json.loads(ln)["epoch"] == 1]
+    assert first["losses/ratio_dev_first"] < 1e-5
+    model, cfg, epoch = load_trained_model(full)
+    assert epoch == 2 and cfg.model_options == LORA
+    base = load_model("tiny", str(tiny_checkpoint))
+    assert (_velocity(model) - _velocity(base)).abs().max() > 1e-5  # the adapter moved
+    with model.reference():  # the frozen base did not
+        torch.testing.assert_close(_velocity(model), _velocity(base), rtol=0, atol=1e-6)
+    half = from_dict(TrainConfig, dict(kw, out=str(tmp_path / "half"), epochs=1))
+    train(half)
+    resumed = train(from_dict(TrainConfig, dict(kw, out=str(tmp_path / "half"), epochs=2)), resume=True)
+    a = load_trained_model(full)[0].trainable_state_dict()
+    b = load_trained_model(resumed)[0].trainable_state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
