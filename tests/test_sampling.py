@@ -169,3 +169,21 @@ def test_rollout_records_projections_and_guidance_one_equals_no_guidance():
         v = flow.velocity(a.states[:, i], sigmas[i].expand(8), None)
         out = sde_step(a.states[:, i], v, sigmas, i, 0.7, prev_sample=a.states[:, i + 1])
         torch.testing.assert_close(out.log_prob, a.log_probs[:, i])
+
+
+def test_rollout_with_an_sde_window_is_the_ode_after_it():
+    """Per-step noise levels (Flow-GRPO-Fast): SDE on the first 3 steps, then exactly the Euler ODE from
+    the state the SDE reached, with log-prob 0 on the deterministic steps."""
+    flow = GaussianFlow(mu=-1.0, s0=0.3)
+    sigmas = flow_schedule(10, 3.0)
+    cond = {"dummy": torch.zeros(8, 1)}
+    x_init = torch.randn(8, 1, generator=torch.Generator().manual_seed(1))
+    levels = [0.7] * 3 + [0.0] * 7
+    mixed = rollout(flow, cond, None, sigmas, levels, 1.0, generator=torch.Generator().manual_seed(2), x_init=x_init)
+    sde = rollout(flow, cond, None, sigmas, 0.7, 1.0, generator=torch.Generator().manual_seed(2), x_init=x_init)
+    assert torch.equal(mixed.states[:, :4], sde.states[:, :4])  # same noise on the SDE steps
+    assert (mixed.log_probs[:, :3] != 0).all() and (mixed.log_probs[:, 3:] == 0).all()
+    ode = rollout(flow, cond, None, sigmas[3:], 0.0, 1.0, x_init=mixed.states[:, 3])
+    torch.testing.assert_close(mixed.states[:, 3:], ode.states)
+    with pytest.raises(ValueError, match="9 levels for 10 steps"):
+        rollout(flow, cond, None, sigmas, levels[:9], 1.0)

@@ -126,3 +126,15 @@ def test_load_trained_model_uses_ema_weights(tmp_path, tiny_checkpoint):
     ema = load_file(str(out / "checkpoint" / "ema.safetensors"))
     for i, p in enumerate(model.trainable_parameters()):
         assert torch.equal(p.detach(), ema[f"ema.{i}"])
+
+
+def test_sde_window_trains_only_its_steps(tmp_path, tiny_checkpoint):
+    """sde_steps=1 (Flow-GRPO-Fast): one SDE step, the ODE after; the update trains that step alone, its
+    PPO ratio starts at 1, and the trained-step count is the window whatever timestep_fraction says."""
+    cfg = _cfg(tmp_path, tiny_checkpoint, algorithm="vgpo", sde_steps=1, timestep_fraction=1.0, epochs=2)
+    assert cfg.trained_steps == 1 and cfg.noise_levels == [cfg.noise_level, 0.0, 0.0, 0.0]
+    out = train(cfg)
+    (m,) = [r for r in _metrics(out) if r["epoch"] == 1]
+    assert m["losses/ratio_dev_first"] < 1e-5 and m["losses/grad_norm"] > 0
+    with pytest.raises(VgpoError, match="sde_steps"):
+        _cfg(tmp_path, tiny_checkpoint, sde_steps=5)  # num_steps is 4

@@ -285,7 +285,7 @@ def projection_rollouts(model: FlowModel, cfg: TrainConfig, train_metas: Sequenc
         gens = [torch.Generator(device=model.device).manual_seed(derive_seed(seed, "projection", start + j))
                 for j in range(len(chunk))]
         parts.append(rollout(model, model.encode_prompts([m["prompt"] for m in chunk]),
-                             model.negative_condition(len(chunk)), sigmas, cfg.noise_level, cfg.guidance_scale,
+                             model.negative_condition(len(chunk)), sigmas, cfg.noise_levels, cfg.guidance_scale,
                              generator=gens))
     traj = Trajectory(sigmas=parts[0].sigmas, states=torch.cat([p.states for p in parts]),
                       log_probs=torch.cat([p.log_probs for p in parts]), x0_hat=torch.cat([p.x0_hat for p in parts]))

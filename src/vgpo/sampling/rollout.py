@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -59,13 +60,17 @@ def rollout(
     cond: Condition,
     uncond: Condition | None,
     sigmas: torch.Tensor,
-    noise_level: float,
+    noise_level: float | Sequence[float],
     guidance_scale: float,
     generator: Generators = None,
     x_init: torch.Tensor | None = None,
 ) -> Trajectory:
     """Sample len(sigmas)-1 steps from noise. ``noise_level`` 0 is the Euler ODE (evaluation);
-    > 0 is Flow-GRPO's SDE (training rollouts). ``generator``: one, or a list with one per sample."""
+    > 0 is Flow-GRPO's SDE (training rollouts); a sequence gives each step its own level (SDE on a
+    window of steps, ODE elsewhere, as Flow-GRPO-Fast). ``generator``: one, or a list with one per sample."""
+    levels = [noise_level] * (len(sigmas) - 1) if isinstance(noise_level, (int, float)) else list(noise_level)
+    if len(levels) != len(sigmas) - 1:
+        raise ValueError(f"noise_level: {len(levels)} levels for {len(sigmas) - 1} steps")
     batch = next(iter(cond.values())).shape[0]
     device = model.device
     sigmas = sigmas.to(device)
@@ -76,7 +81,7 @@ def rollout(
     for i in range(len(sigmas) - 1):
         v = guided_velocity(model, x, sigmas[i], cond, uncond, guidance_scale)
         x0_hats.append(predict_x0(x, v, sigmas[i]))
-        out = sde_step(x, v, sigmas, i, noise_level, generator=generator)
+        out = sde_step(x, v, sigmas, i, levels[i], generator=generator)
         x = out.prev_sample
         states.append(x)
         log_probs.append(out.log_prob)

@@ -32,6 +32,8 @@ class TrainConfig:
     # --- sampling (Flow-GRPO: 10 train steps, noise level 0.7) ---
     num_steps: int = doc(10, "sampling steps of training rollouts (Flow-GRPO: 10)")
     noise_level: float = doc(0.7, "SDE noise level a of training rollouts (Flow-GRPO: 0.7)")
+    sde_steps: int = doc(0, "SDE on the first this many steps only, the Euler ODE after, and only those steps trained "
+                            "(Flow-GRPO-Fast, arXiv 2505.05470 v4; MixGRPO); 0: SDE at every step (Flow-GRPO)")
     guidance_scale: float = doc(4.5, "CFG scale in rollouts and in the update (Flow-GRPO: 4.5)")
     prompts_per_epoch: int = doc(8, "distinct prompts per epoch (over all processes)")
     group_size: int = doc(8, "images per prompt, G (paper: 24)")
@@ -86,6 +88,8 @@ class TrainConfig:
         for name in ("lr", "clip_range", "adv_clip_max", "max_grad_norm", "adam_eps"):
             if getattr(self, name) <= 0:
                 raise VgpoError(f"{name}: expected > 0, got {getattr(self, name)}")
+        if not 0 <= self.sde_steps <= self.num_steps:
+            raise VgpoError(f"sde_steps: expected in [0, num_steps={self.num_steps}], got {self.sde_steps}")
         for name in ("beta", "weight_decay", "eval_every", "adae_steps", "eval_limit", "threads"):
             if getattr(self, name) < 0:
                 raise VgpoError(f"{name}: expected >= 0, got {getattr(self, name)}")
@@ -113,7 +117,15 @@ class TrainConfig:
 
     @property
     def trained_steps(self) -> int:
-        return int(self.timestep_fraction * self.num_steps)
+        """The first floor(f*T) steps, within the SDE window (an ODE step has no log-prob to train)."""
+        first = int(self.timestep_fraction * self.num_steps)
+        return min(first, self.sde_steps) if self.sde_steps else first
+
+    @property
+    def noise_levels(self) -> list[float]:
+        """The rollouts' noise level of every step."""
+        window = self.sde_steps or self.num_steps
+        return [self.noise_level if i < window else 0.0 for i in range(self.num_steps)]
 
     def reward_spec(self, world_reward: str) -> Any:
         return self.reward or world_reward

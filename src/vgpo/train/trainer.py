@@ -79,7 +79,7 @@ def sample_epoch(cfg: TrainConfig, model: FlowModel, prompts: list[dict], epoch:
         texts = [m["prompt"] for m in metadata[part]]
         cond = model.encode_prompts(texts)
         gens = _generators(cfg, epoch, sample_ids[part], model.device)
-        traj = rollout(model, cond, model.negative_condition(len(texts)), sigmas, cfg.noise_level,
+        traj = rollout(model, cond, model.negative_condition(len(texts)), sigmas, cfg.noise_levels,
                        cfg.guidance_scale, generator=gens)
         trajs.append(traj)
         images.append(model.decode(traj.final).cpu())
