@@ -138,3 +138,21 @@ def test_sde_window_trains_only_its_steps(tmp_path, tiny_checkpoint):
     assert m["losses/ratio_dev_first"] < 1e-5 and m["losses/grad_norm"] > 0
     with pytest.raises(VgpoError, match="sde_steps"):
         _cfg(tmp_path, tiny_checkpoint, sde_steps=5)  # num_steps is 4
+
+
+def test_shared_init_noise_gives_a_group_one_start(tmp_path, tiny_checkpoint):
+    """shared_init_noise: a group's samples start from one noise draw (different groups do not) and part
+    at the first SDE step; off, every sample has its own start."""
+    from vgpo.train.trainer import sample_epoch
+    from vgpo.worlds import get_world
+
+    world = get_world("shapes")
+    prompts = world.load_prompts(world.train_file)
+    model = TinyFlowModel.load(tiny_checkpoint)
+    for shared in (True, False):
+        cfg = _cfg(tmp_path, tiny_checkpoint, shared_init_noise=shared, sample_batch_size=3)
+        states = sample_epoch(cfg, model, prompts, 0, model.schedule(cfg.num_steps)).traj.states  # 2 groups of 4
+        same_start = [torch.equal(states[0, 0], states[k, 0]) for k in range(1, 4)]
+        assert same_start == [shared] * 3
+        assert not torch.equal(states[0, 0], states[4, 0])
+        assert not torch.equal(states[0, 1], states[1, 1])

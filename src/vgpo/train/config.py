@@ -34,6 +34,8 @@ class TrainConfig:
     noise_level: float = doc(0.7, "SDE noise level a of training rollouts (Flow-GRPO: 0.7)")
     sde_steps: int = doc(0, "SDE on the first this many steps only, the Euler ODE after, and only those steps trained "
                             "(Flow-GRPO-Fast, arXiv 2505.05470 v4; MixGRPO); 0: SDE at every step (Flow-GRPO)")
+    shared_init_noise: bool = doc(False, "a group's images start from the same initial noise, so only the SDE steps "
+                                         "(the policy's actions) tell them apart (DanceGRPO's shared noise)")
     guidance_scale: float = doc(4.5, "CFG scale in rollouts and in the update (Flow-GRPO: 4.5)")
     prompts_per_epoch: int = doc(8, "distinct prompts per epoch (over all processes)")
     group_size: int = doc(8, "images per prompt, G (paper: 24)")

@@ -31,6 +31,7 @@ from vgpo.images import save_grid
 from vgpo.models import FlowModel, load_model
 from vgpo.rewards import Reward, WeightedReward, build as build_reward
 from vgpo.sampling import Trajectory, guided_velocity, rollout, sde_step
+from vgpo.sampling.step import batch_randn
 from vgpo.train.advantages import (group_mean_std, grpo_advantages, interpolate_steps, reward_to_go,
                                    scored_steps, vgpo_advantages, zero_std_groups)
 from vgpo.train.config import TrainConfig
@@ -79,8 +80,13 @@ def sample_epoch(cfg: TrainConfig, model: FlowModel, prompts: list[dict], epoch:
         texts = [m["prompt"] for m in metadata[part]]
         cond = model.encode_prompts(texts)
         gens = _generators(cfg, epoch, sample_ids[part], model.device)
+        x_init = None
+        if cfg.shared_init_noise:  # one draw per group, seeded by (seed, epoch, group): the same on every process
+            x_init = batch_randn((len(texts), *model.latent_shape), [
+                torch.Generator(device=model.device).manual_seed(derive_seed(cfg.seed, epoch, "init", int(g)))
+                for g in group_ids[part]], model.device)
         traj = rollout(model, cond, model.negative_condition(len(texts)), sigmas, cfg.noise_levels,
-                       cfg.guidance_scale, generator=gens)
+                       cfg.guidance_scale, generator=gens, x_init=x_init)
         trajs.append(traj)
         images.append(model.decode(traj.final).cpu())
     traj = Trajectory(sigmas=sigmas, states=torch.cat([t.states for t in trajs]),
