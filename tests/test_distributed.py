@@ -251,3 +251,43 @@ def test_fsdp_with_a_lora_adapter_trains_like_one_process(tiny_checkpoint, tmp_p
     assert w1.keys() == w2.keys() and all(".lora_" in k for k in w1)
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+
+
+# Rank 1 scores every image 0.5: its group has zero reward spread, GRPO drops it, and rank 1 has no sample to
+# train on while rank 0 has a full micro-batch.
+UNEVEN_LAUNCHER = textwrap.dedent("""
+    import os, sys
+    import torch
+    from vgpo.rewards import register
+
+    @register("brightness-on-rank-0")
+    def factory():
+        rank = int(os.environ["RANK"])
+        return lambda images, prompts, metadata: images.mean(dim=(1, 2, 3)) if rank == 0 else torch.full((len(images),), 0.5)
+
+    from vgpo.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_fsdp_pads_a_process_with_fewer_kept_samples(tiny_checkpoint, tmp_path):
+    """GRPO with a zero-std group on one process only. Unsharded, that process trains on nothing and adds
+    zero gradients (this once crashed on an empty micro-batch); under FSDP, whose collectives need the same
+    number of passes everywhere, it runs zero-weight passes. Both give the same update."""
+    (tmp_path / "launcher.py").write_text(UNEVEN_LAUNCHER)
+    outs = {}
+    for fsdp in (False, True):
+        out, cfg = tmp_path / f"fsdp-{fsdp}", tmp_path / f"fsdp-{fsdp}.yaml"
+        cfg.write_text(yaml.safe_dump(config(out, tiny_checkpoint, algorithm="grpo", reward="brightness-on-rank-0",
+                                             fsdp=fsdp)))
+        launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(free_port()), str(tmp_path / "launcher.py"), "train", "--config", str(cfg)], tmp_path)
+        outs[fsdp] = out
+    plain, sharded = metrics(outs[False]), metrics(outs[True])
+    assert plain[1]["adv/kept_frac"] == 0.5 and plain[1]["charts/optimizer_steps"] == 1
+    for epoch in range(1, EPOCHS + 1):
+        for key in ("adv/kept_frac", "losses/policy", "losses/kl", "losses/grad_norm"):
+            assert sharded[epoch][key] == pytest.approx(plain[epoch][key], rel=1e-5, abs=1e-7), (epoch, key)
+    w1, w2 = weights(outs[False]), weights(outs[True])
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)

@@ -21,10 +21,10 @@ class TrainConfig:
     # --- model and world ---
     model: str = doc("tiny", "model adapter: tiny, sd3, flux")
     checkpoint: str = doc("checkpoints/shapes-base", "tiny: checkpoint folder; sd3/flux: local path or hub id")
-    model_options: dict = doc({}, "extra adapter options (sd3/flux: lora_rank, resolution, dtype, ...)")
+    model_options: dict = doc({}, "extra adapter options (tiny: lora; sd3/flux: resolution, precision, lora, ...)")
     device: str = doc("cpu", "torch device")
     fsdp: bool = doc(False, "shard the trained network over processes with FSDP2 (torch fully_shard): weights, "
-                            "gradients and optimizer state; for models that do not fit one device (no effect alone)")
+                            "gradients and optimizer state; for models that do not fit one device (a 1-process run has nothing to shard)")
     world: str = doc("shapes", "prompt world: shapes, text")
     train_prompts: str = doc("", "prompt file for training (default: the world's train split)")
     test_prompts: str = doc("", "prompt file for evaluation (default: the world's test split)")
@@ -33,7 +33,7 @@ class TrainConfig:
     num_steps: int = doc(10, "sampling steps of training rollouts (Flow-GRPO: 10)")
     noise_level: float = doc(0.7, "SDE noise level a of training rollouts (Flow-GRPO: 0.7)")
     sde_steps: int = doc(0, "SDE on the first this many steps only, the Euler ODE after, and only those steps trained "
-                            "(Flow-GRPO-Fast, arXiv 2505.05470 v4; MixGRPO); 0: SDE at every step (Flow-GRPO)")
+                            "(as Flow-GRPO-Fast and MixGRPO); 0: SDE at every step (Flow-GRPO)")
     shared_init_noise: bool = doc(False, "a group's images start from the same initial noise, so only the SDE steps "
                                          "(the policy's actions) tell them apart (DanceGRPO's shared noise)")
     guidance_scale: float = doc(4.5, "CFG scale in rollouts and in the update (Flow-GRPO: 4.5)")

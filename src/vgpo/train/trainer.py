@@ -180,7 +180,8 @@ def update(cfg: TrainConfig, model: FlowModel, params: list[torch.nn.Parameter],
         for s in range(n_opt_steps):
             block = order[s * per_step : (s + 1) * per_step]
             denom = dist.all_reduce_sum_(torch.tensor([float(len(block))])).item() * T
-            micro_batches: list[torch.Tensor | None] = list(block.split(cfg.train_batch_size))
+            # (an empty block still splits into one empty tensor: a process may have no kept sample left)
+            micro_batches: list[torch.Tensor | None] = [mb for mb in block.split(cfg.train_batch_size) if len(mb)]
             if sharded:  # FSDP's collectives need the same number of passes on every process: pad with no-ops
                 micro_batches += [None] * (dist.all_reduce_max(len(micro_batches)) - len(micro_batches))
             for mb in micro_batches:
