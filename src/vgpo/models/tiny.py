@@ -267,7 +267,7 @@ class TinyFlowModel:
     def fsdp_units(self) -> tuple[nn.Module, list[nn.Module], list[nn.Module]]:
         # The U-Net's children with weights are units; the frozen text encoder, which encode_prompts
         # calls on its own, stays whole.
-        blocks = [m for m in self.net.children() if m is not self.net.text and any(True for _ in m.parameters())]
+        blocks = [m for m in self.net.children() if m is not self.net.text and list(m.parameters())]
         return self.net, blocks, [self.net.text]
 
     def num_parameters(self) -> int:

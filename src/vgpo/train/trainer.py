@@ -54,10 +54,9 @@ class EpochBatch:
     images: torch.Tensor  # (B, 3, H, W) decoded final samples, CPU
 
 
-def _generators(cfg: TrainConfig, epoch: int, sample_ids: torch.Tensor, device: torch.device) -> list[torch.Generator]:
-    # One generator per sample, seeded by (seed, epoch, global sample index).
-    return [torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, epoch, int(i)))
-            for i in sample_ids]
+def _generators(cfg: TrainConfig, epoch: int, ids: torch.Tensor, device: torch.device, *salt: str) -> list[torch.Generator]:
+    # One generator per id (global sample or group index), seeded by (seed, epoch, *salt, id).
+    return [torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, epoch, *salt, int(i))) for i in ids]
 
 
 def draw_prompts(cfg: TrainConfig, prompts: list[dict], epoch: int) -> list[int]:
@@ -82,9 +81,8 @@ def sample_epoch(cfg: TrainConfig, model: FlowModel, prompts: list[dict], epoch:
         gens = _generators(cfg, epoch, sample_ids[part], model.device)
         x_init = None
         if cfg.shared_init_noise:  # one draw per group, seeded by (seed, epoch, group): the same on every process
-            x_init = batch_randn((len(texts), *model.latent_shape), [
-                torch.Generator(device=model.device).manual_seed(derive_seed(cfg.seed, epoch, "init", int(g)))
-                for g in group_ids[part]], model.device)
+            x_init = batch_randn((len(texts), *model.latent_shape),
+                                 _generators(cfg, epoch, group_ids[part], model.device, "init"), model.device)
         traj = rollout(model, cond, model.negative_condition(len(texts)), sigmas, cfg.noise_levels,
                        cfg.guidance_scale, generator=gens, x_init=x_init)
         trajs.append(traj)
@@ -340,12 +338,7 @@ def load_trained_model(out: str | Path, device: str = "cpu") -> tuple[FlowModel,
     model = load_model(cfg.model, cfg.checkpoint, cfg.model_options, device)
     epoch = load_weights(out, model)
     if cfg.ema_decay > 0:
-        params = model.trainable_parameters()
-        ema = [p.detach().clone() for p in params]
-        load_ema(out, ema)
-        with torch.no_grad():
-            for p, e in zip(params, ema):
-                p.copy_(e)
+        load_ema(out, model.trainable_parameters())  # the EMA weights replace the trained ones
     return model, cfg, epoch
 
 
