@@ -1,13 +1,15 @@
-"""Seconds per training epoch on the Shapes preset, split into rollout / reward / advantage / update,
+"""Seconds per training epoch on a world's presets, split into rollout / reward / advantage / update,
 the share of the update spent in the network's forward+backward, VGPO's epoch time over GRPO's and
 peak RSS.
 
-    python benchmarks/epoch_speed.py [--epochs 3] [--out runs/speed]
+    python benchmarks/epoch_speed.py [--world shapes|text] [--epochs 3] [--tcrm-every 1 2 5] [--out DIR]
 
-Each algorithm runs ``--epochs`` epochs of ``configs/shapes-<algo>.yaml`` from the shipped base
+Each algorithm runs ``--epochs`` epochs of ``configs/<world>-<algo>.yaml`` from the shipped base
 (held-out evaluation reduced to one prompt, since it is not what is timed); the first epoch is
 dropped as warm-up. GRPO is timed twice: as configured (zero-std groups dropped, so it updates on
-fewer samples) and with every sample kept (the same update work as VGPO).
+fewer samples) and with every sample kept (the same update work as VGPO). VGPO runs once per
+``--tcrm-every`` value: scoring every k-th projection is the cost lever when the reward is expensive
+(the text world's OCR).
 """
 
 from __future__ import annotations
@@ -38,20 +40,30 @@ def timed_run(name: str, preset: str, out: Path, epochs: int, **overrides) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--world", default="shapes", choices=("shapes", "text"), help="presets configs/<world>-*.yaml")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--out", default="runs/speed")
+    parser.add_argument("--tcrm-every", type=int, nargs="+", default=[1], help="VGPO runs, one per value (1: the paper)")
+    parser.add_argument("--out", default="", help="default runs/speed-<world>")
     args = parser.parse_args()
-    out = Path(args.out)
+    out = Path(args.out or f"runs/speed-{args.world}")
+
+    def preset(algo: str) -> str:
+        return f"configs/{args.world}-{algo}.yaml"
+
     results = {
-        "grpo": timed_run("grpo", "configs/shapes-grpo.yaml", out, args.epochs),
-        "grpo-keep-all": timed_run("grpo-keep", "configs/shapes-grpo.yaml", out, args.epochs, drop_zero_std_groups=False),
-        "vgpo": timed_run("vgpo", "configs/shapes-vgpo.yaml", out, args.epochs),
+        "grpo": timed_run("grpo", preset("grpo"), out, args.epochs),
+        "grpo-keep-all": timed_run("grpo-keep", preset("grpo"), out, args.epochs, drop_zero_std_groups=False),
     }
-    print(f"{'':14}" + "".join(f"{k.split('/')[-1]:>12}" for k in KEYS) + f"{'fwd/bwd':>9}{'rss MB':>8}")
+    for k in args.tcrm_every:
+        name = "vgpo" if k == 1 else f"vgpo-tcrm-every-{k}"
+        results[name] = timed_run(name, preset("vgpo"), out, args.epochs, tcrm_every=k)
+    print(f"{'':20}" + "".join(f"{k.split('/')[-1]:>12}" for k in KEYS) + f"{'fwd/bwd':>9}{'rss MB':>8}{'scored':>8}")
     for name, s in results.items():
-        print(f"{name:14}" + "".join(f"{s[k]:12.2f}" for k in KEYS) + f"{s['fwd_bwd_share']:9.1%}{s['peak_rss_mb']:8.0f}")
-    for ref in ("grpo", "grpo-keep-all"):
-        print(f"VGPO epoch time / {ref}: {results['vgpo']['time/epoch_s'] / results[ref]['time/epoch_s']:.2f}x")
+        print(f"{name:20}" + "".join(f"{s[k]:12.2f}" for k in KEYS) + f"{s['fwd_bwd_share']:9.1%}"
+              f"{s['peak_rss_mb']:8.0f}{s['reward_images']:8d}")
+    for name in (n for n in results if n.startswith("vgpo")):
+        for ref in ("grpo", "grpo-keep-all"):
+            print(f"{name} epoch time / {ref}: {results[name]['time/epoch_s'] / results[ref]['time/epoch_s']:.2f}x")
     (out / "speed.json").write_text(json.dumps(results, indent=2) + "\n")
 
 

@@ -101,6 +101,13 @@ def test_second_invocation_reruns_nothing_and_a_killed_run_resumes(bench, monkey
     assert epochs == [0, 1, 2]
     assert validate(json.loads((out / "results.json").read_text())) == []
 
+    # A field added to TrainConfig after a run finished counts as its default: the run is still done.
+    marker = out / "runs/shapes/vgpo/seed0/bench_done.json"
+    done = json.loads(marker.read_text())
+    assert done["config"].pop("shared_init_noise") is False
+    marker.write_text(json.dumps(done))
+    assert run_suite(suite, out, threads=1, only=["shapes/vgpo"], log=lambda s: None).skipped == ["shapes/vgpo/seed0"]
+
     # A finished run is never overwritten by a suite whose config for it changed.
     changed = dataclasses.replace(suite, tasks=(dataclasses.replace(suite.tasks[0], overrides={**MICRO, "lr": 0.5}),))
     with pytest.raises(VgpoError, match="another config"):
@@ -206,32 +213,39 @@ def _budget(cfg) -> dict:
 def test_shipped_suites_expand_with_identical_budgets(name, tmp_path):
     suite = get_suite(name)
     plan = expand(suite, tmp_path)
-    main = [r for r in plan.runs if not r.variant]
-    assert {r.algorithm for r in main} == {"grpo", "vgpo", "tcrm", "adae"}
-    assert all(r.config.checkpoint == "checkpoints/shapes-base" for r in plan.runs)
-    budgets = {json.dumps(_budget(r.config), sort_keys=True) for r in plan.runs}
-    assert len(budgets) == 1  # every algorithm, seed and variant trains under the same budget
-    seeds = {a: sorted(r.seed for r in main if r.algorithm == a) for a in ("grpo", "vgpo", "tcrm", "adae")}
-    assert all(len(s) == (1 if name == "quick" else 3) for s in seeds.values()), seeds
+    assert [t.name for t in suite.tasks] == ["shapes", "text"]
+    checkpoints = {"shapes": "checkpoints/shapes-base", "text": "checkpoints/text-base"}
+    for task in ("shapes", "text"):
+        runs = plan.runs_of(task)
+        main = [r for r in runs if not r.variant]
+        assert {r.algorithm for r in main} == {"grpo", "vgpo", "tcrm", "adae"}
+        assert all(r.config.checkpoint == checkpoints[task] and r.config.world == task for r in runs)
+        budgets = {json.dumps(_budget(r.config), sort_keys=True) for r in runs}
+        assert len(budgets) == 1  # every algorithm, seed and variant of a task trains under the same budget
+        seeds = {a: sorted(r.seed for r in main if r.algorithm == a) for a in ("grpo", "vgpo", "tcrm", "adae")}
+        assert all(len(s) == (1 if name == "quick" else 3) for s in seeds.values()), seeds
+        assert [p.value for p in plan.sweeps[task]["tcrm_every"]] == [1, 2, 5]
     sweeps = plan.sweeps["shapes"]
     assert set(sweeps) == {"tcrm_every", "adae_k", "gamma"}
     ks = [p.value for p in sweeps["adae_k"]]
     assert len(ks) >= 4 and min(ks) == 0 and max(ks) >= 10
-    assert [p.value for p in sweeps["tcrm_every"]] == [1, 2, 5]
     assert sweeps["adae_k"][0].runs[0].startswith("shapes/tcrm/")  # vgpo with k = 0 is the TCRM-only run
-    variant_seeds = {r.seed for r in plan.runs if r.variant}
+    variant_seeds = {r.seed for r in plan.runs_of("shapes") if r.variant}
     assert variant_seeds == ({0} if name == "quick" else {0, 1})
+    assert set(plan.sweeps["text"]) == {"tcrm_every"}  # OCR is the expensive reward: the overhead question
+    assert plan.runs_of("text")[0].config.reward == "ocr"
 
 
 def test_only_filters(tmp_path):
     plan = expand(get_suite("full"), tmp_path)
     ids = lambda pats: sorted(r.id for r in select(plan.runs, pats))
     assert ids(["shapes/vgpo/0"]) == ["shapes/vgpo/seed0"]
-    assert ids(["*/grpo/seed1", "shapes/adae/2"]) == ["shapes/adae/seed2", "shapes/grpo/seed1"]
+    assert ids(["*/grpo/seed1", "shapes/adae/2"]) == ["shapes/adae/seed2", "shapes/grpo/seed1", "text/grpo/seed1"]
     assert len(ids(["shapes/grpo"])) == 3
     assert all(i.startswith("shapes/vgpo") for i in ids(["shapes/vgpo*"])) and len(ids(["shapes/vgpo*"])) > 3
+    assert len(ids(["text/*/0"])) == 6  # 4 algorithms + 2 tcrm_every sweep points
     with pytest.raises(VgpoError, match="matches no run"):
-        select(plan.runs, ["text"])
+        select(plan.runs, ["ocr"])
 
 
 def test_stratified_subset_is_balanced_and_fixed():

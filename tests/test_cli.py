@@ -45,12 +45,18 @@ def test_pretrain_resume_equals_uninterrupted(tmp_path):
     common = ["pretrain", "--batch-size", "4", "--save-every", "2", "--warmup-steps", "2", "--threads", "1"]
     main(common + ["--steps", "4", "--out", str(tmp_path / "full")])
     main(common + ["--steps", "2", "--out", str(tmp_path / "part")])  # "killed" after step 2
+    with (tmp_path / "part" / "log.jsonl").open("a") as log:  # rows flushed past the last save, half a row
+        log.write('{"step": 3, "loss": 1.0}\n{"step": 4, "lo')
     main(common + ["--steps", "4", "--out", str(tmp_path / "part")])  # resumes from resume.pt
     a = load_file(str(tmp_path / "full" / "model.safetensors"))
     b = load_file(str(tmp_path / "part" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     meta = json.loads((tmp_path / "part" / "config.json").read_text())
     assert meta["model"] == "tiny" and meta["pretrain"]["completed_steps"] == 4
+    rows = [json.loads(ln) for ln in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[2]["loss"] != 1.0
+    timing = json.loads((tmp_path / "part" / "pretrain_time.json").read_text())
+    assert timing["invocations"] == 2 and timing["wall_s"] >= meta["pretrain"]["wall_s"] >= 0
 
 
 def test_eval_writes_table_json_and_grid(capsys, tmp_path, tiny_checkpoint):

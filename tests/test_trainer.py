@@ -156,3 +156,18 @@ def test_shared_init_noise_gives_a_group_one_start(tmp_path, tiny_checkpoint):
         assert same_start == [shared] * 3
         assert not torch.equal(states[0, 0], states[4, 0])
         assert not torch.equal(states[0, 1], states[1, 1])
+
+
+def test_text_world_trains_on_ocr_with_sparse_tcrm(tmp_path, tiny_text_checkpoint):
+    """The text world through the same trainer: OCR-scored projections every 2nd step (and the last),
+    the world's training words as prompts, its OCR table as the evaluation."""
+    pytest.importorskip("rapidocr")
+    from vgpo.train.advantages import scored_steps
+
+    out = train(_cfg(tmp_path, tiny_text_checkpoint, world="text", reward="ocr", algorithm="vgpo", tcrm_every=2))
+    (m,) = [r for r in _metrics(out) if r["epoch"] == 1]
+    assert m["perf/reward_images"] == 8 * len(scored_steps(4, 2)) == 8 * 3
+    assert m["losses/ratio_dev_first"] < 1e-5
+    assert 0.0 <= m["reward/mean"] <= 1.0 and torch.isfinite(torch.tensor(m["losses/policy"]))
+    table = json.loads((out / "eval" / "epoch_0001.json").read_text())
+    assert table["ocr/count"] == 2 and 0.0 <= table["ocr/accuracy"] <= 1.0 and "ocr/exact" in table

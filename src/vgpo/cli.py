@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, default=4.5, help="classifier-free guidance scale")
     p.add_argument("--images-per-prompt", type=int, default=2, help="samples per prompt")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--batch-size", type=int, default=128, help="prompts per sampling batch")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per sampling batch (results do not depend on it)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N prompts (0: all)")
     p.add_argument("--json", default=None, help="write the table as JSON here")
     p.add_argument("--grid", default=None, help="write a PNG grid of samples with their prompts here")

@@ -87,7 +87,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
-    start = 0
+    start, wall_before, invocations = 0, 0.0, 1
     resume_path = out / "resume.pt"
     if resume_path.is_file():
         state = torch.load(resume_path, weights_only=False)
@@ -98,7 +98,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start = state["step"]
+        # Wall time and invocations add up over resumes (absent from resume files of older versions).
+        wall_before, invocations = state.get("wall_s", 0.0), state.get("invocations", 1) + 1
         print(f"resuming {out} from step {start}")
+    _truncate_log(out / "log.jsonl", start)
     log = (out / "log.jsonl").open("a")
     started = time.time()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", dynamic_ncols=True)
@@ -124,11 +127,30 @@ def pretrain(cfg: PretrainConfig) -> Path:
                               "lr": sched.get_last_lr()[0]}) + "\n")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             log.flush()
+            wall_s = round(wall_before + time.time() - started, 1)
             saved = TinyFlowModel(arch, net=ema)
-            saved.save(out, extra={"pretrain": {**to_dict(cfg), "completed_steps": step + 1}})
+            saved.save(out, extra={"pretrain": {**to_dict(cfg), "completed_steps": step + 1, "wall_s": wall_s}})
             atomic_torch_save({"arch": to_dict(arch), "net": net.state_dict(), "ema": ema.state_dict(),
-                               "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step + 1}, resume_path)
+                               "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step + 1,
+                               "wall_s": wall_s, "invocations": invocations}, resume_path)
     log.close()
-    atomic_write_text(json.dumps({"wall_s": round(time.time() - started, 1), "steps": cfg.steps}) + "\n",
-                      out / "pretrain_time.json")
+    atomic_write_text(json.dumps({"wall_s": round(wall_before + time.time() - started, 1), "steps": cfg.steps,
+                                  "invocations": invocations}) + "\n", out / "pretrain_time.json")
     return out
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log rows of the steps the resume file holds: a killed run may have flushed rows (or half
+    a row) past its last save, which the resumed run writes again."""
+    if not path.is_file():
+        return
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if not isinstance(row, dict) or row.get("step", step + 1) > step:
+            break
+        rows.append(line)
+    atomic_write_text("".join(r + "\n" for r in rows), path)

@@ -10,6 +10,7 @@ suite goes on; the command exits with an error listing the failures after writin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -23,7 +24,7 @@ import torch
 
 from vgpo.errors import VgpoError
 from vgpo.rewards import build as build_reward
-from vgpo.train import train
+from vgpo.train import TrainConfig, train
 from vgpo.train.advantages import scored_steps
 from vgpo.utils import atomic_write_text
 from vgpo.worlds import get_world
@@ -50,10 +51,12 @@ from .suites import (
 
 RESULTS = "results.json"
 REPORT = "BENCHMARKS.md"
-# Rough cost model of the dry run: seconds per image through the shipped tiny U-Net (32x32), the
-# backward's extra factor, seconds per detector-scored image. Measured with one torch thread on a
-# 2-core machine busy with another job (quick budget: ~8-11 s per epoch); two free threads are faster.
-FWD_S, BWD_FACTOR, REWARD_S = 0.009, 1.5, 0.0015
+# Rough cost model of the dry run: seconds per image through the shipped tiny U-Net at 32x32 pixels
+# (scaled by the canvas area for other worlds), the backward's extra factor, seconds per scored image
+# by world (the Shapes detector; RapidOCR for text). Measured with one torch thread on a 2-core machine
+# busy with another job (quick budget: ~8-11 s per Shapes epoch); two free threads are faster.
+FWD_S, BWD_FACTOR = 0.009, 1.5
+REWARD_S = {"shapes": 0.0015, "text": 0.015}  # other worlds: estimated at the detector's cost
 
 
 @dataclass
@@ -226,8 +229,12 @@ class StaleRunError(VgpoError):
 
 
 def _stale(run: RunPlan, stored: dict) -> None:
+    """Raise when a finished run was made with another config. A field the stored config lacks was added
+    to TrainConfig after the run; it counts as its default, the behaviour the run had."""
     want, have = comparable_config(run.config), comparable_config(stored)
-    diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(TrainConfig)}
+    diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k, defaults.get(k)))
     if diff:
         raise StaleRunError(f"{run.id}: {run.dir} was made with another config ({', '.join(diff[:5])} differ); "
                         "use a fresh --out or delete that run folder")
@@ -262,14 +269,16 @@ def estimate_run_seconds(run: RunPlan, n_eval_prompts: int, quality_per_prompt: 
     """Rough wall-clock of one run (the dry run's estimate; see FWD_S)."""
     c = run.config
     cfg_mult = 1 if c.guidance_scale == 1.0 else 2
+    height, width = get_world(c.world).image_size
+    fwd_s = FWD_S * height * width / (32 * 32)
     samples = c.prompts_per_epoch * c.group_size
-    rollout = samples * c.num_steps * cfg_mult * FWD_S
-    update = samples * c.trained_steps * cfg_mult * FWD_S * (1 + BWD_FACTOR) * c.inner_epochs
+    rollout = samples * c.num_steps * cfg_mult * fwd_s
+    update = samples * c.trained_steps * cfg_mult * fwd_s * (1 + BWD_FACTOR) * c.inner_epochs
     images = samples * (len(scored_steps(c.num_steps, c.tcrm_every)) if c.dense_rewards else 1)
     n_evals = 1 + (c.epochs // c.eval_every if c.eval_every else 0) + (1 if not c.eval_every or c.epochs % c.eval_every else 0)
-    evals = n_evals * n_eval_prompts * c.eval_images_per_prompt * c.eval_num_steps * cfg_mult * FWD_S
-    quality = n_eval_prompts * quality_per_prompt * c.eval_num_steps * cfg_mult * FWD_S
-    return c.epochs * (rollout + update + images * REWARD_S) + evals + quality
+    evals = n_evals * n_eval_prompts * c.eval_images_per_prompt * c.eval_num_steps * cfg_mult * fwd_s
+    quality = n_eval_prompts * quality_per_prompt * c.eval_num_steps * cfg_mult * fwd_s
+    return c.epochs * (rollout + update + images * REWARD_S.get(c.world, REWARD_S["shapes"])) + evals + quality
 
 
 def describe(plan: Plan, selected: Sequence[RunPlan]) -> list[str]:

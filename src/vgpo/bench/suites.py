@@ -29,9 +29,10 @@ from vgpo.errors import VgpoError
 from vgpo.train.config import ALGORITHMS, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[3]  # src/vgpo/bench -> the checkout holding configs/
-# Fields that do not change what a run computes (where it writes, how many threads), or whose
-# content is fixed by the task spec (the test subset file): left out when configs are compared.
-NON_SEMANTIC = ("out", "threads", "device", "test_prompts")
+# Fields that do not change what a run computes (where it writes, how many threads, how samples are
+# batched: tested to give the same samples), or whose content is fixed by the task spec (the test subset
+# file): left out when configs are compared.
+NON_SEMANTIC = ("out", "threads", "device", "test_prompts", "sample_batch_size", "eval_batch_size")
 
 
 @dataclass
@@ -88,6 +89,8 @@ QUICK_BUDGET = dict(epochs=4, prompts_per_epoch=4, group_size=4, train_batch_siz
                     eval_every=2, eval_num_steps=10, eval_images_per_prompt=1, save_every=1)
 FULL_BUDGET = dict(epochs=12, prompts_per_epoch=4, group_size=8, train_batch_size=16, gradient_accumulation=1,
                    eval_every=4, eval_num_steps=20, eval_images_per_prompt=1, save_every=1)
+# The text task's epochs cost about 4x a Shapes epoch: the same samples per epoch, two thirds of the epochs.
+TEXT_FULL_BUDGET = dict(FULL_BUDGET, epochs=8)
 
 
 def _shapes_sweeps(seeds: tuple, gammas: tuple) -> tuple:
@@ -107,15 +110,29 @@ def shapes_task(budget: dict, seeds: tuple, sweep_seeds: tuple, gammas: tuple, e
         projection_prompts=projection_prompts)
 
 
+def text_task(budget: dict, seeds: tuple, sweep_seeds: tuple, eval_prompts: int, projection_prompts: int) -> TaskSpec:
+    """The OCR task. Its epochs cost about 4x a Shapes epoch (3x the pixels, an OCR call per scored
+    image), so it sweeps only ``tcrm_every``: the overhead question, where OCR is the expensive reward.
+    No quality-monitor encoder is shipped for this world yet, so FD and diversity are off."""
+    return TaskSpec(
+        name="text", world="text", checkpoint="checkpoints/text-base", preset="configs/text-common.yaml",
+        overrides=dict(budget), eval_prompts=eval_prompts, prompt_format="prompt", metrics=("ocr/exact",),
+        seeds=seeds, projection_prompts=projection_prompts,
+        sweeps=(Sweep("tcrm_every", (1, 2, 5), "vgpo", sweep_seeds,
+                      "TCRM cost with OCR as the reward: held-out accuracy vs OCR calls per epoch"),))
+
+
 def quick_suite() -> Suite:
     return Suite("quick", "smoke of the full suite: 4 algorithms x 1 seed, sweeps at 1 seed, 4 epochs", 15.0,
-                 (shapes_task(QUICK_BUDGET, (0,), (0,), (0.5, 0.9, 1.0), eval_prompts=24, projection_prompts=8),))
+                 (shapes_task(QUICK_BUDGET, (0,), (0,), (0.5, 0.9, 1.0), eval_prompts=24, projection_prompts=8),
+                  text_task(QUICK_BUDGET, (0,), (0,), eval_prompts=8, projection_prompts=4)))
 
 
 def full_suite() -> Suite:
-    return Suite("full", "4 algorithms x 3 seeds, sweeps at 2 seeds, 12 epochs", 120.0,
+    return Suite("full", "4 algorithms x 3 seeds, sweeps at 2 seeds, 12 epochs (text: 8 epochs, tcrm_every at 1 seed)", 120.0,
                  (shapes_task(FULL_BUDGET, (0, 1, 2), (0, 1), (0.5, 0.9, 1.0), eval_prompts=48,
-                              projection_prompts=16),))
+                              projection_prompts=16),
+                  text_task(TEXT_FULL_BUDGET, (0, 1, 2), (0,), eval_prompts=24, projection_prompts=8)))
 
 
 SUITES = {"quick": quick_suite, "full": full_suite}

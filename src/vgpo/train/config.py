@@ -69,7 +69,8 @@ class TrainConfig:
     eval_num_steps: int = doc(40, "ODE steps of held-out evaluation (paper: 40)")
     eval_images_per_prompt: int = doc(2, "held-out images per test prompt")
     eval_limit: int = doc(0, "evaluate on the first N test prompts only (0: all)")
-    eval_batch_size: int = doc(128, "prompts per evaluation batch")
+    eval_batch_size: int = doc(16, "prompts per evaluation batch (on CPU, larger batches ran slower: their big "
+                                     "allocations cost more system time than the batching saves)")
     save_every: int = doc(10, "epochs between checkpoints (the last epoch is always saved)")
 
     def __post_init__(self) -> None:
