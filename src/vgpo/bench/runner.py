@@ -10,7 +10,6 @@ suite goes on; the command exits with an error listing the failures after writin
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -231,9 +230,7 @@ class StaleRunError(VgpoError):
 def _stale(run: RunPlan, stored: dict) -> None:
     """Raise when a finished run was made with another config. A field the stored config lacks was added
     to TrainConfig after the run; it counts as its default, the behaviour the run had."""
-    want, have = comparable_config(run.config), comparable_config(stored)
-    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(TrainConfig)}
+    want, have, defaults = comparable_config(run.config), comparable_config(stored), comparable_config(TrainConfig())
     diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k, defaults.get(k)))
     if diff:
         raise StaleRunError(f"{run.id}: {run.dir} was made with another config ({', '.join(diff[:5])} differ); "
