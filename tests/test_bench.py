@@ -114,6 +114,32 @@ def test_second_invocation_reruns_nothing_and_a_killed_run_resumes(bench, monkey
         run_suite(changed, out, threads=1, only=["shapes/grpo"], log=lambda s: None)
 
 
+def test_parallel_jobs_give_the_serial_runs_numbers(bench, tmp_path):
+    """--jobs 2 trains the runs in two worker processes; every run's metrics, held-out curve and quality
+    equal the serial suite's (both single-threaded), and the report covers the same runs."""
+    suite, serial_out, _ = bench
+    out = tmp_path / "parallel"
+    outcome = run_suite(suite, out, threads=1, jobs=2, command="parallel", log=lambda s: None)
+    assert sorted(outcome.ran) == ["shapes/grpo/seed0", "shapes/vgpo+tcrm_every=2/seed0", "shapes/vgpo/seed0"]
+    assert not outcome.failed
+    def rows(root, run):
+        drop = ("time/", "charts/samples_per_s", "perf/peak_rss")  # wall-clock and memory
+        return [{k: v for k, v in json.loads(ln).items() if not k.startswith(drop)}
+                for ln in (root / "runs/shapes" / run / "metrics.jsonl").read_text().splitlines()]
+
+    for run in ("grpo/seed0", "vgpo/seed0", "vgpo+tcrm_every=2/seed0"):
+        assert rows(out, run) == rows(serial_out, run), run
+        assert (out / "logs" / f"shapes__{run.replace('/', '__')}.log").is_file()
+    serial = json.loads((serial_out / "results.json").read_text())
+    parallel = json.loads((out / "results.json").read_text())
+    assert validate(parallel) == []
+    assert {r["id"]: (r["eval"], r["quality"]) for r in parallel["runs"]} == \
+        {r["id"]: (r["eval"], r["quality"]) for r in serial["runs"]}
+    assert parallel["tasks"]["shapes"]["projection"] == serial["tasks"]["shapes"]["projection"]
+    with pytest.raises(VgpoError, match="--jobs"):
+        run_suite(suite, out, jobs=0, log=lambda s: None)
+
+
 def test_schema_document_names_every_field():
     doc = SCHEMA_DOC.read_text()
     named = set(re.findall(r"`([a-z_]+)`", doc)) | set(re.findall(r"[{,] ?([a-z_]+)", doc))

@@ -23,10 +23,11 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     out = Path(args.out or f"runs/bench-{args.suite}")
     if args.dry_run:
         plan = expand(suite, out, args.threads)
-        print("\n".join(describe(plan, select(plan.runs, args.only))))
+        print("\n".join(describe(plan, select(plan.runs, args.only), args.jobs)))
         return
     outcome = run_suite(suite, out, only=args.only, threads=args.threads, use_quality=not args.no_quality,
-                        projection=not args.no_projection, report_only=args.report_only, command=_command_line())
+                        projection=not args.no_projection, report_only=args.report_only, command=_command_line(),
+                        jobs=args.jobs)
     print(f"report: {outcome.report}\nresults: {outcome.results}")
     if outcome.failed:
         raise VgpoError(f"{len(outcome.failed)} failed: " + "; ".join(f"{k}: {v}" for k, v in outcome.failed.items())
@@ -51,7 +52,10 @@ def add_commands(sub) -> None:
     p.add_argument("--only", action="append", default=[], metavar="TASK[/ALGO[/SEED]]",
                    help="run only matching runs (wildcards; repeatable), e.g. shapes/vgpo/0, '*/grpo', 'shapes/vgpo*'; "
                         "the report covers every finished run of the suite")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads for every run (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads for every run (0: torch's default; with --jobs: the cores split over the jobs)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained side by side, each in its own process (per-run output in <out>/logs/)")
     p.add_argument("--no-quality", action="store_true", help="skip the FD/diversity quality monitor")
     p.add_argument("--no-projection", action="store_true", help="skip the projection-accuracy check")
     p.add_argument("--report-only", action="store_true", help="run nothing; rebuild results.json, BENCHMARKS.md, plots")

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import shutil
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -178,7 +182,6 @@ class TaskContext:
         path = run.dir / QUALITY_FILE
         if not self.use_quality or path.is_file():
             return
-        self.base_quality()
         model = Q.load_trained(run.config, run.dir)
         data = Q.model_quality(model, run.config, self.metas(), self.task.quality_images_per_prompt, self.encoder(),
                                self.reference())
@@ -278,7 +281,7 @@ def estimate_run_seconds(run: RunPlan, n_eval_prompts: int, quality_per_prompt: 
     return c.epochs * (rollout + update + images * REWARD_S.get(c.world, REWARD_S["shapes"])) + evals + quality
 
 
-def describe(plan: Plan, selected: Sequence[RunPlan]) -> list[str]:
+def describe(plan: Plan, selected: Sequence[RunPlan], jobs: int = 1) -> list[str]:
     lines, total = [], 0.0
     for run in selected:
         task = plan.task(run.task)
@@ -288,15 +291,24 @@ def describe(plan: Plan, selected: Sequence[RunPlan]) -> list[str]:
             "checkpoint" if (run.dir / "checkpoint" / "state.json").is_file() else "todo")
         total += 0.0 if state == "done" else est
         lines.append(f"{run.id:<40} {state:<10} ~{est / 60:5.1f} min")
-    lines.append(f"{len(selected)} runs; remaining ~{total / 60:.0f} min by the rough cost model "
+    # The per-run figures assume one thread beside another busy job: --jobs 2 on 2 cores.
+    wall = f"~{total / 60:.0f} min of runs; ~{total / 60 / max(jobs, 1):.0f} min of wall time with --jobs {jobs}"
+    lines.append(f"{len(selected)} runs; remaining {wall} by the rough cost model "
                  f"(suite target {plan.suite.target_minutes:g} min on 2 cores)")
     return lines
 
 
 def run_suite(suite: Suite, out: str | Path, only: Sequence[str] = (), threads: int = 0, use_quality: bool = True,
-              projection: bool = True, report_only: bool = False, command: str = "", log: Callable[[str], None] = print) -> Outcome:
+              projection: bool = True, report_only: bool = False, command: str = "", jobs: int = 1,
+              log: Callable[[str], None] = print) -> Outcome:
+    """Run the selected unfinished runs (``jobs`` at a time, each in its own process), then the task-level
+    checks, then write results.json, BENCHMARKS.md and the plots."""
     started_at, started = now_iso(), time.time()
     out = Path(out)
+    if jobs < 1:
+        raise VgpoError(f"--jobs: must be >= 1, got {jobs}")
+    if jobs > 1 and not threads:
+        threads = max(1, (os.cpu_count() or 1) // jobs)  # the jobs share the cores instead of oversubscribing them
     plan = expand(suite, out, threads)
     selected = select(plan.runs, only)
     out.mkdir(parents=True, exist_ok=True)
@@ -306,36 +318,22 @@ def run_suite(suite: Suite, out: str | Path, only: Sequence[str] = (), threads: 
     outcome = Outcome(out / RESULTS, out / REPORT, [])
     contexts = {t.name: TaskContext(t, plan, use_quality, log) for t in suite.tasks}
     tasks_run = [t for t in suite.tasks if any(r.task == t.name for r in selected)]
+    extras = None  # per task: the base's quality and the projection check
     if not report_only:
         for task in tasks_run:
             check_checkpoint(task, plan.runs_of(task.name)[0].config.model)
             write_subset(task, out)
             if contexts[task.name].use_quality:
                 contexts[task.name].encoder()  # fail early on a missing encoder
-        for k, run in enumerate(selected, 1):
-            log(f"[{k}/{len(selected)}] {run.id}")
-            try:
-                state = execute_run(run, log)
-                getattr(outcome, state).append(run.id)
-                contexts[run.task].run_quality(run)
-            except (KeyboardInterrupt, StaleRunError):
-                raise
-            except Exception as err:
-                run.dir.mkdir(parents=True, exist_ok=True)
-                (run.dir / ERROR_FILE).write_text(traceback.format_exc() + f"\n{type(err).__name__}: {err}\n")
-                outcome.failed[run.id] = f"{type(err).__name__}: {err}"
-                log(f"{run.id}: FAILED ({type(err).__name__}: {err}); see {run.dir / ERROR_FILE}")
-    extras = {}
-    for task in suite.tasks:
-        ctx = contexts[task.name]
-        busy = task in tasks_run and not report_only
-        try:
-            extras[task.name] = {"base_quality": ctx.base_quality() if busy else _cached(ctx.base_quality_path()),
-                                 "projection": ctx.projection(projection and busy)}
-        except Exception as err:  # noqa: BLE001
-            outcome.failed[f"{task.name}/task-checks"] = f"{type(err).__name__}: {err}"
-            log(f"{task.name}: task-level checks FAILED ({type(err).__name__}: {err})")
-            extras[task.name] = {"base_quality": _cached(ctx.base_quality_path()), "projection": None}
+        if jobs > 1 and len(selected) > 1:
+            extras = _run_parallel(plan, selected, tasks_run, jobs, threads, use_quality, projection, outcome, log)
+        else:
+            for k, run in enumerate(selected, 1):
+                log(f"[{k}/{len(selected)}] {run.id}")
+                _run_and_measure(run, contexts[run.task], outcome, log)
+    if extras is None:
+        extras = {t.name: _task_checks(contexts[t.name], t in tasks_run and not report_only, projection, outcome, log)
+                  for t in suite.tasks}
     results = build_results(plan, command, time.time() - started, started_at, extras)
     from .plots import write_plots
 
@@ -347,6 +345,117 @@ def run_suite(suite: Suite, out: str | Path, only: Sequence[str] = (), threads: 
     log(f"wrote {outcome.results}, {outcome.report} and {len(outcome.plots)} plots "
         f"(ran {len(outcome.ran)}, resumed {len(outcome.resumed)}, skipped {len(outcome.skipped)}, failed {len(outcome.failed)})")
     return outcome
+
+
+def _run_and_measure(run: RunPlan, ctx: TaskContext, outcome: Outcome, log: Callable[[str], None]) -> None:
+    """Train one run and measure its quality; a failure is recorded in the run folder and ``outcome``."""
+    try:
+        state = execute_run(run, log)
+        getattr(outcome, state).append(run.id)
+        ctx.run_quality(run)
+    except (KeyboardInterrupt, StaleRunError):
+        raise
+    except Exception as err:  # noqa: BLE001 -- one failed run must not stop the suite
+        run.dir.mkdir(parents=True, exist_ok=True)
+        (run.dir / ERROR_FILE).write_text(traceback.format_exc() + f"\n{type(err).__name__}: {err}\n")
+        outcome.failed[run.id] = f"{type(err).__name__}: {err}"
+        log(f"{run.id}: FAILED ({type(err).__name__}: {err}); see {run.dir / ERROR_FILE}")
+
+
+def _task_checks(ctx: TaskContext, busy: bool, projection: bool, outcome: Outcome, log: Callable[[str], None]) -> dict:
+    """The base model's quality and the projection check of one task (computed when ``busy``, else read
+    from their caches)."""
+    try:
+        return {"base_quality": ctx.base_quality() if busy else _cached(ctx.base_quality_path()),
+                "projection": ctx.projection(projection and busy)}
+    except Exception as err:  # noqa: BLE001
+        outcome.failed[f"{ctx.task.name}/task-checks"] = f"{type(err).__name__}: {err}"
+        log(f"{ctx.task.name}: task-level checks FAILED ({type(err).__name__}: {err})")
+        return {"base_quality": _cached(ctx.base_quality_path()), "projection": None}
+
+
+# --------------------------------------------------------------------------------------------------
+# Parallel runs: a pool of worker processes, each with ``threads`` torch threads. A run's own output
+# (progress bar, trainer messages) goes to logs/<run id>.log under the suite folder; the parent logs
+# starts and ends. Runs are independent (own seed, own folder), so a run's numbers do not depend on
+# which worker trained it or next to what (tested); its wall-clock does, and every run of a suite
+# shares the same condition.
+# --------------------------------------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _init_worker(plan: Plan, use_quality: bool, threads: int) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    _WORKER["plan"] = plan
+    _WORKER["contexts"] = {t.name: TaskContext(t, plan, use_quality, print) for t in plan.suite.tasks}
+
+
+def _log_path(out: Path, name: str) -> Path:
+    path = out / "logs" / f"{name.replace('/', '__')}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _worker_run(run_id: str) -> Outcome:
+    plan: Plan = _WORKER["plan"]
+    run = next(r for r in plan.runs if r.id == run_id)
+    outcome = Outcome(Path(), Path(), [])
+    with open(_log_path(plan.out, run_id), "a", buffering=1) as f, redirect_stdout(f), redirect_stderr(f):
+        _run_and_measure(run, _WORKER["contexts"][run.task], outcome, print)
+    return outcome
+
+
+def _worker_task_checks(task: str, projection: bool) -> tuple[dict, Outcome]:
+    outcome = Outcome(Path(), Path(), [])
+    with open(_log_path(_WORKER["plan"].out, f"{task}__task-checks"), "a", buffering=1) as f, redirect_stdout(f), \
+            redirect_stderr(f):
+        extras = _task_checks(_WORKER["contexts"][task], True, projection, outcome, print)
+    return extras, outcome
+
+
+def _merge(into: Outcome, part: Outcome) -> None:
+    for name in ("ran", "resumed", "skipped"):
+        getattr(into, name).extend(getattr(part, name))
+    into.failed.update(part.failed)
+
+
+def _run_parallel(plan: Plan, selected: Sequence[RunPlan], tasks_run: Sequence[TaskSpec], jobs: int, threads: int,
+                  use_quality: bool, projection: bool, outcome: Outcome, log: Callable[[str], None]) -> dict:
+    """Longest runs first (by the dry run's cost model), so the pool ends with short runs; then every
+    task's checks side by side. Returns the task-level extras for the report."""
+    def cost(run: RunPlan) -> float:
+        task = plan.task(run.task)
+        return estimate_run_seconds(run, task.eval_prompts or 1, task.quality_images_per_prompt)
+
+    order = sorted(selected, key=cost, reverse=True)
+    done = 0
+    log(f"{len(order)} runs, {jobs} at a time with {threads} thread(s) each; per-run output in {plan.out / 'logs'}")
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(plan, use_quality, threads)) as pool:
+        try:
+            pending: dict[Future, str] = {pool.submit(_worker_run, run.id): run.id for run in order}
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    run_id = pending.pop(future)
+                    _merge(outcome, future.result())  # a StaleRunError re-raises here and stops the suite
+                    done += 1
+                    state = "FAILED" if run_id in outcome.failed else "done"
+                    log(f"[{done}/{len(order)}] {run_id}: {state} ({time.strftime('%H:%M:%S')})")
+            checks = {t.name: pool.submit(_worker_task_checks, t.name, projection) for t in tasks_run}
+            extras = {}
+            for name, future in checks.items():
+                extras[name], part = future.result()
+                _merge(outcome, part)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    ctxs = {t.name: TaskContext(t, plan, use_quality, log) for t in plan.suite.tasks}
+    for t in plan.suite.tasks:
+        if t.name not in extras:
+            extras[t.name] = _task_checks(ctxs[t.name], False, projection, outcome, log)
+    return extras
 
 
 def _cached(path: Path) -> dict | None:

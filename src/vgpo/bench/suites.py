@@ -113,10 +113,10 @@ def shapes_task(budget: dict, seeds: tuple, sweep_seeds: tuple, gammas: tuple, e
 def text_task(budget: dict, seeds: tuple, sweep_seeds: tuple, eval_prompts: int, projection_prompts: int) -> TaskSpec:
     """The OCR task. Its epochs cost about 4x a Shapes epoch (3x the pixels, an OCR call per scored
     image), so it sweeps only ``tcrm_every``: the overhead question, where OCR is the expensive reward.
-    No quality-monitor encoder is shipped for this world yet, so FD and diversity are off."""
+    Its quality monitor's encoder learns which letters a render shows."""
     return TaskSpec(
         name="text", world="text", checkpoint="checkpoints/text-base", preset="configs/text-common.yaml",
-        overrides=dict(budget), eval_prompts=eval_prompts, prompt_format="prompt", metrics=("ocr/exact",),
+        overrides=dict(budget), encoder="checkpoints/text-encoder", eval_prompts=eval_prompts, prompt_format="prompt", metrics=("ocr/exact",),
         seeds=seeds, projection_prompts=projection_prompts,
         sweeps=(Sweep("tcrm_every", (1, 2, 5), "vgpo", sweep_seeds,
                       "TCRM cost with OCR as the reward: held-out accuracy vs OCR calls per epoch"),))
