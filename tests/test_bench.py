@@ -38,7 +38,7 @@ def _micro_suite(ckpt, encoder) -> Suite:
     task = TaskSpec(name="shapes", world="shapes", checkpoint=str(ckpt), overrides=dict(MICRO), encoder=str(encoder),
                     eval_prompts=6, metrics=("overall/partial",), algorithms=("grpo", "vgpo"), seeds=(0,),
                     sweeps=(Sweep("tcrm_every", (1, 2), "vgpo", (0,), "cost"),), projection_prompts=3, projection_group=2)
-    return Suite("micro", "test suite", 1.0, (task,))
+    return Suite("micro", "test suite", 1.0, (task,), "nothing tuned")
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +136,17 @@ def test_parallel_jobs_give_the_serial_runs_numbers(bench, tmp_path):
     assert {r["id"]: (r["eval"], r["quality"]) for r in parallel["runs"]} == \
         {r["id"]: (r["eval"], r["quality"]) for r in serial["runs"]}
     assert parallel["tasks"]["shapes"]["projection"] == serial["tasks"]["shapes"]["projection"]
+    assert parallel["jobs"] == 2 and parallel["rebuilt"] is None
+    md = (out / "BENCHMARKS.md").read_text()
+    assert "2 runs side by side" in md and "Tuning: nothing tuned" in md and "Report rebuilt" not in md
+
+    # A report-only rebuild keeps the invocation that ran the suite and names itself.
+    run_suite(suite, out, report_only=True, command="rebuild", log=lambda s: None)
+    rebuilt = json.loads((out / "results.json").read_text())
+    assert validate(rebuilt) == []
+    assert (rebuilt["command"], rebuilt["jobs"], rebuilt["created"]) == ("parallel", 2, parallel["created"])
+    assert rebuilt["rebuilt"]["command"] == "rebuild" and rebuilt["tasks"] == parallel["tasks"]
+    assert "Report rebuilt from the finished runs by `rebuild`" in (out / "BENCHMARKS.md").read_text()
     with pytest.raises(VgpoError, match="--jobs"):
         run_suite(suite, out, jobs=0, log=lambda s: None)
 

@@ -111,10 +111,25 @@ def test_resume_without_checkpoint_names_the_folder(tmp_path, tiny_checkpoint):
     ({"algorithm": "ppo"}, "algorithm"),
     ({"timestep_fraction": 0.0}, "timestep_fraction"),
     ({"clip_range": -1.0}, "clip_range"),
+    ({"eval_guidance_scale": 0.5}, "eval_guidance_scale"),
 ])
 def test_config_errors_name_the_field(data, field):
     with pytest.raises(VgpoError, match=field):
         from_dict(TrainConfig, data)
+
+
+def test_eval_guidance_scale_sets_the_held_out_cfg_only(tmp_path, tiny_checkpoint, monkeypatch):
+    """Training without CFG (guidance_scale 1) and judging with it: rollouts use 1, evaluation 3."""
+    from vgpo.train import trainer
+
+    seen, rolled = [], []
+    real_eval, real_rollout = trainer.evaluate_world, trainer.rollout
+    monkeypatch.setattr(trainer, "evaluate_world", lambda *a, **k: seen.append(k["guidance_scale"]) or real_eval(*a, **k))
+    monkeypatch.setattr(trainer, "rollout", lambda *a, **k: rolled.append(a[5]) or real_rollout(*a, **k))
+    cfg = _cfg(tmp_path, tiny_checkpoint, guidance_scale=1.0, eval_guidance_scale=3.0, epochs=1)
+    assert cfg.eval_guidance == 3.0 and _cfg(tmp_path, tiny_checkpoint).eval_guidance == 2.0  # 0: guidance_scale
+    train(cfg)
+    assert set(seen) == {3.0} and set(rolled) == {1.0}
 
 
 def test_load_trained_model_uses_ema_weights(tmp_path, tiny_checkpoint):

@@ -205,7 +205,7 @@ def model_quality(model: FlowModel, cfg: TrainConfig, metas: Sequence[dict], per
     prompt (the run's eval steps and guidance; noise fixed by QUALITY_SEED)."""
     rows = [m for m in metas for _ in range(per_prompt)]
     groups = [i for i in range(len(metas)) for _ in range(per_prompt)]
-    images = sample_images(model, [m["prompt"] for m in rows], cfg.eval_num_steps, cfg.guidance_scale,
+    images = sample_images(model, [m["prompt"] for m in rows], cfg.eval_num_steps, cfg.eval_guidance,
                            QUALITY_SEED, cfg.eval_batch_size)
     feats = encode(encoder, images)
     return {"fd": frechet_distance(feats, ref.features), "diversity": within_group_diversity(feats, groups),

@@ -350,7 +350,8 @@ def not_better_statements(s: dict, algo: str = "vgpo") -> list[str]:
 # --------------------------------------------------------------------------------------------------
 # The results document
 # --------------------------------------------------------------------------------------------------
-def build_results(plan: Plan, command: str, wall_s: float, started: str, extras: dict[str, dict]) -> dict:
+def build_results(plan: Plan, command: str, wall_s: float, started: str, extras: dict[str, dict],
+                  jobs: int | None = None) -> dict:
     """extras: task -> {"base_quality": ..., "projection": ...} (cached task-level measurements)."""
     records: dict[str, dict] = {}
     for task in plan.suite.tasks:
@@ -363,7 +364,8 @@ def build_results(plan: Plan, command: str, wall_s: float, started: str, extras:
     return {
         "schema": SCHEMA_VERSION, "suite": plan.suite.name, "suite_spec": plan.suite.to_dict(),
         "command": command, "git": git_info(), "machine": machine_info(), "created": started,
-        "wall_s": wall_s, "runs_wall_s": sum(r["wall_s"] or 0.0 for r in records.values()),
+        "wall_s": wall_s, "runs_wall_s": sum(r["wall_s"] or 0.0 for r in records.values()), "jobs": jobs,
+        "rebuilt": None,
         "definitions": {
             "std": "sample std over seeds (ddof 1); null with one seed",
             "final": "held-out metrics at the last eval point (epoch = epochs)",
@@ -375,6 +377,21 @@ def build_results(plan: Plan, command: str, wall_s: float, started: str, extras:
         },
         "runs": list(records.values()), "tasks": tasks,
     }
+
+
+# What a report-only rebuild keeps from the results of the invocation that ran the suite.
+RUN_INVOCATION = ("command", "git", "machine", "created", "wall_s", "jobs")
+
+
+def keep_run_invocation(results: dict, previous: dict | None) -> dict:
+    """A report-only rebuild keeps the command, commit, machine and wall time of the invocation that ran
+    the suite (``previous``, the results.json it replaces) and names itself under ``rebuilt``."""
+    if not previous or previous.get("schema") != SCHEMA_VERSION:
+        return results
+    rebuilt = {"command": results["command"], "git": results["git"], "created": results["created"]}
+    results.update({k: previous.get(k) for k in RUN_INVOCATION})
+    results["rebuilt"] = rebuilt
+    return results
 
 
 def now_iso() -> str:
@@ -398,12 +415,17 @@ def write_markdown(results: dict, path: Path, plots: dict[str, list[str]]) -> No
     lines = [f"# vgpo bench: `{results['suite']}` suite", "",
              f"- Command: `{results['command']}`",
              f"- Commit: `{git['commit'] or 'unknown (no git)'}`" + (" (uncommitted changes)" if git.get("dirty") else ""),
-             (f"- Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
-             f"Python {m['python']}"),
+             (f"- Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads"
+              + (f" per run, {results['jobs']} runs side by side" if (results.get("jobs") or 1) > 1 else "")
+              + f"), Python {m['python']}"),
              (f"- Wall time: {results['wall_s'] / 60:.1f} min this invocation; {results['runs_wall_s'] / 60:.1f} min of "
              "training in finished runs (resumed runs count their last segment only)"),
              (f"- Created: {results['created']}. Raw numbers: `results.json` (schema `{results['schema']}`, "
-             "docs/benchmarks/SCHEMA.md)."), "",
+             "docs/benchmarks/SCHEMA.md)."),
+             *([f"- Report rebuilt from the finished runs by `{rb['command']}` at commit `{rb['git']['commit']}`"
+                + (" (uncommitted changes)" if rb["git"].get("dirty") else "") + f", {rb['created']}; the lines above "
+                "describe the invocation that ran the suite."] if (rb := results.get("rebuilt")) else []), "",
+             *([f"Tuning: {results['suite_spec']['tuning']}", ""] if results["suite_spec"].get("tuning") else []),
              ("Mean ± sample std over seeds. Held-out prompts are never used for any choice: presets and budgets are fixed "
              "before the runs, and the held-out subset is a fixed tag-stratified selection of the test split."), ""]
     for name, s in results["tasks"].items():
@@ -484,8 +506,10 @@ def _task_markdown(name: str, s: dict, results: dict, plots: list[str]) -> list[
         rows += [[a, fmt_mean_std(s["algorithms"][a]["quality"]["fd"]), fmt_mean_std(s["algorithms"][a]["quality"]["diversity"]),
                   ", ".join(s["algorithms"][a]["quality"]["flagged"]) or "none"] for a in algos]
         q = results["definitions"]["quality_flag"]
+        encoder = next((t.get("encoder") for t in results["suite_spec"].get("tasks", []) if t.get("name") == name), "")
         out += ["### Quality beside the reward (reward-hacking monitor)", "",
-                ("Fréchet distance between encoder features of generated held-out images and of renders of the same prompts "
+                (f"Fréchet distance between features of the encoder `{encoder}` of generated held-out images and of "
+                "renders of the same prompts "
                 "(lower is closer), and within-prompt diversity (mean pairwise feature distance among one prompt's images). "
                 f"Renders vs renders: FD {_f(ref and ref.get('fd_floor'))}, diversity {_f(ref and ref.get('diversity'))}. "
                 f"A run is flagged when its held-out `{h}` rises while its FD rises by > {q['fd_rise']:.0%} or its diversity "

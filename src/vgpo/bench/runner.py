@@ -38,6 +38,7 @@ from .report import (
     MARKER,
     QUALITY_FILE,
     build_results,
+    keep_run_invocation,
     now_iso,
     write_markdown,
 )
@@ -269,6 +270,7 @@ def estimate_run_seconds(run: RunPlan, n_eval_prompts: int, quality_per_prompt: 
     """Rough wall-clock of one run (the dry run's estimate; see FWD_S)."""
     c = run.config
     cfg_mult = 1 if c.guidance_scale == 1.0 else 2
+    eval_mult = 1 if c.eval_guidance == 1.0 else 2
     height, width = get_world(c.world).image_size
     fwd_s = FWD_S * height * width / (32 * 32)
     samples = c.prompts_per_epoch * c.group_size
@@ -276,8 +278,8 @@ def estimate_run_seconds(run: RunPlan, n_eval_prompts: int, quality_per_prompt: 
     update = samples * c.trained_steps * cfg_mult * fwd_s * (1 + BWD_FACTOR) * c.inner_epochs
     images = samples * (len(scored_steps(c.num_steps, c.tcrm_every)) if c.dense_rewards else 1)
     n_evals = 1 + (c.epochs // c.eval_every if c.eval_every else 0) + (1 if not c.eval_every or c.epochs % c.eval_every else 0)
-    evals = n_evals * n_eval_prompts * c.eval_images_per_prompt * c.eval_num_steps * cfg_mult * fwd_s
-    quality = n_eval_prompts * quality_per_prompt * c.eval_num_steps * cfg_mult * fwd_s
+    evals = n_evals * n_eval_prompts * c.eval_images_per_prompt * c.eval_num_steps * eval_mult * fwd_s
+    quality = n_eval_prompts * quality_per_prompt * c.eval_num_steps * eval_mult * fwd_s
     return c.epochs * (rollout + update + images * REWARD_S.get(c.world, REWARD_S["shapes"])) + evals + quality
 
 
@@ -334,12 +336,14 @@ def run_suite(suite: Suite, out: str | Path, only: Sequence[str] = (), threads: 
     if extras is None:
         extras = {t.name: _task_checks(contexts[t.name], t in tasks_run and not report_only, projection, outcome, log)
                   for t in suite.tasks}
-    results = build_results(plan, command, time.time() - started, started_at, extras)
+    results = build_results(plan, command, time.time() - started, started_at, extras, jobs)
     from .plots import write_plots
 
     plots = write_plots(results, out)
     outcome.plots = [p for files in plots.values() for p in files]
     results["wall_s"] = time.time() - started
+    if report_only:
+        keep_run_invocation(results, _cached(outcome.results))
     atomic_write_text(json.dumps(results, indent=1, default=str) + "\n", outcome.results)
     write_markdown(results, outcome.report, plots)
     log(f"wrote {outcome.results}, {outcome.report} and {len(outcome.plots)} plots "

@@ -81,7 +81,9 @@ RESULTS = {
     "git": {"commit": Opt(str), "dirty": Opt(bool)},
     "machine": {"platform": str, "processor": str, "cpu_count": Opt(int), "python": str, "torch": str,
                 "torch_threads": int, "omp_num_threads": Opt(str)},
-    "created": str, "wall_s": Num, "runs_wall_s": Num, "definitions": dict,
+    "created": str, "wall_s": Num, "runs_wall_s": Num, "jobs": Opt(int),
+    "rebuilt": Opt({"command": str, "git": {"commit": Opt(str), "dirty": Opt(bool)}, "created": str}),
+    "definitions": dict,
     "runs": [RUN], "tasks": {"*": TASK},
 }
 

@@ -74,6 +74,7 @@ class Suite:
     description: str
     target_minutes: float
     tasks: tuple
+    tuning: str = ""  # what was tuned, for which algorithm, how (printed in the report)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -122,17 +123,27 @@ def text_task(budget: dict, seeds: tuple, sweep_seeds: tuple, eval_prompts: int,
                       "TCRM cost with OCR as the reward: held-out accuracy vs OCR calls per epoch"),))
 
 
+# The tuning statement of both shipped suites (the issue asks for equal tuning effort, said out loud).
+TUNING = ("Every algorithm runs the same shared preset (configs/tiny-common.yaml plus the world's common preset) "
+          "unchanged. The Shapes recipe (strict reward, lr 1e-4, 16 samples per optimizer step, first 6 of 10 steps "
+          "trained, clip range 1e-3) was chosen on training prompts only, from about 20 runs that were all VGPO "
+          "but one GRPO run (README, 'Demo and tuning'); if that effort favoured an algorithm, it favoured VGPO. "
+          "The text world reuses the recipe untuned. The budgets (epochs, samples per epoch) were set by the time "
+          "limit, not tuned. VGPO's own fields (gamma 0.9, adae_k 0.1, adae_steps 5, tcrm_every 1) are the paper's "
+          "or our defaults, fixed before any run and swept below, not tuned.")
+
+
 def quick_suite() -> Suite:
     return Suite("quick", "smoke of the full suite: 4 algorithms x 1 seed, sweeps at 1 seed, 4 epochs", 15.0,
                  (shapes_task(QUICK_BUDGET, (0,), (0,), (0.5, 0.9, 1.0), eval_prompts=24, projection_prompts=8),
-                  text_task(QUICK_BUDGET, (0,), (0,), eval_prompts=8, projection_prompts=4)))
+                  text_task(QUICK_BUDGET, (0,), (0,), eval_prompts=8, projection_prompts=4)), TUNING)
 
 
 def full_suite() -> Suite:
     return Suite("full", "4 algorithms x 3 seeds, sweeps at 2 seeds, 12 epochs (text: 8 epochs, tcrm_every at 1 seed)", 120.0,
                  (shapes_task(FULL_BUDGET, (0, 1, 2), (0, 1), (0.5, 0.9, 1.0), eval_prompts=48,
                               projection_prompts=16),
-                  text_task(TEXT_FULL_BUDGET, (0, 1, 2), (0,), eval_prompts=24, projection_prompts=8)))
+                  text_task(TEXT_FULL_BUDGET, (0, 1, 2), (0,), eval_prompts=24, projection_prompts=8)), TUNING)
 
 
 SUITES = {"quick": quick_suite, "full": full_suite}

@@ -67,6 +67,8 @@ class TrainConfig:
     eval_every: int = doc(10, "epochs between held-out evaluations (0: only before the first and after the last)")
     eval_base: bool = doc(True, "evaluate the starting model before the first epoch (off: its score is known already)")
     eval_num_steps: int = doc(40, "ODE steps of held-out evaluation (paper: 40)")
+    eval_guidance_scale: float = doc(0.0, "CFG scale of held-out evaluation (0: guidance_scale); lets a run train "
+                                          "without CFG (guidance_scale 1, half the forwards) and be judged with it")
     eval_images_per_prompt: int = doc(2, "held-out images per test prompt")
     eval_limit: int = doc(0, "evaluate on the first N test prompts only (0: all)")
     eval_batch_size: int = doc(16, "prompts per evaluation batch (on CPU, larger batches ran slower: their big "
@@ -102,6 +104,8 @@ class TrainConfig:
             raise VgpoError(f"gamma: expected in (0, 1], got {self.gamma}")
         if self.guidance_scale < 1.0:
             raise VgpoError(f"guidance_scale: expected >= 1, got {self.guidance_scale}")
+        if self.eval_guidance_scale != 0.0 and self.eval_guidance_scale < 1.0:
+            raise VgpoError(f"eval_guidance_scale: expected 0 (same as guidance_scale) or >= 1, got {self.eval_guidance_scale}")
 
     # Derived switches: the algorithm name is the only thing a preset needs to set.
     @property
@@ -113,6 +117,11 @@ class TrainConfig:
     def absolute_signal(self) -> bool:
         """ADAE: the k*Q term that survives a zero-std group."""
         return self.algorithm in ("vgpo", "adae")
+
+    @property
+    def eval_guidance(self) -> float:
+        """The CFG scale of held-out evaluation and of the benchmark's quality images."""
+        return self.eval_guidance_scale or self.guidance_scale
 
     @property
     def drops_zero_std(self) -> bool:

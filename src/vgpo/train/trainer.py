@@ -403,7 +403,7 @@ def plot_rewards(metrics_path: Path, out: Path, headline: str) -> None:
 # --------------------------------------------------------------------------------------------------
 def run_eval(cfg: TrainConfig, model: FlowModel, world: World, test_prompts: list[dict], out: Path, tag: str,
              reward_fn: Reward) -> dict:
-    result = evaluate_world(model, world, test_prompts, num_steps=cfg.eval_num_steps, guidance_scale=cfg.guidance_scale,
+    result = evaluate_world(model, world, test_prompts, num_steps=cfg.eval_num_steps, guidance_scale=cfg.eval_guidance,
                             images_per_prompt=cfg.eval_images_per_prompt, seed=cfg.seed, batch_size=cfg.eval_batch_size)
     # The training reward on the held-out images too (Flow-GRPO's eval_reward): the only held-out score of
     # worlds without a judge of their own (the prompt-file worlds: geneval, ocr, pickscore).
