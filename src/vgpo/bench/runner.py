@@ -453,6 +453,11 @@ def _run_parallel(plan: Plan, selected: Sequence[RunPlan], tasks_run: Sequence[T
                 extras[name], part = future.result()
                 _merge(outcome, part)
         except BaseException:
+            # Ctrl-C, a stale run or a broken worker: stop the runs in flight too (a worker that is
+            # only told to cancel finishes its current run, orphaned). Their checkpoints stay for a
+            # resume. Python 3.11 has no public call for this; _processes is the executor's own map.
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     ctxs = {t.name: TaskContext(t, plan, use_quality, log) for t in plan.suite.tasks}
