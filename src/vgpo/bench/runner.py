@@ -15,6 +15,8 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -418,6 +420,10 @@ def _worker_task_checks(task: str, projection: bool) -> tuple[dict, Outcome]:
     return extras, outcome
 
 
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _merge(into: Outcome, part: Outcome) -> None:
     for name in ("ran", "resumed", "skipped"):
         getattr(into, name).extend(getattr(part, name))
@@ -434,6 +440,11 @@ def _run_parallel(plan: Plan, selected: Sequence[RunPlan], tasks_run: Sequence[T
 
     order = sorted(selected, key=cost, reverse=True)
     done = 0
+    # `kill` (SIGTERM) of a background suite must stop its workers too, like Ctrl-C: a worker left running
+    # would keep writing into a run folder that the next invocation resumes.
+    restore = None
+    if threading.current_thread() is threading.main_thread():
+        restore = signal.signal(signal.SIGTERM, _interrupt)
     log(f"{len(order)} runs, {jobs} at a time with {threads} thread(s) each; per-run output in {plan.out / 'logs'}")
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                              initargs=(plan, use_quality, threads)) as pool:
@@ -460,6 +471,9 @@ def _run_parallel(plan: Plan, selected: Sequence[RunPlan], tasks_run: Sequence[T
                 process.terminate()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+        finally:
+            if restore is not None:
+                signal.signal(signal.SIGTERM, restore)
     ctxs = {t.name: TaskContext(t, plan, use_quality, log) for t in plan.suite.tasks}
     for t in plan.suite.tasks:
         if t.name not in extras:
