@@ -9,8 +9,8 @@ samples) is recorded, once with the epoch's advantages and once with them shuffl
 (a control with the same noise and no signal). With g_e the epoch gradients, the signal is
 |E g|^2, estimated without bias by the mean of g_e.g_f over pairs e != f, and the noise of one
 epoch's estimate is mean |g_e|^2 minus that. Printed: both, their ratio (the SNR of one epoch's
-gradient) and the mean pairwise cosine; the number of samples for an SNR of 1 is samples per epoch
-/ SNR, since the noise falls as 1/samples.
+gradient) with a 2-standard-error upper bound, the samples an SNR of 1 would take (samples per epoch
+/ SNR, since the noise falls as 1/samples) and the mean pairwise cosine.
 """
 
 from __future__ import annotations
@@ -41,19 +41,30 @@ class GradientRecorder(torch.optim.Optimizer):
         self.grads.append(torch.cat(flat).double())
 
 
-def snr(grads: list[torch.Tensor]) -> tuple[float, float, float]:
-    """(signal |E g|^2, noise E|g - E g|^2 of one estimate, mean pairwise cosine)."""
+def snr(grads: list[torch.Tensor]) -> dict[str, float]:
+    """Signal |E g|^2 (mean of g_e.g_f over pairs e != f, unbiased), its standard error (pairs treated
+    as independent: a rough error bar), the noise E|g - E g|^2 of one epoch's estimate, and the mean
+    pairwise cosine."""
     pairs = list(itertools.combinations(range(len(grads)), 2))
-    cross = sum(float(grads[a] @ grads[b]) for a, b in pairs) / len(pairs)
+    dots = torch.tensor([float(grads[a] @ grads[b]) for a, b in pairs], dtype=torch.float64)
     square = sum(float(g @ g) for g in grads) / len(grads)
     cos = sum(float(grads[a] @ grads[b] / (grads[a].norm() * grads[b].norm())) for a, b in pairs) / len(pairs)
-    return cross, square - cross, cos
+    signal = float(dots.mean())
+    return {"signal": signal, "signal_se": float(dots.std() / len(pairs) ** 0.5), "noise": square - signal, "cos": cos}
+
+
+def report(name: str, stats: dict[str, float], samples: int) -> str:
+    ratio, bound = stats["signal"] / stats["noise"], (max(stats["signal"], 0) + 2 * stats["signal_se"]) / stats["noise"]
+    need = f"{samples / bound:,.0f}"
+    return (f"{name:>30}: signal {stats['signal']:+.3e} +- {stats['signal_se']:.1e}  noise/epoch {stats['noise']:.3e}  "
+            f"SNR/epoch {ratio:+.4f} (2-SE bound {bound:.4f}: >= {need} samples for SNR 1)  pairwise cos {stats['cos']:+.4f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/shapes-vgpo.yaml")
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--save", default="", help="also write the recorded gradients to this .pt file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="preset overrides")
     args = parser.parse_args()
     cfg = from_dict(TrainConfig, {**load_yaml(args.config), **parse_overrides(args.set)})
@@ -81,13 +92,10 @@ def main() -> None:
             update(cfg, model, params, recorder, None, batch, advantages, keep, epoch)
             store.append(recorder.grads[0])
         print(f"epoch {epoch}: reward {scores.final.mean():.3f}, |g| {true_grads[-1].norm():.3e}", flush=True)
-    for name, grads in (("advantages", true_grads), ("shuffled (control)", shuffled_grads)):
-        signal, noise, cos = snr(grads)
-        ratio = signal / noise
-        need = f"{samples / ratio:,.0f}" if ratio > 0 else "inf"
-        print(f"{name:>20}: signal {signal:.3e}  noise/epoch {noise:.3e}  SNR/epoch {ratio:.4f}  "
-              f"pairwise cos {cos:.4f}  samples for SNR 1: {need}")
-
+    for name, grads in (("advantages", true_grads), ("shuffled advantages (control)", shuffled_grads)):
+        print(report(name, snr(grads), samples))
+    if args.save:
+        torch.save({"true": true_grads, "shuffled": shuffled_grads, "samples_per_epoch": samples}, args.save)
 
 if __name__ == "__main__":
     main()
