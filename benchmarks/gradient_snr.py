@@ -1,25 +1,26 @@
 """How much of an epoch's policy gradient is signal: the diagnostic behind the README's sample-budget
 argument ("Demo and tuning").
 
-    python benchmarks/gradient_snr.py [--epochs 8] [--config configs/shapes-vgpo.yaml] [--set key=value ...]
+    python benchmarks/gradient_snr.py [--epochs 12] [--config configs/shapes-vgpo.yaml] [--set key=value ...]
 
 From the preset's starting model (no update is applied), each of ``--epochs`` epochs is sampled and
 scored as in training, and the gradient of its PPO loss at ratio 1 (one optimizer step over all its
 samples) is recorded, once with the epoch's advantages and once with them shuffled across samples
 (a control with the same noise and no signal). With g_e the epoch gradients, the signal is
 |E g|^2, estimated without bias by the mean of g_e.g_f over pairs e != f, and the noise of one
-epoch's estimate is mean |g_e|^2 minus that. Printed: both, their ratio (the SNR of one epoch's
-gradient) with a 2-standard-error upper bound, the samples an SNR of 1 would take (samples per epoch
-/ SNR, since the noise falls as 1/samples) and the mean pairwise cosine.
+epoch's estimate is mean |g_e|^2 minus that (``vgpo.bench.stats.gradient_signal_noise``). Printed:
+both, their ratio (the SNR of one epoch's gradient) with a 2-standard-error upper bound, the samples
+an SNR of 1 would take (samples per epoch / SNR, since the noise falls as 1/samples) and the mean
+pairwise cosine.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 
 import torch
 
+from vgpo.bench.stats import gradient_signal_noise
 from vgpo.config import from_dict, load_yaml, parse_overrides
 from vgpo.models import load_model
 from vgpo.rewards import build
@@ -41,21 +42,11 @@ class GradientRecorder(torch.optim.Optimizer):
         self.grads.append(torch.cat(flat).double())
 
 
-def snr(grads: list[torch.Tensor]) -> dict[str, float]:
-    """Signal |E g|^2 (mean of g_e.g_f over pairs e != f, unbiased), its standard error (pairs treated
-    as independent: a rough error bar), the noise E|g - E g|^2 of one epoch's estimate, and the mean
-    pairwise cosine."""
-    pairs = list(itertools.combinations(range(len(grads)), 2))
-    dots = torch.tensor([float(grads[a] @ grads[b]) for a, b in pairs], dtype=torch.float64)
-    square = sum(float(g @ g) for g in grads) / len(grads)
-    cos = sum(float(grads[a] @ grads[b] / (grads[a].norm() * grads[b].norm())) for a, b in pairs) / len(pairs)
-    signal = float(dots.mean())
-    return {"signal": signal, "signal_se": float(dots.std() / len(pairs) ** 0.5), "noise": square - signal, "cos": cos}
-
-
 def report(name: str, stats: dict[str, float], samples: int) -> str:
-    ratio, bound = stats["signal"] / stats["noise"], (max(stats["signal"], 0) + 2 * stats["signal_se"]) / stats["noise"]
-    need = f"{samples / bound:,.0f}"
+    if not stats["noise"] > 0:
+        return f"{name:>30}: no noise to measure against (every gradient is zero or identical: |g|^2 {stats['signal']:.3e})"
+    ratio, bound = stats["snr"], (max(stats["signal"], 0) + 2 * stats["signal_se"]) / stats["noise"]
+    need = f"{samples / bound:,.0f}" if bound > 0 else "inf"
     return (f"{name:>30}: signal {stats['signal']:+.3e} +- {stats['signal_se']:.1e}  noise/epoch {stats['noise']:.3e}  "
             f"SNR/epoch {ratio:+.4f} (2-SE bound {bound:.4f}: >= {need} samples for SNR 1)  pairwise cos {stats['cos']:+.4f}")
 
@@ -63,7 +54,7 @@ def report(name: str, stats: dict[str, float], samples: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/shapes-vgpo.yaml")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--save", default="", help="also write the recorded gradients to this .pt file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="preset overrides")
     args = parser.parse_args()
@@ -93,7 +84,7 @@ def main() -> None:
             store.append(recorder.grads[0])
         print(f"epoch {epoch}: reward {scores.final.mean():.3f}, |g| {true_grads[-1].norm():.3e}", flush=True)
     for name, grads in (("advantages", true_grads), ("shuffled advantages (control)", shuffled_grads)):
-        print(report(name, snr(grads), samples))
+        print(report(name, gradient_signal_noise([g.numpy() for g in grads]), samples))
     if args.save:
         torch.save({"true": true_grads, "shuffled": shuffled_grads, "samples_per_epoch": samples}, args.save)
 

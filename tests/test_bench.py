@@ -16,6 +16,7 @@ from vgpo.bench.quality import projection_accuracy, train_encoder
 from vgpo.bench.runner import run_suite, stratified_subset
 from vgpo.bench.schema import field_names, validate
 from vgpo.bench.stats import (
+    gradient_signal_noise,
     efficiency_ratio,
     epochs_to_reach,
     frechet_distance,
@@ -200,6 +201,22 @@ def test_within_group_diversity():
     feats = np.array([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0], [1.0, 1.0], [9.0, 9.0]])
     assert within_group_diversity(feats, [0, 0, 1, 1, 2]) == pytest.approx((5.0 + 0.0) / 2)
     assert within_group_diversity(feats[:1], [0]) is None
+
+
+def test_gradient_signal_noise_recovers_a_planted_signal_and_finds_none_in_pure_noise():
+    rng = np.random.default_rng(0)
+    dim, k = 20_000, 12
+    signal = rng.normal(size=dim) * 0.5  # |s|^2 = 0.25 * dim
+    noisy = [signal + rng.normal(size=dim) for _ in range(k)]  # noise E|n|^2 = dim
+    stats = gradient_signal_noise(noisy)
+    assert stats["signal"] == pytest.approx(float(signal @ signal), rel=0.05)
+    assert stats["noise"] == pytest.approx(dim, rel=0.05)
+    assert stats["snr"] == pytest.approx(0.25, rel=0.1)
+    assert stats["cos"] == pytest.approx(0.2, abs=0.02)  # |s|^2 / (|s|^2 + E|n|^2)
+    pure = gradient_signal_noise([rng.normal(size=dim) for _ in range(k)])
+    assert abs(pure["signal"]) < 3 * pure["signal_se"] and abs(pure["snr"]) < 0.03
+    with pytest.raises(ValueError, match="at least 3"):
+        gradient_signal_noise(noisy[:2])
 
 
 def test_sample_efficiency_on_hand_made_curves():

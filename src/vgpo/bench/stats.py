@@ -184,3 +184,31 @@ def welch_se(a: dict, b: dict) -> float | None:
     if a.get("std") is None or b.get("std") is None:
         return None
     return math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Gradient signal and noise (benchmarks/gradient_snr.py)
+# --------------------------------------------------------------------------------------------------
+def gradient_signal_noise(grads: Sequence[np.ndarray]) -> dict:
+    """Split K >= 3 independent gradient estimates g_e = s + n_e into signal and noise.
+
+    signal: |s|^2, estimated without bias by the mean of g_e.g_f over pairs e != f (the noises are
+    independent, so their cross terms vanish on average); signal_se: its standard error, treating
+    the pairs as independent (a rough error bar); noise: E|n_e|^2, the mean of |g_e|^2 minus the
+    signal; snr: signal / noise, the SNR of one estimate (nan without noise); cos: the mean pairwise
+    cosine over pairs of non-zero estimates (nan without any)."""
+    if len(grads) < 3:
+        raise ValueError(f"gradient_signal_noise: need at least 3 estimates, got {len(grads)}")
+    g = [np.asarray(x, dtype=np.float64).ravel() for x in grads]
+    norms = [float(np.linalg.norm(x)) for x in g]
+    dots, cosines = [], []
+    for a in range(len(g)):
+        for b in range(a + 1, len(g)):
+            dots.append(float(g[a] @ g[b]))
+            if norms[a] > 0 and norms[b] > 0:
+                cosines.append(dots[-1] / (norms[a] * norms[b]))
+    signal = float(np.mean(dots))
+    noise = float(np.mean(np.square(norms))) - signal
+    return {"signal": signal, "signal_se": float(np.std(dots, ddof=1) / math.sqrt(len(dots))), "noise": noise,
+            "snr": signal / noise if noise > 0 else math.nan,
+            "cos": float(np.mean(cosines)) if cosines else math.nan}
