@@ -219,6 +219,22 @@ def test_gradient_signal_noise_recovers_a_planted_signal_and_finds_none_in_pure_
         gradient_signal_noise(noisy[:2])
 
 
+def test_gain_over_base_is_paired_by_seed():
+    from vgpo.bench.report import paired_gain
+
+    def rec(base, final):
+        return {"config": {"epochs": 8}, "eval": {"epochs": [0, 4, 8], "metrics": {"s": [base, 0.0, final]}}}
+
+    # The bases differ a lot between seeds (their eval noise), the gains hardly: paired, that is a clear gain.
+    clear = paired_gain([rec(0.50, 0.60), rec(0.70, 0.81), rec(0.60, 0.69)], "s")
+    assert clear["verdict"] == "better" and clear["delta"] == pytest.approx(0.10) and clear["n"] == 3
+    noise = paired_gain([rec(0.5, 0.55), rec(0.5, 0.45), rec(0.5, 0.5)], "s")
+    assert noise["verdict"] == "within_noise" and noise["delta"] == pytest.approx(0.0, abs=1e-12)
+    assert paired_gain([rec(0.5, 0.6)], "s")["verdict"] == "untested"
+    unfinished = {"config": {"epochs": 8}, "eval": {"epochs": [0, 4], "metrics": {"s": [0.5, 0.6]}}}
+    assert paired_gain([unfinished], "s")["verdict"] == "no_result"
+
+
 def test_sample_efficiency_on_hand_made_curves():
     epochs = [0, 4, 8, 12]
     # Crosses 0.5 between epoch 4 (0.4) and 8 (0.6): interpolated at 6.

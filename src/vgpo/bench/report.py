@@ -193,6 +193,26 @@ def _verdict(a: dict, b: dict) -> dict:
     return {"delta": delta, "se": se, "verdict": verdict}
 
 
+def paired_gain(recs: list[dict], key: str) -> dict:
+    """Final minus epoch-0 ``key`` per run (the same seed, prompts and eval noise at both points), as
+    {delta, se, n, verdict}: "better" when the mean gain exceeds 2 standard errors, "within_noise" when
+    it does not, "untested" with fewer than 2 runs, "no_result" without any."""
+    gains = []
+    for rec in recs:
+        epochs, values = _curve(rec, key)
+        final = _final(rec, key)
+        if final is not None and epochs[:1] == [0]:
+            gains.append(final - values[0])
+    stat = mean_std(gains)
+    if stat["mean"] is None:
+        return {"delta": None, "se": None, "n": 0, "verdict": "no_result"}
+    if stat["std"] is None:
+        return {"delta": stat["mean"], "se": None, "n": stat["n"], "verdict": "untested"}
+    se = stat["std"] / math.sqrt(stat["n"])
+    verdict = "better" if stat["mean"] > 2 * se else "within_noise"
+    return {"delta": stat["mean"], "se": se, "n": stat["n"], "verdict": verdict}
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b not in (None, 0) else None
 
@@ -227,6 +247,7 @@ def summarize_task(task: TaskSpec, plan: Plan, records: dict[str, dict], base_qu
             "held_out": {"epochs": curve["epochs"], "metrics": {k: {"mean": v["mean"], "std": v["std"]} for k, v in held.items()}},
             "final": {k: mean_std(_final(r, k) for r in recs) for k in eval_keys},
             "sample_efficiency": {"target": target, "mean_curve": reach, "per_seed": per_seed},
+            "gain_over_base": paired_gain(recs, headline),
             "reward_diversity": {
                 "epochs": div["group_std"]["epochs"],
                 **{name: {"mean": d["mean"], "std": d["std"]} for name, d in div.items()},
@@ -302,6 +323,15 @@ def _eval_prompt_count(task: TaskSpec, runs: list[RunPlan]) -> int | None:
     return min(n, cfg.eval_limit) if cfg.eval_limit else n
 
 
+def _reference_gain_text(gain: dict) -> str:
+    """Why an epochs-to-Flow-GRPO's-score figure means nothing when Flow-GRPO did not beat the base."""
+    if gain["delta"] is None:
+        return "Flow-GRPO has no final score to reach."
+    spread = f" ± {gain['se']:.3f} (1 SE)" if gain["se"] is not None else " (1 seed: no error bar)"
+    return (f"Flow-GRPO's final score is not above the base's beyond noise (gain {gain['delta']:+.3f}{spread}, "
+            f"paired by seed), so reaching it says nothing about speed.")
+
+
 def not_better_statements(s: dict, algo: str = "vgpo") -> list[str]:
     """Plain sentences on where ``algo`` does not beat Flow-GRPO (held-out, efficiency, cost, quality)."""
     if algo not in s["algorithms"] or REFERENCE not in s["algorithms"]:
@@ -327,8 +357,10 @@ def not_better_statements(s: dict, algo: str = "vgpo") -> list[str]:
               and a["final"][f"{t}/{suffix}"]["mean"] <= g["final"][f"{t}/{suffix}"]["mean"]]
     if behind:
         out.append(f"Per tag ({suffix}), VGPO's mean is not above Flow-GRPO's on: {', '.join(behind)}.")
-    eff = comp["efficiency_ratio"]
-    if eff["ratio"] is None or eff["ratio"] >= 1:
+    eff, ref_gain = comp["efficiency_ratio"], g["gain_over_base"]
+    if ref_gain["verdict"] != "better":
+        out.append(f"Sample efficiency: not measured. {_reference_gain_text(ref_gain)}")
+    elif eff["ratio"] is None or eff["ratio"] >= 1:
         reason = {True: f"it never reaches Flow-GRPO's final score within the budget (ratio {eff['text']})",
                   False: f"epochs-to-target ratio VGPO/GRPO = {eff['text']}"}[bool(eff["censored"])]
         out.append(f"Sample efficiency: VGPO is not shown to be more sample-efficient: {reason}.")
@@ -472,6 +504,7 @@ def _task_markdown(name: str, s: dict, results: dict, plots: list[str]) -> list[
     out += [f"### Per tag at the end ({' ; '.join(suffixes)})", "", *_table(["tag", *algos], rows)]
 
     target = s["algorithms"].get(REFERENCE, {}).get("sample_efficiency", {}).get("target")
+    ref_gain = s["algorithms"].get(REFERENCE, {}).get("gain_over_base", {})
     rows = []
     for a in algos:
         se = s["algorithms"][a]["sample_efficiency"]
@@ -480,7 +513,8 @@ def _task_markdown(name: str, s: dict, results: dict, plots: list[str]) -> list[
     out += ["### Sample efficiency", "",
             (f"Target: Flow-GRPO's final held-out `{h}` (mean over seeds) = {_f(target)}. Epochs for the seed-mean curve to "
             "reach it (linear interpolation between eval points); '>N': not reached by epoch N (censored; its ratio is a "
-            "lower bound). Per-seed values use each seed's own curve."), "",
+            "lower bound). Per-seed values use each seed's own curve."
+            + ("" if ref_gain.get("verdict") in (None, "better") else " **These figures measure noise:** " + _reference_gain_text(ref_gain))), "",
             *_table(["algorithm", "epochs to target", "per seed", "ratio vs GRPO"], rows)]
 
     rows = [[a, fmt_mean_std(s["algorithms"][a]["reward_diversity"]["group_std_avg"]),

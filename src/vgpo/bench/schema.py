@@ -51,6 +51,8 @@ ALGORITHM = {
     "held_out": {"epochs": [Num], "metrics": {"*": CURVE}},
     "final": {"*": MEAN_STD},
     "sample_efficiency": {"target": Opt(Num), "mean_curve": Opt(REACH), "per_seed": [REACH]},
+    "gain_over_base": {"delta": Opt(Num), "se": Opt(Num), "n": int,
+                       "verdict": OneOf("better", "within_noise", "untested", "no_result")},
     "reward_diversity": {"epochs": [Num], "group_std": CURVE, "zero_std_frac": CURVE, "group_std_avg": MEAN_STD,
                          "zero_std_frac_avg": MEAN_STD},
     "overhead": {"epoch_s": MEAN_STD, "rollout_s": MEAN_STD, "reward_s": MEAN_STD, "advantage_s": MEAN_STD,
