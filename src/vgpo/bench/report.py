@@ -323,6 +323,13 @@ def _eval_prompt_count(task: TaskSpec, runs: list[RunPlan]) -> int | None:
     return min(n, cfg.eval_limit) if cfg.eval_limit else n
 
 
+def _gain_text(gain: dict) -> str:
+    if not gain or gain.get("delta") is None:
+        return "—"
+    text = f"{gain['delta']:+.3f}" + (f" ± {gain['se']:.3f}" if gain.get("se") is not None else "")
+    return f"**{text}**" if gain["verdict"] == "better" else text
+
+
 def _reference_gain_text(gain: dict) -> str:
     """Why an epochs-to-Flow-GRPO's-score figure means nothing when Flow-GRPO did not beat the base."""
     if gain["delta"] is None:
@@ -482,10 +489,13 @@ def _task_markdown(name: str, s: dict, results: dict, plots: list[str]) -> list[
     out += [""]
 
     base_n = (s["base"]["eval"].get(h) or {}).get("n", 0)
-    rows = [["base (epoch 0)", str(base_n), *[fmt_mean_std(s["base"]["eval"].get(k)) for k in s["metrics"]]]]
-    rows += [[a, str(len(s["algorithms"][a]["runs"])), *[fmt_mean_std(s["algorithms"][a]["final"].get(k)) for k in s["metrics"]]]
-             for a in algos]
-    out += [f"### Held-out score at the end (epoch {end})", "", *_table(["algorithm", "seeds", *s["metrics"]], rows)]
+    rows = [["base (epoch 0)", str(base_n), *[fmt_mean_std(s["base"]["eval"].get(k)) for k in s["metrics"]], ""]]
+    rows += [[a, str(len(s["algorithms"][a]["runs"])), *[fmt_mean_std(s["algorithms"][a]["final"].get(k)) for k in s["metrics"]],
+              _gain_text(s["algorithms"][a].get("gain_over_base", {}))] for a in algos]
+    out += [f"### Held-out score at the end (epoch {end})", "",
+            (f"Each seed evaluates with its own noise, so the base's score varies between seeds; the gain over the base is "
+             f"paired by seed (final minus epoch 0 of the same run: mean ± 1 SE, **bold** beyond 2 SE)."), "",
+            *_table(["algorithm", "seeds", *s["metrics"], f"{h} gain over base"], rows)]
 
     epochs = s["eval_epochs"]
     rows = []
