@@ -390,8 +390,9 @@ def not_better_statements(s: dict, algo: str = "vgpo") -> list[str]:
 # The results document
 # --------------------------------------------------------------------------------------------------
 def build_results(plan: Plan, command: str, wall_s: float, started: str, extras: dict[str, dict],
-                  jobs: int | None = None) -> dict:
-    """extras: task -> {"base_quality": ..., "projection": ...} (cached task-level measurements)."""
+                  jobs: int | None = None, git: dict | None = None) -> dict:
+    """extras: task -> {"base_quality": ..., "projection": ...} (cached task-level measurements); git: the
+    commit read when the invocation started (the code its runs executed), else read now."""
     records: dict[str, dict] = {}
     for task in plan.suite.tasks:
         headline = get_world(task.world).headline
@@ -402,7 +403,7 @@ def build_results(plan: Plan, command: str, wall_s: float, started: str, extras:
                                     (extras.get(t.name) or {}).get("projection")) for t in plan.suite.tasks}
     return {
         "schema": SCHEMA_VERSION, "suite": plan.suite.name, "suite_spec": plan.suite.to_dict(),
-        "command": command, "git": git_info(), "machine": machine_info(), "created": started,
+        "command": command, "git": git or git_info(), "machine": machine_info(), "created": started,
         "wall_s": wall_s, "runs_wall_s": sum(r["wall_s"] or 0.0 for r in records.values()), "jobs": jobs,
         "rebuilt": None,
         "definitions": {

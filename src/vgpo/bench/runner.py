@@ -40,6 +40,7 @@ from .report import (
     MARKER,
     QUALITY_FILE,
     build_results,
+    git_info,
     keep_run_invocation,
     now_iso,
     write_markdown,
@@ -308,6 +309,7 @@ def run_suite(suite: Suite, out: str | Path, only: Sequence[str] = (), threads: 
     """Run the selected unfinished runs (``jobs`` at a time, each in its own process), then the task-level
     checks, then write results.json, BENCHMARKS.md and the plots."""
     started_at, started = now_iso(), time.time()
+    git = git_info()  # the commit of the code this invocation runs, before anyone commits on during a long suite
     out = Path(out)
     if jobs < 1:
         raise VgpoError(f"--jobs: must be >= 1, got {jobs}")
@@ -338,7 +340,7 @@ def run_suite(suite: Suite, out: str | Path, only: Sequence[str] = (), threads: 
     if extras is None:
         extras = {t.name: _task_checks(contexts[t.name], t in tasks_run and not report_only, projection, outcome, log)
                   for t in suite.tasks}
-    results = build_results(plan, command, time.time() - started, started_at, extras, jobs)
+    results = build_results(plan, command, time.time() - started, started_at, extras, jobs, git)
     from .plots import write_plots
 
     plots = write_plots(results, out)
