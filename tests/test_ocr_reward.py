@@ -151,3 +151,15 @@ def test_shape_and_length_errors(reward):
     with pytest.raises(VgpoError, match=r"\(B, 3, H, W\)"):
         reward.read(torch.ones(1, 1, 32, 96))
     assert reward(torch.ones(0, 3, 32, 96), [], []).shape == (0,)
+
+
+@pytest.mark.parametrize("threads, torch_threads, expected", [(None, 1, 1), (None, 3, 3), (2, 1, 2)])
+def test_engine_threads_follow_torch_unless_set(monkeypatch, threads, torch_threads, expected):
+    # A run's `threads` (and `vgpo bench --jobs`) must bound the OCR engine as it bounds torch.
+    import rapidocr
+
+    captured = {}
+    monkeypatch.setattr(rapidocr, "RapidOCR", lambda params: captured.update(params) or object())
+    monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
+    OcrReward(threads=threads)._engine()
+    assert captured["EngineConfig.onnxruntime.intra_op_num_threads"] == expected

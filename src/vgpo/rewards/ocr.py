@@ -21,7 +21,9 @@ mode: how an image is read.
 min_confidence: recognised text (per box in ``"det"`` mode) under this confidence counts as empty;
     default 0.5, RapidOCR's own ``text_score`` default. Flow-GRPO keeps everything (0.0); with 0 a
     blank or noise image is read as a few random characters and earns partial credit.
-threads: ONNX Runtime intra-op threads; None (default) lets ONNX Runtime use every core.
+threads: ONNX Runtime intra-op threads; None (default): torch's thread count when the engine is built
+    (``torch.get_num_threads()``), so a run's ``threads`` setting, and ``vgpo bench --jobs``, bound the
+    OCR as they bound the network instead of two jobs' OCR each spinning on every core.
 rec_height: height the recognition model reads at (its native 48).
 det_side_len: longer side of the detection input, a multiple of 32 (default 512: SD's 512x512 outputs
     go in unresized; ~0.3 s/image on 2 cores).
@@ -140,7 +142,7 @@ class OcrReward:
             except ImportError as exc:
                 raise VgpoError(f"reward 'ocr' needs rapidocr and onnxruntime; {INSTALL_HINT}") from exc
             models = Path(rapidocr.__file__).resolve().parent / "models"
-            threads = -1 if self.threads is None else self.threads
+            threads = torch.get_num_threads() if self.threads is None else self.threads
             params = {
                 "Global.use_det": False,
                 "Global.use_cls": False,
