@@ -1,5 +1,5 @@
-"""How much of an epoch's policy gradient is signal: the diagnostic behind the README's sample-budget
-argument ("Demo and tuning").
+"""How much of an epoch's policy gradient is signal, at the starting model (README, "What limits the
+demo", measurement 3; its control over a whole run is benchmarks/shuffled_control.py).
 
     python benchmarks/gradient_snr.py [--epochs 12] [--config configs/shapes-vgpo.yaml] [--set key=value ...]
 
