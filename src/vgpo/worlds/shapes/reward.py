@@ -24,7 +24,8 @@ class ShapesReward:
 
 @register("geneval-shapes")
 def partial_reward() -> Reward:
-    """Fraction of constraints met: the dense reward, as Flow-GRPO's GenEval reward server ``scores``."""
+    """Fraction of GenEval's constraint checks met (counts are minimums, so extra objects are not
+    penalised); not Flow-GRPO's reward-server ``score``, which requires exact counts."""
     return ShapesReward(strict=False)
 
 

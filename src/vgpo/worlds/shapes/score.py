@@ -4,7 +4,11 @@ Constraints, as GenEval checks them: per include, its count (at least ``count`` 
 its colour if given (at least ``count`` of them in that colour), its position if given (the include's
 objects, largest first, all stand in the relation to those of the referenced include, which must itself
 be satisfied); per exclude, fewer than ``count`` objects of the class. Strict is 1 when all hold (GenEval's
-``correct``); partial is the fraction that hold, the dense reward Flow-GRPO's reward server returns.
+``correct``); partial is the fraction of these checks that hold, each one GenEval's pass/fail test.
+
+Partial is not Flow-GRPO's reward server ``score``: that one requires exact counts and gives graded credit
+(``1 - |count - found| / count`` per include, and per colour), so it penalises extra objects; here counts
+are minimums, as in GenEval's evaluation, so an extra object costs nothing.
 """
 
 from __future__ import annotations
