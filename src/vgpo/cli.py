@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -23,7 +24,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     import torch
 
-    from vgpo.evaluate import evaluate_world
+    from vgpo.evaluate import EvalConfig, evaluate_world
     from vgpo.images import save_grid
     from vgpo.models.tiny import TinyFlowModel
     from vgpo.utils import atomic_write_text
@@ -41,17 +42,19 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         default_world, source = model.cfg.world, args.checkpoint
     world = get_world(args.world or default_world)
     metas = world.load_prompts(Path(args.prompts) if args.prompts else world.test_file)
-    if args.limit:
-        metas = metas[: args.limit]
+    ec = EvalConfig(num_steps=args.steps, guidance_scale=args.cfg, images_per_prompt=args.images_per_prompt,
+                    batch_size=args.batch_size, seed=args.seed, limit=args.limit)
+    if ec.limit:
+        metas = metas[: ec.limit]
     started = time.time()
-    result = evaluate_world(model, world, metas, num_steps=args.steps, guidance_scale=args.cfg,
-                            images_per_prompt=args.images_per_prompt, seed=args.seed, batch_size=args.batch_size)
+    result = evaluate_world(model, world, metas, num_steps=ec.num_steps, guidance_scale=ec.guidance_scale,
+                            images_per_prompt=ec.images_per_prompt, seed=ec.seed, batch_size=ec.batch_size)
     wall = time.time() - started
     print(world.format_table(result.metrics))
-    print(f"{len(result.metadata)} images, {args.steps} ODE steps, cfg {args.cfg}, {wall:.1f} s")
+    print(f"{len(result.metadata)} images, {ec.num_steps} ODE steps, cfg {ec.guidance_scale}, {wall:.1f} s")
     if args.json:
-        payload = {"checkpoint": str(source), "world": world.name, "steps": args.steps, "cfg": args.cfg,
-                   "images": len(result.metadata), "seed": args.seed, "wall_s": round(wall, 1), "metrics": result.metrics}
+        payload = {"checkpoint": str(source), "world": world.name, "steps": ec.num_steps, "cfg": ec.guidance_scale,
+                   "images": len(result.metadata), "seed": ec.seed, "wall_s": round(wall, 1), "metrics": result.metrics}
         atomic_write_text(json.dumps(payload, indent=2) + "\n", args.json)
         print(f"wrote {args.json}")
     if args.grid:
@@ -76,12 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=None, help="a `vgpo train` output folder: evaluate its (EMA) weights instead")
     p.add_argument("--world", default=None, help="world (default: the checkpoint's)")
     p.add_argument("--prompts", default=None, help="prompt file (default: the world's test split)")
-    p.add_argument("--steps", type=int, default=40, help="ODE steps")
-    p.add_argument("--cfg", type=float, default=4.5, help="classifier-free guidance scale")
-    p.add_argument("--images-per-prompt", type=int, default=2, help="samples per prompt")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per sampling batch (results do not depend on it)")
-    p.add_argument("--limit", type=int, default=0, help="use only the first N prompts (0: all)")
+    # The flags are EvalConfig's fields under their established names; defaults and help come from it.
+    from vgpo.evaluate import EvalConfig
+
+    evf = {f.name: f for f in dataclasses.fields(EvalConfig)}
+    for flag, name in (("--steps", "num_steps"), ("--cfg", "guidance_scale"), ("--images-per-prompt", "images_per_prompt"),
+                       ("--seed", "seed"), ("--batch-size", "batch_size"), ("--limit", "limit")):
+        f = evf[name]
+        p.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"])
     p.add_argument("--json", default=None, help="write the table as JSON here")
     p.add_argument("--grid", default=None, help="write a PNG grid of samples with their prompts here")
     p.add_argument("--grid-size", type=int, default=48, help="images in the grid")

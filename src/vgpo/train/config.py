@@ -7,6 +7,7 @@ from typing import Any, Literal, Optional, Union
 
 from vgpo.config import doc
 from vgpo.errors import VgpoError
+from vgpo.evaluate import EvalConfig
 
 ALGORITHMS = ("grpo", "vgpo", "tcrm", "adae")
 
@@ -66,13 +67,12 @@ class TrainConfig:
     # --- evaluation and checkpoints ---
     eval_every: int = doc(10, "epochs between held-out evaluations (0: only before the first and after the last)")
     eval_base: bool = doc(True, "evaluate the starting model before the first epoch (off: its score is known already)")
-    eval_num_steps: int = doc(40, "ODE steps of held-out evaluation (paper: 40)")
+    eval_num_steps: int = doc(EvalConfig.num_steps, "ODE steps of held-out evaluation")
     eval_guidance_scale: float = doc(0.0, "CFG scale of held-out evaluation (0: guidance_scale); lets a run train "
                                           "without CFG (guidance_scale 1, half the forwards) and be judged with it")
-    eval_images_per_prompt: int = doc(2, "held-out images per test prompt")
-    eval_limit: int = doc(0, "evaluate on the first N test prompts only (0: all)")
-    eval_batch_size: int = doc(16, "prompts per evaluation batch (on CPU, larger batches ran slower: their big "
-                                     "allocations cost more system time than the batching saves)")
+    eval_images_per_prompt: int = doc(EvalConfig.images_per_prompt, "held-out images per test prompt")
+    eval_limit: int = doc(EvalConfig.limit, "evaluate on the first N test prompts only (0: all)")
+    eval_batch_size: int = doc(EvalConfig.batch_size, "prompts per evaluation batch (results do not depend on it)")
     save_every: int = doc(10, "epochs between checkpoints (the last epoch is always saved)")
 
     def __post_init__(self) -> None:
