@@ -1,8 +1,8 @@
 """Models behind one protocol (``FlowModel``); the trainer depends on nothing else."""
 
-from vgpo.models.protocol import Condition, FlowModel, cat_conditions, index_condition
+from vgpo.models.protocol import Condition, FlowModel, cat_conditions
 
-__all__ = ["Condition", "FlowModel", "cat_conditions", "index_condition"]
+__all__ = ["Condition", "FlowModel", "cat_conditions"]
 
 
 def load_model(kind: str, checkpoint: str, options: dict | None = None, device: str = "cpu") -> FlowModel:

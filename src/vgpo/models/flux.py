@@ -155,9 +155,6 @@ class FluxFlowModel(LoraDiffusersModel):
         return FluxPipeline
 
     # --- packing --------------------------------------------------------------------------------
-    def pack(self, x: torch.Tensor) -> torch.Tensor:
-        return pack_latents(x)
-
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         return unpack_latents(x, *self.latent_hw)
 

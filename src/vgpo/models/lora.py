@@ -309,9 +309,6 @@ class LoraDiffusersModel:
         return save_lora_weights(directory, self.trainable_state_dict(), self.lora_options, self.pipeline_class,
                                  weight_name)
 
-    def num_trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.trainable_parameters())
-
 
 def load_pipeline(pipeline_class: type, path: str | Path, dtype: torch.dtype, local_files_only: bool, **kwargs: Any):
     """``pipeline_class.from_pretrained`` with a one-line ``VgpoError`` naming the path on failure."""

@@ -7,8 +7,9 @@ conditions; what is inside is the model's business.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -19,11 +20,6 @@ def cat_conditions(*conds: Condition) -> Condition:
     """Concatenate conditions along the batch dimension (for CFG: cond and uncond in one batch)."""
     keys = conds[0].keys()
     return {k: torch.cat([c[k] for c in conds], dim=0) for k in keys}
-
-
-def index_condition(cond: Condition, index: torch.Tensor | slice) -> Condition:
-    """Select batch rows of a condition."""
-    return {k: v[index] for k, v in cond.items()}
 
 
 @runtime_checkable

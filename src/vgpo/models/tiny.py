@@ -1,6 +1,6 @@
 """The tiny text-to-image flow model: a ~2M-parameter pixel-space U-Net with a small text encoder.
 
-Chosen by measurement (issue 2): a pixel DiT with 4x4 patches drew blocky patch noise at this
+Chosen by measurement: a pixel DiT with 4x4 patches drew blocky patch noise at this
 budget, a small U-Net (FiLM from time + pooled text, self- and cross-attention to the prompt tokens
 at the two coarse resolutions) drew clean shapes. ``TinyFlowModel`` wraps it in the FlowModel
 protocol; pretraining calls the network directly so that the text encoder is trained too, RL keeps

@@ -31,10 +31,6 @@ class Trajectory:
     def final(self) -> torch.Tensor:
         return self.states[:, -1]
 
-    @property
-    def num_steps(self) -> int:
-        return self.log_probs.shape[1]
-
 
 def guided_velocity(
     model: FlowModel,

@@ -14,7 +14,7 @@ are minimums, as in GenEval's evaluation, so an extra object costs nothing.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
