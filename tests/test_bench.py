@@ -220,7 +220,7 @@ def test_gradient_signal_noise_recovers_a_planted_signal_and_finds_none_in_pure_
 
 
 def test_gain_over_base_is_paired_by_seed():
-    from vgpo.bench.report import paired_gain
+    from vgpo.bench.summary import paired_gain
 
     def rec(base, final):
         return {"config": {"epochs": 8}, "eval": {"epochs": [0, 4, 8], "metrics": {"s": [base, 0.0, final]}}}

@@ -1,7 +1,9 @@
 """``vgpo bench``: benchmark suites of RL runs (Flow-GRPO, VGPO, ablations) with a results JSON,
 BENCHMARKS.md and plots. Modules: ``suites`` (what runs), ``runner`` (running, resuming),
-``report`` (summaries, JSON, markdown), ``plots``, ``quality`` (FD/diversity monitor, projection
-accuracy), ``stats`` (FD, Spearman, sample efficiency). Schema: docs/benchmarks/SCHEMA.md."""
+``results`` (the results document as typed dataclasses; the schema is derived from them),
+``summary`` (per-run records, per-task summaries), ``markdown`` (BENCHMARKS.md), ``plots``,
+``quality`` (FD/diversity monitor, projection accuracy), ``stats`` (FD, Spearman, sample efficiency),
+``schema`` (the checkable spec). Schema: docs/benchmarks/SCHEMA.md."""
 
 from .stats import epochs_to_reach, frechet_distance, spearman
 from .suites import Suite, Sweep, TaskSpec, get_suite

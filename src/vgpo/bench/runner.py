@@ -35,7 +35,8 @@ from vgpo.utils import atomic_write_text
 from vgpo.worlds import get_world
 
 from . import quality as Q
-from .report import (
+from .markdown import write_markdown
+from .summary import (
     ERROR_FILE,
     MARKER,
     QUALITY_FILE,
@@ -43,7 +44,6 @@ from .report import (
     git_info,
     keep_run_invocation,
     now_iso,
-    write_markdown,
 )
 from .suites import (
     Plan,
@@ -324,7 +324,7 @@ def run_suite(suite: Suite, out: str | Path, only: Sequence[str] = (), threads: 
     outcome = Outcome(out / RESULTS, out / REPORT, [])
     contexts = {t.name: TaskContext(t, plan, use_quality, log) for t in suite.tasks}
     tasks_run = [t for t in suite.tasks if any(r.task == t.name for r in selected)]
-    extras = None  # per task: the base's quality and the projection check
+    extras: dict[str, dict] = {}  # per task: the base's quality and the projection check
     if not report_only:
         for task in tasks_run:
             check_checkpoint(task, plan.runs_of(task.name)[0].config.model)
@@ -337,19 +337,22 @@ def run_suite(suite: Suite, out: str | Path, only: Sequence[str] = (), threads: 
             for k, run in enumerate(selected, 1):
                 log(f"[{k}/{len(selected)}] {run.id}")
                 _run_and_measure(run, contexts[run.task], outcome, log)
-    if extras is None:
-        extras = {t.name: _task_checks(contexts[t.name], t in tasks_run and not report_only, projection, outcome, log)
-                  for t in suite.tasks}
+    # Each task's checks once: measured (in a worker above, or here) for the tasks this invocation ran,
+    # read from their caches for the others.
+    for t in suite.tasks:
+        if t.name not in extras:
+            extras[t.name] = _task_checks(contexts[t.name], t in tasks_run and not report_only, projection, outcome, log)
     results = build_results(plan, command, time.time() - started, started_at, extras, jobs, git)
     from .plots import write_plots
 
-    plots = write_plots(results, out)
+    plots = write_plots(results.to_dict(), out)
     outcome.plots = [p for files in plots.values() for p in files]
-    results["wall_s"] = time.time() - started
+    results.wall_s = time.time() - started
     if report_only:
-        keep_run_invocation(results, _cached(outcome.results))
-    atomic_write_text(json.dumps(results, indent=1, default=str) + "\n", outcome.results)
-    write_markdown(results, outcome.report, plots)
+        results = keep_run_invocation(results, _cached(outcome.results))
+    document = results.to_dict()
+    atomic_write_text(json.dumps(document, indent=1, default=str) + "\n", outcome.results)
+    write_markdown(document, outcome.report, plots)
     log(f"wrote {outcome.results}, {outcome.report} and {len(outcome.plots)} plots "
         f"(ran {len(outcome.ran)}, resumed {len(outcome.resumed)}, skipped {len(outcome.skipped)}, failed {len(outcome.failed)})")
     return outcome
@@ -434,8 +437,8 @@ def _merge(into: Outcome, part: Outcome) -> None:
 
 def _run_parallel(plan: Plan, selected: Sequence[RunPlan], tasks_run: Sequence[TaskSpec], jobs: int, threads: int,
                   use_quality: bool, projection: bool, outcome: Outcome, log: Callable[[str], None]) -> dict:
-    """Longest runs first (by the dry run's cost model), so the pool ends with short runs; then every
-    task's checks side by side. Returns the task-level extras for the report."""
+    """Longest runs first (by the dry run's cost model), so the pool ends with short runs; then the
+    checks of every task in ``tasks_run`` side by side. Returns those tasks' extras for the report."""
     def cost(run: RunPlan) -> float:
         task = plan.task(run.task)
         return estimate_run_seconds(run, task.eval_prompts or 1, task.quality_images_per_prompt)
@@ -448,6 +451,7 @@ def _run_parallel(plan: Plan, selected: Sequence[RunPlan], tasks_run: Sequence[T
     if threading.current_thread() is threading.main_thread():
         restore = signal.signal(signal.SIGTERM, _interrupt)
     log(f"{len(order)} runs, {jobs} at a time with {threads} thread(s) each; per-run output in {plan.out / 'logs'}")
+    others = set(multiprocessing.active_children())  # children that are not the pool's workers
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                              initargs=(plan, use_quality, threads)) as pool:
         try:
@@ -468,18 +472,14 @@ def _run_parallel(plan: Plan, selected: Sequence[RunPlan], tasks_run: Sequence[T
         except BaseException:
             # Ctrl-C, a stale run or a broken worker: stop the runs in flight too (a worker that is
             # only told to cancel finishes its current run, orphaned). Their checkpoints stay for a
-            # resume. Python 3.11 has no public call for this; _processes is the executor's own map.
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
+            # resume. The executor has no public call for this; its workers are this process's children.
+            for process in set(multiprocessing.active_children()) - others:
                 process.terminate()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         finally:
             if restore is not None:
                 signal.signal(signal.SIGTERM, restore)
-    ctxs = {t.name: TaskContext(t, plan, use_quality, log) for t in plan.suite.tasks}
-    for t in plan.suite.tasks:
-        if t.name not in extras:
-            extras[t.name] = _task_checks(ctxs[t.name], False, projection, outcome, log)
     return extras
 
 

@@ -1,5 +1,6 @@
-"""Results of a suite: per-run records read from the run folders, per-task/algorithm summaries, the
-results JSON (schema: docs/benchmarks/SCHEMA.md) and BENCHMARKS.md."""
+"""The numbers of a suite: per-run records read from the run folders, per-task/algorithm summaries and
+the results document (``vgpo.bench.results.Results``; schema: docs/benchmarks/SCHEMA.md). The
+markdown report is written from that document by ``vgpo.bench.markdown``."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 from vgpo.worlds import get_world
 
 from . import quality as Q
+from .results import SCHEMA_VERSION, Git, Machine, Rebuilt, Results, load
 from .stats import (
     efficiency_ratio,
     epochs_to_reach,
@@ -29,7 +31,6 @@ from .stats import (
 )
 from .suites import Plan, RunPlan, TaskSpec
 
-SCHEMA_VERSION = "vgpo-bench/1"
 MARKER = "bench_done.json"  # written after train() returns
 QUALITY_FILE = "bench_quality.json"
 ERROR_FILE = "bench_error.txt"
@@ -323,14 +324,7 @@ def _eval_prompt_count(task: TaskSpec, runs: list[RunPlan]) -> int | None:
     return min(n, cfg.eval_limit) if cfg.eval_limit else n
 
 
-def _gain_text(gain: dict) -> str:
-    if not gain or gain.get("delta") is None:
-        return "—"
-    text = f"{gain['delta']:+.3f}" + (f" ± {gain['se']:.3f}" if gain.get("se") is not None else "")
-    return f"**{text}**" if gain["verdict"] == "better" else text
-
-
-def _reference_gain_text(gain: dict) -> str:
+def reference_gain_text(gain: dict) -> str:
     """Why an epochs-to-Flow-GRPO's-score figure means nothing when Flow-GRPO did not beat the base."""
     if gain["delta"] is None:
         return "Flow-GRPO has no final score to reach."
@@ -366,7 +360,7 @@ def not_better_statements(s: dict, algo: str = "vgpo") -> list[str]:
         out.append(f"Per tag ({suffix}), VGPO's mean is not above Flow-GRPO's on: {', '.join(behind)}.")
     eff, ref_gain = comp["efficiency_ratio"], g["gain_over_base"]
     if ref_gain["verdict"] != "better":
-        out.append(f"Sample efficiency: not measured. {_reference_gain_text(ref_gain)}")
+        out.append(f"Sample efficiency: not measured. {reference_gain_text(ref_gain)}")
     elif eff["ratio"] is None or eff["ratio"] >= 1:
         reason = {True: f"it never reaches Flow-GRPO's final score within the budget (ratio {eff['text']})",
                   False: f"epochs-to-target ratio VGPO/GRPO = {eff['text']}"}[bool(eff["censored"])]
@@ -390,9 +384,10 @@ def not_better_statements(s: dict, algo: str = "vgpo") -> list[str]:
 # The results document
 # --------------------------------------------------------------------------------------------------
 def build_results(plan: Plan, command: str, wall_s: float, started: str, extras: dict[str, dict],
-                  jobs: int | None = None, git: dict | None = None) -> dict:
+                  jobs: int | None = None, git: dict | None = None) -> Results:
     """extras: task -> {"base_quality": ..., "projection": ...} (cached task-level measurements); git: the
-    commit read when the invocation started (the code its runs executed), else read now."""
+    commit read when the invocation started (the code its runs executed), else read now. Every key and
+    type of the document is checked on the way into ``Results``."""
     records: dict[str, dict] = {}
     for task in plan.suite.tasks:
         headline = get_world(task.world).headline
@@ -401,7 +396,7 @@ def build_results(plan: Plan, command: str, wall_s: float, started: str, extras:
             records[run.id] = run_record(run, plan.out, headline, (bq or {}).get("base"))
     tasks = {t.name: summarize_task(t, plan, records, (extras.get(t.name) or {}).get("base_quality"),
                                     (extras.get(t.name) or {}).get("projection")) for t in plan.suite.tasks}
-    return {
+    return load(Results, {
         "schema": SCHEMA_VERSION, "suite": plan.suite.name, "suite_spec": plan.suite.to_dict(),
         "command": command, "git": git or git_info(), "machine": machine_info(), "created": started,
         "wall_s": wall_s, "runs_wall_s": sum(r["wall_s"] or 0.0 for r in records.values()), "jobs": jobs,
@@ -416,173 +411,23 @@ def build_results(plan: Plan, command: str, wall_s: float, started: str, extras:
             "verdict": "better/worse: |Δ| > 2 SE (Welch); within_noise otherwise; *_untested with one seed",
         },
         "runs": list(records.values()), "tasks": tasks,
-    }
+    })
 
 
 # What a report-only rebuild keeps from the results of the invocation that ran the suite.
 RUN_INVOCATION = ("command", "git", "machine", "created", "wall_s", "jobs")
 
 
-def keep_run_invocation(results: dict, previous: dict | None) -> dict:
+def keep_run_invocation(results: Results, previous: dict | None) -> Results:
     """A report-only rebuild keeps the command, commit, machine and wall time of the invocation that ran
     the suite (``previous``, the results.json it replaces) and names itself under ``rebuilt``."""
     if not previous or previous.get("schema") != SCHEMA_VERSION:
         return results
-    rebuilt = {"command": results["command"], "git": results["git"], "created": results["created"]}
-    results.update({k: previous.get(k) for k in RUN_INVOCATION})
-    results["rebuilt"] = rebuilt
-    return results
+    rebuilt = Rebuilt(command=results.command, git=results.git, created=results.created)
+    kept = {k: previous.get(k) for k in RUN_INVOCATION}
+    return dataclasses.replace(results, **{**kept, "git": load(Git, kept["git"], "$.git"),
+                                           "machine": load(Machine, kept["machine"], "$.machine")}, rebuilt=rebuilt)
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# --------------------------------------------------------------------------------------------------
-# BENCHMARKS.md
-# --------------------------------------------------------------------------------------------------
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-            *["| " + " | ".join(str(c) for c in row) + " |" for row in rows], ""]
-
-
-def _f(v: float | None, digits: int = 3) -> str:
-    return "—" if v is None else f"{v:.{digits}f}"
-
-
-def write_markdown(results: dict, path: Path, plots: dict[str, list[str]]) -> None:
-    m, git = results["machine"], results["git"]
-    lines = [f"# vgpo bench: `{results['suite']}` suite", "",
-             f"- Command: `{results['command']}`",
-             f"- Commit: `{git['commit'] or 'unknown (no git)'}`" + (" (uncommitted changes)" if git.get("dirty") else ""),
-             (f"- Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads"
-              + (f" per run, {results['jobs']} runs side by side" if (results.get("jobs") or 1) > 1 else "")
-              + f"), Python {m['python']}"),
-             (f"- Wall time: {results['wall_s'] / 60:.1f} min this invocation; {results['runs_wall_s'] / 60:.1f} min of "
-             "training in finished runs (resumed runs count their last segment only)"),
-             (f"- Created: {results['created']}. Raw numbers: `results.json` (schema `{results['schema']}`, "
-             "docs/benchmarks/SCHEMA.md)."),
-             *([f"- Report rebuilt from the finished runs by `{rb['command']}` at commit `{rb['git']['commit']}`"
-                + (" (uncommitted changes)" if rb["git"].get("dirty") else "") + f", {rb['created']}; the lines above "
-                "describe the invocation that ran the suite."] if (rb := results.get("rebuilt")) else []), "",
-             *([f"Tuning: {results['suite_spec']['tuning']}", ""] if results["suite_spec"].get("tuning") else []),
-             ("Mean ± sample std over seeds. Held-out prompts are never used for any choice: presets and budgets are fixed "
-             "before the runs, and the held-out subset is a fixed tag-stratified selection of the test split."), ""]
-    for name, s in results["tasks"].items():
-        lines += _task_markdown(name, s, results, plots.get(name, []))
-    bad = [r for r in results["runs"] if r["status"] != "done"]
-    if bad:
-        lines += ["## Runs not finished", "", *_table(["run", "status", "error"],
-                                                       [[r["id"], r["status"], r["error"] or ""] for r in bad])]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def _task_markdown(name: str, s: dict, results: dict, plots: list[str]) -> list[str]:
-    algos = [a for a, v in s["algorithms"].items() if v["runs"]]
-    h = s["headline"]
-    end = s["eval_epochs"][-1] if s["eval_epochs"] else "?"
-    budget = ", ".join(f"{k}={v}" for k, v in s["budget"].items())
-    out = [f"## Task `{name}`", "",
-           (f"World `{s['world']}`, base `{s['checkpoint']}`, preset `{s['preset'] or '(none)'}`, "
-           f"{s['eval_prompts']} held-out prompts, eval at epochs {s['eval_epochs']}. Budget (all algorithms): {budget}."), ""]
-    out += ["### Where VGPO does not beat Flow-GRPO", ""]
-    out += [f"- {x}" for x in s["not_better"]] or ["- VGPO is ahead of Flow-GRPO on every reported figure (beyond 2 SE)."]
-    out += [""]
-
-    base_n = (s["base"]["eval"].get(h) or {}).get("n", 0)
-    rows = [["base (epoch 0)", str(base_n), *[fmt_mean_std(s["base"]["eval"].get(k)) for k in s["metrics"]], ""]]
-    rows += [[a, str(len(s["algorithms"][a]["runs"])), *[fmt_mean_std(s["algorithms"][a]["final"].get(k)) for k in s["metrics"]],
-              _gain_text(s["algorithms"][a].get("gain_over_base", {}))] for a in algos]
-    out += [f"### Held-out score at the end (epoch {end})", "",
-            (f"Each seed evaluates with its own noise, so the base's score varies between seeds; the gain over the base is "
-             f"paired by seed (final minus epoch 0 of the same run: mean ± 1 SE, **bold** beyond 2 SE)."), "",
-            *_table(["algorithm", "seeds", *s["metrics"], f"{h} gain over base"], rows)]
-
-    epochs = s["eval_epochs"]
-    rows = []
-    for a in algos:
-        ho = s["algorithms"][a]["held_out"]
-        vals = dict(zip(ho["epochs"], zip(ho["metrics"].get(h, {}).get("mean", []), ho["metrics"].get(h, {}).get("std", []))))
-        rows.append([a, *[fmt_mean_std({"mean": vals[e][0], "std": vals[e][1]}) if e in vals else "—" for e in epochs]])
-    out += [f"### Held-out `{h}` at the eval points", "", *_table(["algorithm", *[f"epoch {e}" for e in epochs]], rows)]
-
-    suffixes = sorted({k.rsplit("/", 1)[1] for k in s["metrics"]})
-    overall = h.rsplit("/", 1)[0]
-    tags = sorted({k.rsplit("/", 1)[0] for a in algos for k in s["algorithms"][a]["final"]
-                   if "/" in k and k.rsplit("/", 1)[1] in suffixes} - {overall})
-    rows = [[t, *["; ".join(fmt_mean_std(s["algorithms"][a]["final"].get(f"{t}/{x}")) for x in suffixes) for a in algos]]
-            for t in tags]
-    out += [f"### Per tag at the end ({' ; '.join(suffixes)})", "", *_table(["tag", *algos], rows)]
-
-    target = s["algorithms"].get(REFERENCE, {}).get("sample_efficiency", {}).get("target")
-    ref_gain = s["algorithms"].get(REFERENCE, {}).get("gain_over_base", {})
-    rows = []
-    for a in algos:
-        se = s["algorithms"][a]["sample_efficiency"]
-        ratio = s["comparisons"].get(a, {}).get("efficiency_ratio", {}).get("text", "1 (reference)" if a == REFERENCE else "—")
-        rows.append([a, (se["mean_curve"] or {}).get("text", "—"), ", ".join(p["text"] for p in se["per_seed"]), ratio])
-    out += ["### Sample efficiency", "",
-            (f"Target: Flow-GRPO's final held-out `{h}` (mean over seeds) = {_f(target)}. Epochs for the seed-mean curve to "
-            "reach it (linear interpolation between eval points); '>N': not reached by epoch N (censored; its ratio is a "
-            "lower bound). Per-seed values use each seed's own curve."
-            + ("" if ref_gain.get("verdict") in (None, "better") else " **These figures measure noise:** " + _reference_gain_text(ref_gain))), "",
-            *_table(["algorithm", "epochs to target", "per seed", "ratio vs GRPO"], rows)]
-
-    rows = [[a, fmt_mean_std(s["algorithms"][a]["reward_diversity"]["group_std_avg"]),
-             fmt_mean_std(s["algorithms"][a]["reward_diversity"]["zero_std_frac_avg"])] for a in algos]
-    out += ["### Reward diversity over training", "",
-            ("Mean over epochs of `reward/group_std` (within-group reward std) and `reward/zero_std_frac` (samples in "
-            "groups with no reward spread, where Flow-GRPO has no signal); curves in the plots."), "",
-            *_table(["algorithm", "group std", "zero-std fraction"], rows)]
-
-    rows = []
-    for a in algos:
-        o, c = s["algorithms"][a]["overhead"], s["comparisons"].get(a, {})
-        rows.append([a, *[fmt_mean_std(o[k], 2) for k in ("epoch_s", "rollout_s", "reward_s", "advantage_s", "update_s")],
-                     fmt_mean_std(o["reward_images"], 0), _f(c.get("epoch_time_ratio"), 2) if a != REFERENCE else "1",
-                     _f(c.get("reward_images_ratio"), 1) if a != REFERENCE else "1"])
-    out += ["### Overhead per epoch (seconds, eval excluded)", "",
-            *_table(["algorithm", "epoch", "rollout", "reward", "advantage", "update", "reward images", "time × GRPO",
-                     "images × GRPO"], rows)]
-
-    bq, ref = s["base"]["quality"], s["base"]["reference"]
-    if bq or any(s["algorithms"][a]["quality"]["fd"]["n"] for a in algos):
-        rows = [["base", _f(bq and bq.get("fd")), _f(bq and bq.get("diversity")), ""]] if bq else []
-        rows += [[a, fmt_mean_std(s["algorithms"][a]["quality"]["fd"]), fmt_mean_std(s["algorithms"][a]["quality"]["diversity"]),
-                  ", ".join(s["algorithms"][a]["quality"]["flagged"]) or "none"] for a in algos]
-        q = results["definitions"]["quality_flag"]
-        encoder = next((t.get("encoder") for t in results["suite_spec"].get("tasks", []) if t.get("name") == name), "")
-        out += ["### Quality beside the reward (reward-hacking monitor)", "",
-                (f"Fréchet distance between features of the encoder `{encoder}` of generated held-out images and of "
-                "renders of the same prompts "
-                "(lower is closer), and within-prompt diversity (mean pairwise feature distance among one prompt's images). "
-                f"Renders vs renders: FD {_f(ref and ref.get('fd_floor'))}, diversity {_f(ref and ref.get('diversity'))}. "
-                f"A run is flagged when its held-out `{h}` rises while its FD rises by > {q['fd_rise']:.0%} or its diversity "
-                f"falls by > {q['diversity_drop']:.0%} relative to the base."), "",
-                *_table(["model", "FD", "diversity", "flagged runs"], rows)]
-        flagged = [r for r in results["runs"] if r["task"] == name and r["quality"] and r["quality"]["flags"]]
-        out += [f"- Flagged `{r['id']}`: score {r['quality']['score_delta']:+.3f}; {'; '.join(r['quality']['flags'])}"
-                for r in flagged] + ([""] if flagged else [])
-    else:
-        out += ["### Quality beside the reward", "", "Not measured (no encoder, or --no-quality).", ""]
-
-    out += ["### Open questions", ""]
-    proj = s["projection"]
-    if proj:
-        models = list(proj)
-        steps = proj[models[0]]["steps"]
-        rows = [[str(i), *[_f(proj[mm]["pooled"][i], 2) + " / " + _f(proj[mm]["within_group"][i], 2) for mm in models]]
-                for i in steps]
-        out += ["#### (a) Projection accuracy", "",
-                ("Spearman ρ between the reward of the one-step projection x̂0 at step i and the final reward over SDE "
-                "rollouts of train prompts (pooled / mean within prompt group)."), "",
-                *_table(["step", *models], rows)]
-    for param, sw in s["sweeps"].items():
-        rows = [[f"{p['value']:g}" if isinstance(p["value"], float) else str(p["value"]), str(p["final"][h]["n"]),
-                 *[fmt_mean_std(p["final"][k]) for k in s["metrics"]], fmt_mean_std(p["reward_images"], 0),
-                 fmt_mean_std(p["epoch_s"], 2), fmt_mean_std(p["zero_std_frac"])] for p in sw["points"]]
-        out += [f"#### Sweep `{param}` ({sw['algorithm']}): {sw['question']}", "",
-                *_table([param, "seeds", *s["metrics"], "reward images/epoch", "s/epoch", "zero-std frac"], rows)]
-    if plots:
-        out += ["### Plots", "", *[f"![{p}]({p})" for p in plots], ""]
-    return out
