@@ -47,14 +47,19 @@ def test_quick_results_written_before_jobs_rebuilt_and_gain_load_with_those_as_n
     assert validate(data) == []
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda d: d["runs"][0].pop("seed"), r"^\$\.runs\[0\]: missing key 'seed'$"),
-    (lambda d: d["runs"][0].update(extra=1), r"^\$\.runs\[0\]: unknown key 'extra'$"),
-    (lambda d: d["runs"][0].update(seed=1.5), r"^\$\.runs\[0\]\.seed: expected an integer"),
-    (lambda d: d["runs"][0].update(status="half"), r"^\$\.runs\[0\]\.status: 'half' not one of"),
-    (lambda d: d["tasks"]["shapes"]["base"]["eval"]["overall/strict"].update(mean="x"),
-     r"^\$\.tasks\.shapes\.base\.eval\.overall/strict\.mean: expected a number"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda d: d["runs"][0].pop("seed"), r"^\$\.runs\[0\]: missing key 'seed'$"),
+        (lambda d: d["runs"][0].update(extra=1), r"^\$\.runs\[0\]: unknown key 'extra'$"),
+        (lambda d: d["runs"][0].update(seed=1.5), r"^\$\.runs\[0\]\.seed: expected an integer"),
+        (lambda d: d["runs"][0].update(status="half"), r"^\$\.runs\[0\]\.status: 'half' not one of"),
+        (
+            lambda d: d["tasks"]["shapes"]["base"]["eval"]["overall/strict"].update(mean="x"),
+            r"^\$\.tasks\.shapes\.base\.eval\.overall/strict\.mean: expected a number",
+        ),
+    ],
+)
 def test_load_names_the_path_of_a_departure(edit, message):
     data = copy.deepcopy(_shipped("full"))
     edit(data)

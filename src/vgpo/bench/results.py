@@ -69,7 +69,7 @@ class Reach(Record):
     epochs: float | None = h("epochs to reach the target, interpolated; null when censored")
     censored: bool = h("true when the curve never reaches the target")
     bound: float | None = h("for a censored curve, its last eval epoch")
-    text: str = h("the figure as the report prints it (`\">N\"` when censored)")
+    text: str = h('the figure as the report prints it (`">N"` when censored)')
 
 
 @dataclass(kw_only=True)
@@ -79,7 +79,7 @@ class Ratio(Record):
     ratio: float | None = h("the ratio; null when censored or undefined")
     censored: bool = h("true when the algorithm's curve is censored: the ratio is only a lower bound")
     bound: float | None = h("the lower bound N / GRPO's epochs when censored")
-    text: str = h("the figure as the report prints it (`\">b\"` when censored)")
+    text: str = h('the figure as the report prints it (`">b"` when censored)')
 
 
 @dataclass(kw_only=True)
@@ -89,7 +89,8 @@ class Verdict(Record):
     delta: float | None = h("difference of the seed means (algorithm - Flow-GRPO)")
     se: float | None = h("Welch standard error sqrt(s1²/n1 + s2²/n2); null with one seed")
     verdict: Literal["better", "worse", "within_noise", "higher_untested", "lower_untested", "equal", "no_result"] = h(
-        "see **verdict**")
+        "see **verdict**"
+    )
 
 
 @dataclass(kw_only=True)
@@ -100,7 +101,8 @@ class Gain(Record):
     se: float | None = h("its standard error")
     n: int = h("runs paired")
     verdict: Literal["better", "within_noise", "untested", "no_result"] = h(
-        "`better`: mean > 2 SE; `untested`: 1 run; `no_result`: none")
+        "`better`: mean > 2 SE; `untested`: 1 run; `no_result`: none"
+    )
 
 
 # --- one run ---------------------------------------------------------------------------------------
@@ -381,7 +383,8 @@ class Results(Record):
     jobs: int | None = absent("runs side by side (`--jobs`); null when not recorded")
     rebuilt: Rebuilt | None = absent(
         "a `--report-only` rebuild keeps `command`, `git`, `machine`, `created`, `wall_s` and `jobs` of the "
-        "invocation that ran the suite and names itself here")
+        "invocation that ran the suite and names itself here"
+    )
     definitions: dict[str, Any] = h("the definitions above in short, with the flag thresholds (`quality_flag`)")
     runs: list[Run] = h("every run of the suite")
     tasks: dict[str, TaskSummary] = h("task name → summary")
@@ -474,8 +477,10 @@ def spec_of(tp: Any) -> Any:
         return dict if args[1] is Any else {"*": spec_of(args[1])}
     if dataclasses.is_dataclass(tp):
         hints = _hints(tp)
-        return {f.name + ("?" if f.metadata.get("absent_ok") else ""): spec_of(hints[f.name])
-                for f in dataclasses.fields(tp)}
+        return {
+            f.name + ("?" if f.metadata.get("absent_ok") else ""): spec_of(hints[f.name])
+            for f in dataclasses.fields(tp)
+        }
     return Num if tp is float else tp
 
 
@@ -521,8 +526,9 @@ def schema_tables(root: type = Results) -> str:
         out += [f"### {cls.__name__}", "", (cls.__doc__ or "").strip(), "", "| key | type | meaning |", "|---|---|---|"]
         hints = _hints(cls)
         for f in dataclasses.fields(cls):
-            meaning = f.metadata["help"] + (" (absent, read as null, in documents written before it existed)"
-                                            if f.metadata.get("absent_ok") else "")
+            meaning = f.metadata["help"] + (
+                " (absent, read as null, in documents written before it existed)" if f.metadata.get("absent_ok") else ""
+            )
             out.append(f"| `{f.name}` | {_type_text(hints[f.name])} | {meaning} |")
         out.append("")
     return "\n".join(out)
