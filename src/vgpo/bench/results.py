@@ -393,7 +393,7 @@ class Results(Record):
 # --------------------------------------------------------------------------------------------------
 # Loading: every key and type checked, the path of a departure named
 # --------------------------------------------------------------------------------------------------
-def _hints(cls: type) -> dict[str, Any]:
+def hints_of(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, vars(sys.modules[__name__]))
 
 
@@ -442,7 +442,7 @@ def load(cls: type[T], data: Any, path: str = "$") -> T:
     naming its path. Keys marked absent-ok (added after documents were written) read as null."""
     if not isinstance(data, dict):
         raise VgpoError(f"{path}: expected an object, got {type(data).__name__}")
-    hints = _hints(cls)
+    hints = hints_of(cls)
     fields = {f.name: f for f in dataclasses.fields(typing.cast(Any, cls))}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -458,32 +458,8 @@ def load(cls: type[T], data: Any, path: str = "$") -> T:
 
 
 # --------------------------------------------------------------------------------------------------
-# The spec of vgpo.bench.schema and the field tables of SCHEMA.md, derived from the classes
+# The field tables of SCHEMA.md, derived from the classes
 # --------------------------------------------------------------------------------------------------
-def spec_of(tp: Any) -> Any:
-    """The ``vgpo.bench.schema`` spec of a type: a dataclass becomes a dict of its fields (an absent-ok
-    field's key ends in ``?``), ``X | None`` Opt, a Literal OneOf, ``dict[str, X]`` ``{"*": X}``."""
-    from .schema import Num, OneOf, Opt
-
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        (inner,) = [a for a in args if a is not type(None)]
-        return Opt(spec_of(inner))
-    if origin is Literal:
-        return OneOf(*args)
-    if origin is list:
-        return [spec_of(args[0])]
-    if origin is dict:
-        return dict if args[1] is Any else {"*": spec_of(args[1])}
-    if dataclasses.is_dataclass(tp):
-        hints = _hints(tp)
-        return {
-            f.name + ("?" if f.metadata.get("absent_ok") else ""): spec_of(hints[f.name])
-            for f in dataclasses.fields(tp)
-        }
-    return Num if tp is float else tp
-
-
 def _type_text(tp: Any) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -510,7 +486,7 @@ def _classes(root: type) -> list[type]:
                 return
             seen.append(tp)
             for f in dataclasses.fields(tp):
-                visit(_hints(tp)[f.name])
+                visit(hints_of(tp)[f.name])
         else:
             for a in typing.get_args(tp):
                 visit(a)
@@ -524,7 +500,7 @@ def schema_tables(root: type = Results) -> str:
     out = []
     for cls in _classes(root):
         out += [f"### {cls.__name__}", "", (cls.__doc__ or "").strip(), "", "| key | type | meaning |", "|---|---|---|"]
-        hints = _hints(cls)
+        hints = hints_of(cls)
         for f in dataclasses.fields(cls):
             meaning = f.metadata["help"] + (
                 " (absent, read as null, in documents written before it existed)" if f.metadata.get("absent_ok") else ""

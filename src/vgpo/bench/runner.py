@@ -36,15 +36,6 @@ from vgpo.worlds import get_world
 
 from . import quality as Q
 from .markdown import write_markdown
-from .summary import (
-    ERROR_FILE,
-    MARKER,
-    QUALITY_FILE,
-    build_results,
-    git_info,
-    keep_run_invocation,
-    now_iso,
-)
 from .suites import (
     Plan,
     RunPlan,
@@ -54,6 +45,15 @@ from .suites import (
     expand,
     select,
     subset_path,
+)
+from .summary import (
+    ERROR_FILE,
+    MARKER,
+    QUALITY_FILE,
+    build_results,
+    git_info,
+    keep_run_invocation,
+    now_iso,
 )
 
 RESULTS = "results.json"

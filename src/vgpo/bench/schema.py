@@ -8,7 +8,12 @@ Spec language: a type; ``Num`` (int or float, not bool); ``Opt(spec)`` (the spec
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import types
+import typing
+from typing import Any, Literal
+
+from .results import Results, hints_of
 
 
 class Opt:
@@ -25,13 +30,29 @@ class Num:
     """int or float, not bool."""
 
 
-def _results_spec() -> Any:
-    from .results import Results, spec_of
+def spec_of(tp: Any) -> Any:
+    """The ``vgpo.bench.schema`` spec of a type: a dataclass becomes a dict of its fields (an absent-ok
+    field's key ends in ``?``), ``X | None`` Opt, a Literal OneOf, ``dict[str, X]`` ``{"*": X}``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in args if a is not type(None)]
+        return Opt(spec_of(inner))
+    if origin is Literal:
+        return OneOf(*args)
+    if origin is list:
+        return [spec_of(args[0])]
+    if origin is dict:
+        return dict if args[1] is Any else {"*": spec_of(args[1])}
+    if dataclasses.is_dataclass(tp):
+        hints = hints_of(tp)
+        return {
+            f.name + ("?" if f.metadata.get("absent_ok") else ""): spec_of(hints[f.name])
+            for f in dataclasses.fields(tp)
+        }
+    return Num if tp is float else tp
 
-    return spec_of(Results)
 
-
-RESULTS = _results_spec()
+RESULTS = spec_of(Results)
 
 
 def validate(value: Any, spec: Any = RESULTS, path: str = "$") -> list[str]:
