@@ -18,9 +18,9 @@ images::
 Response: ``200`` with a JSON object; ``scores`` is required, the rest optional::
 
     {
-      "scores": [0.75, ...],            # per image, the reward (Flow-GRPO's GenEval reward)
-      "rewards": [0.5, ...],            # per image, partial-credit accuracy
-      "strict_rewards": [0.0, ...],     # per image, all-or-nothing GenEval accuracy
+      "scores": [0.75, ...],            # per image, Flow-GRPO's training reward: graded partial credit, exact counts
+      "rewards": [1.0, ...],            # per image, GenEval's accuracy: 1 or 0, counts are minimums
+      "strict_rewards": [0.0, ...],     # per image, 1 or 0 with exact counts
       "group_rewards": {"counting": [...], ...},
       "group_strict_rewards": {"counting": [...], ...}
     }

@@ -1,10 +1,14 @@
 """GenEval scoring of detected objects: strict (all constraints) and partial (fraction met) per image.
 
-Constraints, as GenEval checks them: per include, its count (at least ``count`` objects of the class),
+Constraints, as GenEval checks them but for one departure below: per include, its count (at least ``count`` objects of the class),
 its colour if given (at least ``count`` of them in that colour), its position if given (the include's
 objects, largest first, all stand in the relation to those of the referenced include, which must itself
 be satisfied); per exclude, fewer than ``count`` objects of the class. Strict is 1 when all hold (GenEval's
 ``correct``); partial is the fraction of these checks that hold, each one GenEval's pass/fail test.
+
+One departure from GenEval's ``evaluate``: a colour constraint holds when any ``count`` objects of the
+class have the colour, where GenEval classifies the colour of the first ``count`` objects only (by
+detector confidence; here objects are ordered by size).
 
 Partial is not Flow-GRPO's reward server ``score``: that one requires exact counts and gives graded credit
 (``1 - |count - found| / count`` per include, and per colour), so it penalises extra objects; here counts
