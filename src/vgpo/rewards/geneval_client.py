@@ -38,11 +38,11 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -164,7 +164,7 @@ class GenEvalRemoteReward:
             raise VgpoError(f"geneval-remote: the server at {self.url} answered HTTP {err.code}: {detail}") from None
         except urllib.error.URLError as err:
             raise _Transient(str(err.reason)) from None
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise _Transient(f"timed out after {self.timeout:g} s") from None
         except (ConnectionError, OSError) as err:
             raise _Transient(str(err) or type(err).__name__) from None

@@ -1,9 +1,10 @@
 """GenEval scoring of detected objects: strict (all constraints) and partial (fraction met) per image.
 
-Constraints, as GenEval checks them but for one departure below: per include, its count (at least ``count`` objects of the class),
-its colour if given (at least ``count`` of them in that colour), its position if given (the include's
-objects, largest first, all stand in the relation to those of the referenced include, which must itself
-be satisfied); per exclude, fewer than ``count`` objects of the class. Strict is 1 when all hold (GenEval's
+Constraints, as GenEval checks them but for one departure below: per include, its count (at least
+``count`` objects of the class), its colour if given (at least ``count`` of them in that colour), its
+position if given (the include's objects, largest first, all stand in the relation to those of the
+referenced include, which must itself be satisfied); per exclude, fewer than ``count`` objects of the
+class. Strict is 1 when all hold (GenEval's
 ``correct``); partial is the fraction of these checks that hold, each one GenEval's pass/fail test.
 
 One departure from GenEval's ``evaluate``: a colour constraint holds when any ``count`` objects of the
