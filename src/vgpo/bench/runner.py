@@ -341,7 +341,8 @@ def run_suite(suite: Suite, out: str | Path, only: Sequence[str] = (), threads: 
     # read from their caches for the others.
     for t in suite.tasks:
         if t.name not in extras:
-            extras[t.name] = _task_checks(contexts[t.name], t in tasks_run and not report_only, projection, outcome, log)
+            busy = t in tasks_run and not report_only
+            extras[t.name] = _task_checks(contexts[t.name], busy, projection, outcome, log)
     results = build_results(plan, command, time.time() - started, started_at, extras, jobs, git)
     from .plots import write_plots
 
