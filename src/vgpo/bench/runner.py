@@ -355,7 +355,8 @@ def run_suite(suite: Suite, out: str | Path, only: Sequence[str] = (), threads: 
     atomic_write_text(json.dumps(document, indent=1, default=str) + "\n", outcome.results)
     write_markdown(document, outcome.report, plots)
     log(f"wrote {outcome.results}, {outcome.report} and {len(outcome.plots)} plots "
-        f"(ran {len(outcome.ran)}, resumed {len(outcome.resumed)}, skipped {len(outcome.skipped)}, failed {len(outcome.failed)})")
+        f"(ran {len(outcome.ran)}, resumed {len(outcome.resumed)}, skipped {len(outcome.skipped)}, "
+        f"failed {len(outcome.failed)})")
     return outcome
 
 

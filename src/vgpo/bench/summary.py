@@ -404,8 +404,9 @@ def build_results(plan: Plan, command: str, wall_s: float, started: str, extras:
         "definitions": {
             "std": "sample std over seeds (ddof 1); null with one seed",
             "final": "held-out metrics at the last eval point (epoch = epochs)",
-            "sample_efficiency": "epochs for the seed-mean held-out headline curve to reach Flow-GRPO's seed-mean final "
-                                 "headline, linearly interpolated between eval points; '>N' = not reached by epoch N (censored)",
+            "sample_efficiency": "epochs for the seed-mean held-out headline curve to reach Flow-GRPO's "
+                                 "seed-mean final headline, linearly interpolated between eval points; "
+                                 "'>N' = not reached by epoch N (censored)",
             "overhead": "per-epoch means from metrics.jsonl (first epoch left out when >= 3), eval time excluded",
             "quality_flag": {"score_rise": Q.SCORE_RISE, "fd_rise": Q.FD_RISE, "diversity_drop": Q.DIVERSITY_DROP},
             "verdict": "better/worse: |Δ| > 2 SE (Welch); within_noise otherwise; *_untested with one seed",
