@@ -1,0 +1,152 @@
+"""benchmarks/gpu_scale.py at its CI scale (toy widths, CPU) and the SD3.5-M architecture files on meta.
+
+One module fixture runs ``--scale tiny`` once (1 epoch, GRPO and VGPO with tcrm_every 1 and 2, with
+and without gradient checkpointing); the tests read its JSON. The real-size run needs a GPU
+(docs/benchmarks/gpu/README.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+pytest.importorskip("transformers")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import gpu_scale  # noqa: E402
+
+from _tiny_pipelines import one_torch_thread  # noqa: E402, F401
+
+RUN_FIELDS = {"algorithm", "tcrm_every", "gradient_checkpointing", "complete", "epochs", "summary"}
+SUMMARY_FIELDS = {
+    "samples", "images_scored", "images_decoded", "kept_samples", "optimizer_steps", "trainer_fwd_bwd_s",
+    "reward_mean", "phases_s", "epoch_s", "epoch_s_per_sample", "images_per_s", "scored_images_per_s",
+    "transformer_sequences", "peak_memory_gb", "network_s_in_update", "network_share_of_update",
+    "achieved_tflops", "update_fraction_of_peak", "epochs_averaged",
+}
+PHASES = {"rollout", "decode", "reward", "score_other", "advantages", "update"}
+TOP_FIELDS = {"status", "command", "scale", "budget_s", "peak_tflops", "machine", "architecture", "runs", "not_run",
+              "model", "settings", "setup_s", "flops", "network", "comparisons", "elapsed_s"}
+# --tcrm-every 1 2 and both checkpointing settings, in run order
+RUNS = ["grpo", "vgpo-tcrm1", "vgpo-tcrm2", "grpo-ckpt", "vgpo-tcrm1-ckpt"]
+TINY_ARGS = ["--scale", "tiny", "--tcrm-every", "1", "2", "--network-reps", "1", "--peak-tflops", "1"]
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("gpu_scale")
+    path = gpu_scale.main([*TINY_ARGS, "--out", str(out)])
+    return json.loads(path.read_text())
+
+
+def test_sd35m_architecture_instantiates_to_its_published_size_on_meta():
+    counts = gpu_scale.meta_parameter_counts(gpu_scale.SCALES["sd35m"])
+    # SD3.5-M's "2.5B": 2.243B parameters plus the 0.226B sin-cos position table (384^2 x 1536)
+    # that diffusers keeps as a buffer and the checkpoint stores.
+    assert 2.20e9 < counts["transformer_params"] < 2.30e9
+    assert counts["transformer_buffers"] == 384 * 384 * 1536
+    assert 2.45e9 < counts["transformer_params"] + counts["transformer_buffers"] < 2.50e9
+    assert 83e6 < counts["vae_params"] < 85e6  # the SD3 VAE, ~84M
+    assert 985e6 < counts["reward_params"] < 987e6  # OpenCLIP ViT-H-14: 986.1M (632.1M image + 354.0M text)
+
+
+def test_run_plan_order_and_names():
+    runs = gpu_scale.plan_runs([1, 2, 5], ["off", "on"])
+    assert [r.name for r in runs] == ["grpo", "vgpo-tcrm1", "vgpo-tcrm2", "vgpo-tcrm5", "grpo-ckpt", "vgpo-tcrm1-ckpt"]
+    assert [r.name for r in gpu_scale.plan_runs([2], ["on"])] == ["grpo-ckpt", "vgpo-tcrm2-ckpt"]
+
+
+def test_json_has_every_field(result):
+    assert result["status"] == "complete" and result["not_run"] == []
+    assert TOP_FIELDS <= set(result)
+    assert list(result["runs"]) == RUNS
+    for name, run in result["runs"].items():
+        assert RUN_FIELDS <= set(run), name
+        assert run["complete"] and len(run["epochs"]) == 1
+        summary = run["summary"]
+        assert SUMMARY_FIELDS <= set(summary), (name, SUMMARY_FIELDS - set(summary))
+        assert set(summary["phases_s"]) == PHASES
+        assert set(summary["achieved_tflops"]) == {"rollout", "decode", "reward", "update", "epoch"}
+        assert summary["peak_memory_gb"]["max"] > 0
+    assert set(result["network"]) == {"no_ckpt", "ckpt"}
+    assert set(result["comparisons"]["epoch_s_ratio"]) == {"vgpo-tcrm1/grpo", "vgpo-tcrm2/grpo",
+                                                          "vgpo-tcrm1-ckpt/grpo-ckpt"}
+
+
+def test_phases_add_up_to_the_epoch(result):
+    for name, run in result["runs"].items():
+        s = run["summary"]
+        assert all(v >= -1e-6 for v in s["phases_s"].values()), (name, s["phases_s"])
+        assert sum(s["phases_s"].values()) == pytest.approx(s["epoch_s"], rel=1e-9)
+        assert s["phases_s"]["rollout"] > 0 and s["phases_s"]["update"] > 0 and s["phases_s"]["decode"] > 0
+        assert s["images_per_s"] == pytest.approx(s["samples"] / s["epoch_s"])
+        assert 0 < s["network_share_of_update"]
+
+
+def test_vgpo_scores_more_images_than_grpo(result):
+    runs, settings = result["runs"], result["settings"]
+    samples = settings["samples_per_epoch"]
+    assert samples == 4 and settings["num_steps"] == 4 and settings["trained_steps"] == 3
+    # GRPO scores the finals; TCRM adds the projections of the scored steps before the last
+    # (tcrm_every 1: steps 0, 1, 2; tcrm_every 2: steps 0, 2).
+    assert runs["grpo"]["summary"]["images_scored"] == samples
+    assert runs["vgpo-tcrm1"]["summary"]["images_scored"] == samples * 4
+    assert runs["vgpo-tcrm2"]["summary"]["images_scored"] == samples * 3
+    for name, run in runs.items():
+        assert run["summary"]["images_decoded"] == run["summary"]["images_scored"], name
+
+
+def test_transformer_work_is_counted(result):
+    flops, runs = result["flops"], result["runs"]
+    assert flops["transformer_fwd_per_seq"] > 0 and flops["vae_decode_per_image"] > 0 and flops["reward_per_image"] > 0
+    # backward through the frozen network (input gradients) plus the LoRA weights' gradients
+    assert flops["transformer_fwd_bwd_per_seq"] > 1.5 * flops["transformer_fwd_per_seq"]
+    # every run: samples x steps x 2 (CFG) in the rollout; x trained steps with and without grad
+    # (policy and KL reference) in the update
+    for name, run in runs.items():
+        assert run["summary"]["transformer_sequences"] == {"rollout": 4 * 4 * 2, "update_grad": 4 * 3 * 2,
+                                                          "update_nograd": 4 * 3 * 2}, name
+        assert run["summary"]["achieved_tflops"]["update"] > 0
+        assert run["summary"]["update_fraction_of_peak"] == pytest.approx(run["summary"]["achieved_tflops"]["update"])
+
+
+def test_budget_alarm_interrupts_work():
+    started = time.monotonic()
+    with pytest.raises(gpu_scale.BudgetExceeded):
+        with gpu_scale.budget_alarm(0.2):
+            while time.monotonic() - started < 5:
+                pass
+    assert time.monotonic() - started < 2
+
+
+def test_a_tiny_budget_still_writes_the_json(tmp_path):
+    path = gpu_scale.main([*TINY_ARGS, "--out", str(tmp_path), "--budget-s", "0.001"])
+    data = json.loads(path.read_text())
+    assert data["status"] == "stopped_by_budget"
+    assert data["runs"] == {} and data["not_run"] == RUNS
+
+
+def test_a_budget_stop_keeps_the_finished_runs(tmp_path, monkeypatch):
+    """The budget runs out during the second measured run: the first stays, complete."""
+    calls = []
+    run_epoch = gpu_scale.run_epoch
+
+    def stop_on_the_third_epoch(*args, **kwargs):  # 1: warm-up, 2: first run, 3: second run
+        calls.append(1)
+        if len(calls) == 3:
+            raise gpu_scale.BudgetExceeded
+        return run_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(gpu_scale, "run_epoch", stop_on_the_third_epoch)
+    path = gpu_scale.main([*TINY_ARGS, "--checkpointing", "off", "--out", str(tmp_path)])
+    data = json.loads(path.read_text())
+    assert data["status"] == "stopped_by_budget"
+    assert list(data["runs"]) == ["grpo", "vgpo-tcrm1"]
+    assert data["runs"]["grpo"]["complete"] and data["runs"]["grpo"]["summary"]["epoch_s"] > 0
+    assert not data["runs"]["vgpo-tcrm1"]["complete"] and data["runs"]["vgpo-tcrm1"]["epochs"] == []
+    assert data["not_run"] == ["vgpo-tcrm1", "vgpo-tcrm2"]
