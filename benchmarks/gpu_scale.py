@@ -428,8 +428,11 @@ def count_flops(model, reward_fn, rollout_seqs: int, update_seqs: int) -> dict:
         decode = _flops(lambda: model.decode(z))
         image = model.decode(z).cpu()
     reward = _flops(lambda: reward_fn(image, ["a b c d e f g h i j k l m n o p q r s t"], [{}]))
+    # FlopCounterMode knows only some attention kernels: say whether the one this device picks counted.
+    q = torch.randn(1, 2, 64, 64, device=model.device, dtype=model.dtype)
+    attention_counted = _flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)) > 0
     return {"transformer_fwd_per_seq": fwd, "transformer_fwd_bwd_per_seq": fwd_bwd_flops,
-            "vae_decode_per_image": decode, "reward_per_image": reward}
+            "vae_decode_per_image": decode, "reward_per_image": reward, "attention_counted": attention_counted}
 
 
 def time_network(model, clock: Clock, rollout_seqs: int, update_seqs: int, reps: int) -> dict:
@@ -623,6 +626,9 @@ def training_config(run: Run, scale: Scale, args: argparse.Namespace, device: to
             data[name] = getattr(scale, name)
     if run.algorithm == "vgpo":
         data["tcrm_every"] = run.tcrm_every
+    # Every sample is updated, whatever the random rewards: a zero-std group dropped by GRPO would time
+    # an update that a real reward (PickScore's continuous scores) does not skip.
+    data["drop_zero_std_groups"] = False
     return from_dict(TrainConfig, data, f"{PRESETS[run.algorithm].name}: ")
 
 
@@ -714,21 +720,22 @@ def _measure(args, scale: Scale, device: torch.device, runs: list[Run], result: 
         "update_batch_sequences": update_seqs, "reward": preset["reward"],
     }
     started = time.perf_counter()
-    with clock.phase("profile"):
+    with clock.phase("flops"):
         result["flops"] = count_flops(model, reward, rollout_seqs, update_seqs)
     result["setup_s"]["flops"] = time.perf_counter() - started
     network: dict[bool, dict] = {}
     for setting in sorted({r.checkpointing for r in runs}):
         started = time.perf_counter()
         _set_checkpointing(model, setting)
-        with clock.phase("profile"):
+        label = "ckpt" if setting else "no_ckpt"
+        with clock.phase(f"network_{label}"):
             network[setting] = time_network(model, clock, rollout_seqs, update_seqs, args.network_reps)
         f = result["flops"]
         network[setting]["fwd_tflops"] = f["transformer_fwd_per_seq"] / network[setting]["fwd_s_per_seq_rollout_batch"] / 1e12
         network[setting]["fwd_bwd_tflops"] = f["transformer_fwd_bwd_per_seq"] / network[setting]["fwd_bwd_s_per_seq"] / 1e12
-        network[setting]["peak_memory_gb"] = clock.peak_gb["profile"]
-        result.setdefault("network", {})["ckpt" if setting else "no_ckpt"] = network[setting]
-        result["setup_s"][f"network_{'ckpt' if setting else 'no_ckpt'}"] = time.perf_counter() - started
+        network[setting]["peak_memory_gb"] = clock.peak_gb[f"network_{label}"]
+        result.setdefault("network", {})[label] = network[setting]
+        result["setup_s"][f"network_{label}"] = time.perf_counter() - started
         write()
 
     prompts = [{"prompt": " ".join(string.ascii_lowercase[(i + j) % 26] for j in range(20)), "tag": ""}

@@ -104,6 +104,7 @@ def test_vgpo_scores_more_images_than_grpo(result):
 def test_transformer_work_is_counted(result):
     flops, runs = result["flops"], result["runs"]
     assert flops["transformer_fwd_per_seq"] > 0 and flops["vae_decode_per_image"] > 0 and flops["reward_per_image"] > 0
+    assert flops["attention_counted"] is True
     # backward through the frozen network (input gradients) plus the LoRA weights' gradients
     assert flops["transformer_fwd_bwd_per_seq"] > 1.5 * flops["transformer_fwd_per_seq"]
     # every run: samples x steps x 2 (CFG) in the rollout; x trained steps with and without grad
