@@ -3,13 +3,14 @@
 # machine (docs/benchmarks/gpu/README.md): install the diffusers wheel carried in .whl/ (that machine has
 # PyTorch, transformers, peft and accelerate, not diffusers, and no network), then measure under a time
 # budget. Run from the repository root:
-#   bash benchmarks/gpu_scale_setup.sh OUT_DIR [BUDGET_S]
+#   bash benchmarks/gpu_scale_setup.sh OUT_DIR [BUDGET_S [more gpu_scale.py options...]]
 # OUT_DIR receives gpu_scale.json (rewritten after every run, so a stop keeps what was measured),
 # log.txt and nvidia-smi.txt. BUDGET_S (default 400) counts from the Python process's start; pip's
 # install comes before it, so the whole command ends well inside 8 minutes.
 set -euo pipefail
-out="${1:?usage: gpu_scale_setup.sh OUT_DIR [BUDGET_S]}"
+out="${1:?usage: gpu_scale_setup.sh OUT_DIR [BUDGET_S [gpu_scale.py options...]]}"
 budget="${2:-400}"
+shift $(( $# < 2 ? $# : 2 ))
 mkdir -p "$out"
 wheels=(.whl/diffusers-*.whl)
 if [ ! -f "${wheels[0]}" ]; then
@@ -24,4 +25,5 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 python3 -c "import diffusers, peft, torch, transformers; print('diffusers', diffusers.__version__, '| transformers',
 transformers.__version__, '| peft', peft.__version__, '| torch', torch.__version__, '|', torch.cuda.get_device_name(0))" \
     2>&1 | tee "$out/log.txt"
-python3 benchmarks/gpu_scale.py --scale sd35m --out "$out" --budget-s "$budget" --peak-tflops 790 2>&1 | tee -a "$out/log.txt"
+python3 benchmarks/gpu_scale.py --scale sd35m --out "$out" --budget-s "$budget" --peak-tflops 790 "$@" 2>&1 \
+    | tee -a "$out/log.txt"
