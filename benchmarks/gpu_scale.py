@@ -216,13 +216,15 @@ class BudgetExceeded(Exception):
 
 @contextmanager
 def budget_alarm(seconds_left: float) -> Iterator[None]:
-    """Raise ``BudgetExceeded`` in the main thread once ``seconds_left`` have passed (SIGALRM)."""
+    """Raise ``BudgetExceeded`` in the main thread once ``seconds_left`` have passed (SIGALRM), and
+    again every second until the block is left: an exception raised where Python ignores it (a
+    finaliser, a callback) must not lose the stop."""
 
     def _raise(signum, frame):
         raise BudgetExceeded
 
     previous = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds_left, 1e-3))
+    signal.setitimer(signal.ITIMER_REAL, max(seconds_left, 1e-3), 1.0)
     try:
         yield
     finally:

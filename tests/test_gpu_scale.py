@@ -151,3 +151,34 @@ def test_a_budget_stop_keeps_the_finished_runs(tmp_path, monkeypatch):
     assert data["runs"]["grpo"]["complete"] and data["runs"]["grpo"]["summary"]["epoch_s"] > 0
     assert not data["runs"]["vgpo-tcrm1"]["complete"] and data["runs"]["vgpo-tcrm1"]["epochs"] == []
     assert data["not_run"] == ["vgpo-tcrm1", "vgpo-tcrm2"]
+
+
+def test_epoch_summary_by_hand():
+    clock = gpu_scale.Clock(gpu_scale.torch.device("cpu"))
+    clock.seconds = {"sample": 3.0, "decode@sample": 1.0, "score": 2.0, "decode@score": 0.5, "reward@score": 1.0,
+                     "advantages": 0.5, "update": 4.0}
+    clock.sequences = {"sample:nograd": 40, "update:grad": 36, "update:nograd": 36}
+    clock.images_decoded = 8
+    clock.peak_gb = {"sample": 1.0, "score": 2.0, "advantages": 1.0, "update": 3.0}
+    raw = {"samples": 4, "images_scored": 8}
+    flops = {"transformer_fwd_per_seq": 1e12, "transformer_fwd_bwd_per_seq": 3e12, "vae_decode_per_image": 2e12,
+             "reward_per_image": 0.5e12}
+    network = {"fwd_bwd_s_per_seq": 0.05, "fwd_s_per_seq_update_batch": 0.02}
+    s = gpu_scale.epoch_summary(raw, clock, flops, network, peak_tflops=100.0)
+    assert s["phases_s"] == pytest.approx({"rollout": 2.0, "decode": 1.5, "reward": 1.0, "score_other": 0.5,
+                                           "advantages": 0.5, "update": 4.0})
+    assert s["epoch_s"] == pytest.approx(9.5) and s["images_per_s"] == pytest.approx(4 / 9.5)
+    assert s["network_s_in_update"] == pytest.approx(0.05 * 36 + 0.02 * 36)
+    assert s["network_share_of_update"] == pytest.approx(2.52 / 4.0)
+    # rollout 40 x 1 TFLOP in 2 s; decode 8 x 2 in 1.5 s; reward 8 x 0.5 in 1 s; update (36 x 3 + 36 x 1) in 4 s
+    assert s["achieved_tflops"] == pytest.approx({"rollout": 20.0, "decode": 16 / 1.5, "reward": 4.0, "update": 36.0,
+                                                  "epoch": (40 + 16 + 4 + 144) / 9.5})
+    assert s["update_fraction_of_peak"] == pytest.approx(0.36)
+    assert s["peak_memory_gb"]["max"] == 3.0
+
+
+def test_mean_summary_drops_the_first_of_several_epochs():
+    epochs = [{"epoch_s": 10.0, "phases_s": {"update": 6.0}}, {"epoch_s": 4.0, "phases_s": {"update": 2.0}},
+              {"epoch_s": 6.0, "phases_s": {"update": 4.0}}]
+    assert gpu_scale.mean_summary(epochs) == {"epoch_s": 5.0, "phases_s": {"update": 3.0}, "epochs_averaged": 2}
+    assert gpu_scale.mean_summary(epochs[:1])["epoch_s"] == 10.0
