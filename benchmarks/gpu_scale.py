@@ -437,6 +437,61 @@ def count_flops(model, reward_fn, rollout_seqs: int, update_seqs: int) -> dict:
             "vae_decode_per_image": decode, "reward_per_image": reward, "attention_counted": attention_counted}
 
 
+def meta_flops(scale: Scale, model_options: dict, t5_tokens: int | None = None) -> dict:
+    """``count_flops``'s per-sequence and per-image counts, from the components built on the meta device
+    (shapes only: no memory, no device, seconds on a CPU). The transformer carries the preset's LoRA;
+    the reward's text is 22 tokens as in the measured runs."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPModel
+
+    from vgpo.models.lora import LoraOptions, add_lora
+
+    text_tokens = scale.clip_tokens + (t5_tokens or scale.t5_tokens or int(model_options.get("max_sequence_length", 256)))
+    with torch.device("meta"):
+        transformer = SD3Transformer2DModel(**transformer_config(scale))
+        add_lora(transformer, LoraOptions.from_spec(model_options.get("lora")))
+        vae = AutoencoderKL(**vae_config(scale))
+        clip = CLIPModel(clip_config(scale))
+        cfg = transformer.config
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        latents = (cfg.in_channels, scale.resolution // factor, scale.resolution // factor)
+        x, t = torch.randn(1, *latents), torch.full((1,), 500.0)
+        c, pooled = torch.randn(1, text_tokens, cfg.joint_attention_dim), torch.randn(1, cfg.pooled_projection_dim)
+        size = clip.config.vision_config.image_size
+        pixels, ids = torch.randn(1, 3, size, size), torch.ones(1, 22, dtype=torch.long)
+
+    def forward():
+        return transformer(hidden_states=x, timestep=t, encoder_hidden_states=c, pooled_projections=pooled,
+                           return_dict=False)[0]
+
+    with torch.no_grad():
+        fwd = _flops(forward)
+        decode = _flops(lambda: vae.decode(x))
+        reward = _flops(lambda: (clip.get_image_features(pixel_values=pixels), clip.get_text_features(input_ids=ids)))
+    fwd_bwd = _flops(lambda: forward().float().square().mean().backward())
+    return {"transformer_fwd_per_seq": fwd, "transformer_fwd_bwd_per_seq": fwd_bwd, "vae_decode_per_image": decode,
+            "reward_per_image": reward, "text_tokens": text_tokens}
+
+
+def flops_per_sample(flops: dict, cfg) -> dict:
+    """Model FLOPs per sample of an epoch, by phase, from per-sequence counts and the training settings:
+    the rollout's steps and the update's trained steps (x2 under CFG; the update's KL reference adds a
+    forward when beta > 0), and the final image plus, with TCRM, one projection per scored step before the
+    last (the trainer's ``scored_steps``), each decoded and scored."""
+    from vgpo.train.advantages import scored_steps
+
+    cfg_factor = 1 if cfg.guidance_scale == 1.0 else 2
+    images = 1 + (sum(1 for i in scored_steps(cfg.num_steps, cfg.tcrm_every) if i < cfg.num_steps - 1)
+                  if cfg.dense_rewards else 0)
+    update = cfg.trained_steps * cfg_factor * (flops["transformer_fwd_bwd_per_seq"]
+                                               + (flops["transformer_fwd_per_seq"] if cfg.beta > 0 else 0))
+    out = {"rollout": cfg.num_steps * cfg_factor * flops["transformer_fwd_per_seq"],
+           "decode": images * flops["vae_decode_per_image"], "reward": images * flops["reward_per_image"],
+           "update": update, "images_scored": images}
+    out["total"] = out["rollout"] + out["decode"] + out["reward"] + out["update"]
+    return out
+
+
 def time_network(model, clock: Clock, rollout_seqs: int, update_seqs: int, reps: int) -> dict:
     """Seconds per sequence of the transformer alone (synchronised, after one warm-up call) at the
     rollout's batch (forward) and the update's batch (forward, and forward+backward), with the
@@ -610,6 +665,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--network-reps", type=int, default=3, help="timed calls per shape of the network-alone timing")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the scale's; 0: torch's)")
+    parser.add_argument("--flops-only", action="store_true",
+                        help="count model FLOPs on the meta device and plan them per sample and run (no device, no timing)")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.budget_s <= 0 or any(k < 1 for k in args.tcrm_every):
         parser.error("--epochs and --tcrm-every must be >= 1 and --budget-s > 0")
@@ -666,6 +723,12 @@ def main(argv: Sequence[str] | None = None, started: float | None = None) -> Pat
         result["comparisons"] = {"epoch_s_ratio": comparisons(result["runs"])}
         atomic_write_text(json.dumps(result, indent=2) + "\n", out / RESULT_NAME)
 
+    if args.flops_only:
+        _plan_flops(args, scale, runs, result)
+        result["status"] = "flops_only"
+        write()
+        print(f"gpu_scale: FLOP plan -> {out / RESULT_NAME}")
+        return out / RESULT_NAME
     write()
     try:
         with budget_alarm(args.budget_s - (time.monotonic() - started)):
@@ -676,6 +739,20 @@ def main(argv: Sequence[str] | None = None, started: float | None = None) -> Pat
     write()
     print(f"gpu_scale: {result['status']}, {len(result['runs'])} runs, {result['elapsed_s']:.0f} s -> {out / RESULT_NAME}")
     return out / RESULT_NAME
+
+
+def _plan_flops(args, scale: Scale, runs: list[Run], result: dict) -> None:
+    """``--flops-only``: the model FLOPs of every planned run, per sample, counted on the meta device."""
+    from vgpo.config import load_yaml
+
+    model_options = dict(load_yaml(PRESETS["vgpo"]).get("model_options", {}))
+    result["flops"] = meta_flops(scale, model_options, args.t5_tokens)
+    plan = {run.name: flops_per_sample(result["flops"], training_config(run, scale, args, torch.device("cpu")))
+            for run in runs if not run.checkpointing}
+    result["flops_per_sample"] = plan
+    result["flops_ratio"] = {f"{name}/grpo": p["total"] / plan["grpo"]["total"] for name, p in plan.items()
+                             if name != "grpo"}
+    result["not_run"] = [r.name for r in runs]
 
 
 def _measure(args, scale: Scale, device: torch.device, runs: list[Run], result: dict, write) -> None:
@@ -762,7 +839,8 @@ def _measure(args, scale: Scale, device: torch.device, runs: list[Run], result: 
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
         ema = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
         entry = {"algorithm": run.algorithm, "tcrm_every": cfg.tcrm_every if run.algorithm == "vgpo" else None,
-                 "gradient_checkpointing": run.checkpointing, "complete": False, "epochs": []}
+                 "gradient_checkpointing": run.checkpointing, "complete": False,
+                 "flops_per_sample": flops_per_sample(result["flops"], cfg), "epochs": []}
         result["runs"][run.name] = entry
         for epoch in range(args.epochs):
             clock.reset()

@@ -22,7 +22,7 @@ import gpu_scale  # noqa: E402
 
 from _tiny_pipelines import one_torch_thread  # noqa: E402, F401
 
-RUN_FIELDS = {"algorithm", "tcrm_every", "gradient_checkpointing", "complete", "epochs", "summary"}
+RUN_FIELDS = {"algorithm", "tcrm_every", "gradient_checkpointing", "complete", "flops_per_sample", "epochs", "summary"}
 SUMMARY_FIELDS = {
     "samples", "images_scored", "images_decoded", "kept_samples", "optimizer_steps", "trainer_fwd_bwd_s",
     "reward_mean", "phases_s", "epoch_s", "epoch_s_per_sample", "images_per_s", "scored_images_per_s",
@@ -182,3 +182,37 @@ def test_mean_summary_drops_the_first_of_several_epochs():
               {"epoch_s": 6.0, "phases_s": {"update": 4.0}}]
     assert gpu_scale.mean_summary(epochs) == {"epoch_s": 5.0, "phases_s": {"update": 3.0}, "epochs_averaged": 2}
     assert gpu_scale.mean_summary(epochs[:1])["epoch_s"] == 10.0
+
+
+def test_flops_per_sample_by_hand(tmp_path):
+    args = gpu_scale.parse_args([*TINY_ARGS, "--out", str(tmp_path)])
+    tiny, cpu = gpu_scale.SCALES["tiny"], gpu_scale.torch.device("cpu")
+    flops = {"transformer_fwd_per_seq": 1, "transformer_fwd_bwd_per_seq": 3, "vae_decode_per_image": 10,
+             "reward_per_image": 100}
+    # tiny: 4 steps, 3 trained, CFG (x2), KL beta 0.01 (a reference forward per trained step)
+    grpo = gpu_scale.flops_per_sample(flops, gpu_scale.training_config(gpu_scale.Run("grpo", 1, False), tiny, args, cpu))
+    assert grpo == {"rollout": 8, "update": 24, "decode": 10, "reward": 100, "images_scored": 1, "total": 142}
+    # tcrm_every 2 scores steps 0, 2, 3: the final image and the projections after steps 0 and 2
+    vgpo = gpu_scale.flops_per_sample(flops, gpu_scale.training_config(gpu_scale.Run("vgpo", 2, False), tiny, args, cpu))
+    assert vgpo == {"rollout": 8, "update": 24, "decode": 30, "reward": 300, "images_scored": 3, "total": 362}
+
+
+def test_the_flop_plan_matches_the_run(result):
+    """The plan's images per sample are what the trainer scored, and the meta-device counts are the
+    device's (attention's backward aside: the fused kernel's count includes its recomputed scores)."""
+    samples = result["settings"]["samples_per_epoch"]
+    for name, run in result["runs"].items():
+        assert run["flops_per_sample"]["images_scored"] * samples == run["summary"]["images_scored"], name
+    from vgpo.config import load_yaml
+
+    meta = gpu_scale.meta_flops(gpu_scale.SCALES["tiny"], load_yaml(gpu_scale.PRESETS["vgpo"])["model_options"])
+    for key in ("transformer_fwd_per_seq", "vae_decode_per_image", "reward_per_image"):
+        assert meta[key] == result["flops"][key], key
+    assert meta["transformer_fwd_bwd_per_seq"] == pytest.approx(result["flops"]["transformer_fwd_bwd_per_seq"], rel=0.05)
+
+
+def test_flops_only_writes_the_plan(tmp_path):
+    data = json.loads(gpu_scale.main([*TINY_ARGS, "--flops-only", "--out", str(tmp_path)]).read_text())
+    assert data["status"] == "flops_only" and data["runs"] == {}
+    assert set(data["flops_per_sample"]) == {"grpo", "vgpo-tcrm1", "vgpo-tcrm2"}
+    assert data["flops_ratio"]["vgpo-tcrm1/grpo"] > data["flops_ratio"]["vgpo-tcrm2/grpo"] > 1
