@@ -741,12 +741,28 @@ def main(argv: Sequence[str] | None = None, started: float | None = None) -> Pat
     return out / RESULT_NAME
 
 
+def training_settings(cfg, args: argparse.Namespace, preset: dict) -> dict:
+    """The training settings the runs share (from the presets and the scale), for the JSON."""
+    cfg_factor = 1 if cfg.guidance_scale == 1.0 else 2
+    return {
+        "presets": {k: str(v.relative_to(ROOT)) for k, v in PRESETS.items()},
+        "samples_per_epoch": cfg.prompts_per_epoch * cfg.group_size, "prompts_per_epoch": cfg.prompts_per_epoch,
+        "group_size": cfg.group_size, "sample_batch_size": cfg.sample_batch_size,
+        "train_batch_size": cfg.train_batch_size, "gradient_accumulation": cfg.gradient_accumulation,
+        "num_steps": cfg.num_steps, "trained_steps": cfg.trained_steps, "guidance_scale": cfg.guidance_scale,
+        "beta": cfg.beta, "epochs": args.epochs, "rollout_batch_sequences": cfg_factor * cfg.sample_batch_size,
+        "update_batch_sequences": cfg_factor * cfg.train_batch_size, "reward": preset["reward"],
+        "model_options": preset.get("model_options", {}),
+    }
+
+
 def _plan_flops(args, scale: Scale, runs: list[Run], result: dict) -> None:
     """``--flops-only``: the model FLOPs of every planned run, per sample, counted on the meta device."""
     from vgpo.config import load_yaml
 
-    model_options = dict(load_yaml(PRESETS["vgpo"]).get("model_options", {}))
-    result["flops"] = meta_flops(scale, model_options, args.t5_tokens)
+    preset = load_yaml(PRESETS["vgpo"])
+    result["settings"] = training_settings(training_config(runs[0], scale, args, torch.device("cpu")), args, preset)
+    result["flops"] = meta_flops(scale, dict(preset.get("model_options", {})), args.t5_tokens)
     plan = {run.name: flops_per_sample(result["flops"], training_config(run, scale, args, torch.device("cpu")))
             for run in runs if not run.checkpointing}
     result["flops_per_sample"] = plan
@@ -787,17 +803,8 @@ def _measure(args, scale: Scale, device: torch.device, runs: list[Run], result: 
     write()
 
     cfg0 = training_config(runs[0], scale, args, device)
-    rollout_seqs = 2 * cfg0.sample_batch_size if cfg0.guidance_scale != 1.0 else cfg0.sample_batch_size
-    update_seqs = 2 * cfg0.train_batch_size if cfg0.guidance_scale != 1.0 else cfg0.train_batch_size
-    result["settings"] = {
-        "presets": {k: str(v.relative_to(ROOT)) for k, v in PRESETS.items()},
-        "samples_per_epoch": cfg0.prompts_per_epoch * cfg0.group_size, "prompts_per_epoch": cfg0.prompts_per_epoch,
-        "group_size": cfg0.group_size, "sample_batch_size": cfg0.sample_batch_size,
-        "train_batch_size": cfg0.train_batch_size, "gradient_accumulation": cfg0.gradient_accumulation,
-        "num_steps": cfg0.num_steps, "trained_steps": cfg0.trained_steps, "guidance_scale": cfg0.guidance_scale,
-        "beta": cfg0.beta, "epochs": args.epochs, "rollout_batch_sequences": rollout_seqs,
-        "update_batch_sequences": update_seqs, "reward": preset["reward"],
-    }
+    result["settings"] = training_settings(cfg0, args, preset)
+    rollout_seqs, update_seqs = result["settings"]["rollout_batch_sequences"], result["settings"]["update_batch_sequences"]
     started = time.perf_counter()
     with clock.phase("flops"):
         result["flops"] = count_flops(model, reward, rollout_seqs, update_seqs)
