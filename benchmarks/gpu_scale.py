@@ -2,7 +2,8 @@
 VGPO/GRPO epoch time, the network's share of the update and achieved TFLOP/s, as one JSON.
 
     python benchmarks/gpu_scale.py --scale sd35m --out DIR [--budget-s 420] [--epochs 1]
-    python benchmarks/gpu_scale.py --scale tiny --out DIR          # CPU, seconds (CI)
+    python benchmarks/gpu_scale.py --scale sd35m --flops-only --out DIR   # model FLOPs, no device (meta)
+    python benchmarks/gpu_scale.py --scale tiny --out DIR                 # CPU, seconds (CI)
 
 What is built (no download, random weights): the SD3.5-M transformer (``configs/gpu/sd35m-transformer.json``,
 MMDiT-X) and its 16-channel VAE (``sd35m-vae.json``) inside a diffusers ``StableDiffusion3Pipeline``
@@ -18,6 +19,7 @@ CFG, KL, LoRA, precision) on a smaller epoch (``--prompts`` x ``--group-size`` s
 trainer's own phase functions (``run_epoch``). Runs, in this order (a budget stop keeps the first):
 GRPO, then VGPO at each ``--tcrm-every``, without gradient checkpointing; then GRPO and VGPO at the
 first ``--tcrm-every`` with it (checkpointing changes only the update, which those two already time).
+Every sample is updated (``drop_zero_std_groups: false``), so random rewards do not decide the work.
 
 The JSON (``DIR/gpu_scale.json``) is rewritten after every run; ``--budget-s`` (from process start)
 stops the work and writes what was measured, with ``status: stopped_by_budget``. Field meanings:
