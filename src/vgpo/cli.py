@@ -40,7 +40,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         model = TinyFlowModel.load(args.checkpoint)
         default_world, source = model.cfg.world, args.checkpoint
     world = get_world(args.world or default_world)
-    metas = world.load_prompts(Path(args.prompts) if args.prompts else world.test_file)
+    metas = world.load_prompts(Path(args.prompts) if args.prompts else world.prompt_file(args.split))
     if args.limit:
         metas = metas[: args.limit]
     started = time.time()
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from vgpo.config import add_config_args
     from vgpo.pretrain import PretrainConfig
+    from vgpo.worlds import SPLITS
 
     p = sub.add_parser("pretrain", help="train a tiny base model on a world's renders")
     add_config_args(p, PretrainConfig)
@@ -75,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="checkpoints/shapes-base", help="folder with model.safetensors + config.json")
     p.add_argument("--run", default=None, help="a `vgpo train` output folder: evaluate its (EMA) weights instead")
     p.add_argument("--world", default=None, help="world (default: the checkpoint's)")
-    p.add_argument("--prompts", default=None, help="prompt file (default: the world's test split)")
+    p.add_argument("--prompts", default=None, help="prompt file (default: the world's --split)")
+    p.add_argument("--split", default="test", choices=SPLITS,
+                   help="shipped split to evaluate when no --prompts: test, or val to choose recipes without it")
     p.add_argument("--steps", type=int, default=40, help="ODE steps")
     p.add_argument("--cfg", type=float, default=4.5, help="classifier-free guidance scale")
     p.add_argument("--images-per-prompt", type=int, default=2, help="samples per prompt")
