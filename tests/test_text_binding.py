@@ -94,3 +94,18 @@ def test_measures_see_a_one_word_change(model):
 def test_condition_separates_bindings(model, a, b):
     found = separations(model, a, b)
     assert max(found.values()) > SEPARATION, (a, b, found)
+
+
+if __name__ == "__main__":  # the figures quoted in docs/learning-study.md: python tests/test_text_binding.py
+    loaded = TinyFlowModel.load(CHECKPOINT)
+    controls = [(RED_CIRCLE_BLUE_SQUARE, GREEN_CIRCLE_BLUE_SQUARE), (CIRCLE_LEFT_OF_SQUARE, CIRCLE_RIGHT_OF_SQUARE)]
+    for a, b in BINDING_PAIRS + controls:
+        print(f"{a} | {b} | " + ", ".join(f"{k} {v:.3f}" for k, v in separations(loaded, a, b).items()))
+    text = loaded.net.text
+    norms = text.pos.norm(dim=1)
+    print(f"position embedding norms {norms.min().item():.2f}-{norms.max().item():.2f}; "
+          f"word embedding norm (mean) {text.embed.weight[3:].norm(dim=1).mean().item():.1f}")
+    cond = loaded.encode_prompts([RED_CIRCLE_BLUE_SQUARE, BLUE_CIRCLE_RED_SQUARE])
+    at = loaded.tokenizer.split(RED_CIRCLE_BLUE_SQUARE).index("circle")
+    circle = cond["tokens"][:, at]
+    print(f"'circle' token feature, red/blue swap: {((circle[0] - circle[1]).norm() / circle[0].norm()).item():.3f}")

@@ -101,9 +101,9 @@ def server_terms(found: Sequence[Detection], meta: dict) -> tuple[list[float], b
 
     Excludes add no term (the exact count term already penalises a counting prompt's extra objects), so
     objects of a class the prompt does not name cost nothing; a position after a failed colour adds no
-    term either. GenEval's evaluation (``constraints``) differs:
-    counts are minimums, colour and position are checked on the ``count`` largest objects of the class, an
-    exclude is a constraint, and every constraint weighs the same.
+    term either. GenEval's evaluation (``constraints``) differs: counts are minimums, colour and position
+    are checked on the ``count`` largest objects of the class, an exclude is a constraint, and every
+    constraint weighs the same.
     """
     terms: list[float] = []
     groups: list[list[Detection] | None] = []
@@ -139,8 +139,8 @@ def server_terms(found: Sequence[Detection], meta: dict) -> tuple[list[float], b
 
 def server_score(images: torch.Tensor, metadata: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     """(exact, score), each a (B,) float32 CPU tensor: the reward server's ``strict_correct`` and ``score``
-    (the mean of ``server_terms``: 1 for a scene exactly as asked, negative when a class is detected more
-    than twice as often as asked)."""
+    (the mean of ``server_terms``: 1 for a scene exactly as asked; it can go below 0, since a class
+    detected more than twice as often as asked has a negative count term)."""
     _check_batch(images, metadata, "shapes server score")
     results = [server_terms(found, meta) for found, meta in zip(detect(images), metadata)]
     exact = torch.tensor([float(ok) for _, ok in results], dtype=torch.float32)
