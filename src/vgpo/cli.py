@@ -41,7 +41,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         model = TinyFlowModel.load(args.checkpoint)
         default_world, source = model.cfg.world, args.checkpoint
     world = get_world(args.world or default_world)
-    metas = world.load_prompts(Path(args.prompts) if args.prompts else world.test_file)
+    metas = world.load_prompts(Path(args.prompts) if args.prompts else world.prompt_file(args.split))
     ec = EvalConfig(num_steps=args.steps, guidance_scale=args.cfg, images_per_prompt=args.images_per_prompt,
                     batch_size=args.batch_size, seed=args.seed, limit=args.limit)
     if ec.limit:
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from vgpo.config import add_config_args
     from vgpo.pretrain import PretrainConfig
+    from vgpo.worlds import SPLITS
 
     p = sub.add_parser("pretrain", help="train a tiny base model on a world's renders")
     add_config_args(p, PretrainConfig)
@@ -78,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="checkpoints/shapes-base", help="folder with model.safetensors + config.json")
     p.add_argument("--run", default=None, help="a `vgpo train` output folder: evaluate its (EMA) weights instead")
     p.add_argument("--world", default=None, help="world (default: the checkpoint's)")
-    p.add_argument("--prompts", default=None, help="prompt file (default: the world's test split)")
+    p.add_argument("--prompts", default=None, help="prompt file (default: the world's --split)")
+    p.add_argument("--split", default="test", choices=SPLITS,
+                   help="shipped split to evaluate when no --prompts: test, or val to choose recipes without it")
     # The flags are EvalConfig's fields under their established names; defaults and help come from it.
     from vgpo.evaluate import EvalConfig
 

@@ -24,6 +24,9 @@ class World:
     name: registry name.
     image_size: (H, W) of renders and of the tiny model's canvas.
     train_file / test_file: prompt files shipped in the package.
+    val_file: held-out prompts for choosing recipes, carved from the train split, never from the test
+        split; train_minus_val_file: the train split without val's prompts, what a run judged on
+        val_file trains on. None where a world has no validation split.
     load_prompts(path) -> list of metadata dicts, each with at least "prompt"; raises VgpoError naming
         the file and line on malformed input.
     render(metadata, seed) -> (3, H, W) float32 in [0, 1], an image that satisfies the metadata.
@@ -45,6 +48,22 @@ class World:
     format_table: Callable[[dict], str]
     vocabulary: Callable[[], list[str]]
     headline: str = "overall/strict"  # the metric of ``evaluate`` that summarises a run
+    val_file: Path | None = None
+    train_minus_val_file: Path | None = None
+
+    def prompt_file(self, split: str) -> Path:
+        """The shipped prompt file of ``split`` (one of ``SPLITS``); a one-line VgpoError for an unknown
+        split or one this world does not ship."""
+        if split not in SPLITS:
+            raise VgpoError(f"split: unknown split '{split}'; expected one of: {', '.join(SPLITS)}")
+        path = getattr(self, f"{split}_file")
+        if path is None:
+            raise VgpoError(f"split: world '{self.name}' has no '{split}' split (pass a prompt file instead)")
+        return path
+
+
+#: Prompt splits a world can ship: train/test, and for choosing recipes val with train_minus_val.
+SPLITS = ("train", "test", "val", "train_minus_val")
 
 
 # name -> "module" (its WORLD) or "module:ATTRIBUTE" (one module defining several worlds).

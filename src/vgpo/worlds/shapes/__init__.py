@@ -2,7 +2,10 @@
 
 Prompts use GenEval's six tags and metadata format (``prompts``), ground truth comes from an
 antialiased renderer (``render``), and a batched palette/connected-component detector (``detect``)
-scores images GenEval's way (``score``) for evaluation tables and the ``geneval-shapes`` rewards.
+scores images GenEval's way (``score``) for evaluation tables and the ``geneval-shapes`` rewards, and
+Flow-GRPO's reward server's way for the ``geneval-shapes-server`` training reward. Splits: train, test
+(held-out compositions), and for choosing recipes val (held-out compositions carved from train) with
+train_minus_val (what a run judged on val trains on).
 """
 
 from pathlib import Path
@@ -25,4 +28,6 @@ WORLD = World(
     evaluate=evaluate,
     format_table=format_table,
     vocabulary=vocabulary,
+    val_file=DATA / "val.jsonl",
+    train_minus_val_file=DATA / "train_minus_val.jsonl",
 )

@@ -241,6 +241,65 @@ def make_splits(seed: int = 0) -> tuple[list[dict], list[dict]]:
     return train, test
 
 
+# Validation lines per tag: the test split's, so that a recipe is chosen at the precision it is judged at.
+VAL_LINES = dict(TEST_LINES)
+# Training scenes held out for validation per tag (of the 8 counting, 12 colors, 8 position and 65
+# color_attr scenes the train split keeps): about the test split's held-out fraction of what is left.
+VAL_SCENES = {"counting": 2, "colors": 3, "position": 2, "color_attr": 16}
+
+
+def make_val_split(train: list[dict], seed: int = 1) -> tuple[list[dict], list[dict]]:
+    """Deterministic (val_train, val) from the train split: validation for choosing recipes, never
+    touching the test split.
+
+    The test split's rule, applied to the training scenes: per tag, ``VAL_SCENES`` whole scenes drawn at
+    random among draws whose parts all still appear in the remaining training scenes become the
+    validation prompts, held-out compositions of the same kinds as the test split's. ``val_train`` is the
+    train split without them, in its order: what a run that is judged on val trains on (a run judged on
+    the test split trains on the whole train split). single_object and two_object hold nothing out, as
+    in the test split: val repeats the train split's prompts of those tags (single_object's three prompts
+    are in every split; two_object's test prompts are the other word order). Lines per tag: ``VAL_LINES``,
+    repeated as the test split repeats them.
+    """
+    rng = random.Random(seed)
+    in_train = {m["prompt"] for m in train}
+    held: set[str] = set()
+    val: list[dict] = []
+    for tag in TAGS:
+        tag_train = [m for m in train if m["tag"] == tag]
+        if tag in ("single_object", "two_object"):
+            val += _repeat_to(tag_train, VAL_LINES[tag], rng)
+            continue
+        groups = [g for g in scenes(tag) if all(m["prompt"] in in_train for m in g)]
+        while True:
+            order = rng.sample(groups, len(groups))
+            chosen, kept = order[:VAL_SCENES[tag]], order[VAL_SCENES[tag]:]
+            val_tag = [m for g in chosen for m in g]
+            if _atoms(val_tag) <= _atoms(m for g in kept for m in g):
+                break
+        held |= {m["prompt"] for m in val_tag}
+        val += _repeat_to(val_tag, VAL_LINES[tag], rng)
+    return [m for m in train if m["prompt"] not in held], val
+
+
+def composition_key(meta: dict) -> tuple:
+    """What a prompt asks for, independent of its phrasing: its tag, the set of (class, count, colour)
+    objects and the relation read in one direction ("a circle left of a square" and "a square right of a
+    circle" share a key). The tag keeps counting's "one circle" (exactly one) apart from single_object's
+    "a circle" (at least one); within a tag, excludes follow from the includes."""
+    inc = meta["include"]
+    objects = frozenset((o["class"], o["count"], o.get("color")) for o in inc)
+    relation = None
+    for o in inc:
+        if "position" in o:
+            rel, target = o["position"]
+            a, b = (o["class"], o.get("color")), (inc[target]["class"], inc[target].get("color"))
+            if rel in ("right of", "below"):  # read every relation as left-of or above
+                rel, a, b = OPPOSITE[rel], b, a
+            relation = (a, rel, b)
+    return meta["tag"], objects, relation
+
+
 # ---------------------------------------------------------------------------------------------------
 # Violations
 

@@ -1,4 +1,9 @@
-"""GenEval-style rewards for the shapes world, registered in ``vgpo.rewards`` (imported lazily)."""
+"""GenEval-style rewards for the shapes world, registered in ``vgpo.rewards`` (imported lazily).
+
+``geneval-shapes`` and ``geneval-shapes-strict`` score GenEval's evaluation semantics (counts are
+minimums), the same rules as the evaluation tables; ``geneval-shapes-server`` is the reward Flow-GRPO
+trains on, its GenEval reward server's exact-count score (``score.server_terms``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from vgpo.rewards import Reward, register
-from vgpo.worlds.shapes.score import score
+from vgpo.worlds.shapes.score import score, server_score
 
 
 class ShapesReward:
@@ -22,10 +27,22 @@ class ShapesReward:
         return strict if self.strict else partial
 
 
+class ShapesServerReward:
+    """Flow-GRPO's GenEval reward server's ``score`` on the shapes detector's objects: per include, an
+    exact-count term ``1 - |count - n| / count`` (extra objects cost reward, unclipped, so it can go below
+    0), then colour and position terms, which a wrong count replaces by a single 0; the reward is the
+    mean of the terms, 1 only for a scene with exactly the asked objects, colours and relations. See
+    ``vgpo.worlds.shapes.score.server_terms`` for every rule and how it differs from GenEval's evaluation
+    (minimum counts), which the evaluation tables keep using."""
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
+        return server_score(images, metadata)[1]
+
+
 @register("geneval-shapes")
 def partial_reward() -> Reward:
-    """Fraction of GenEval's constraint checks met (counts are minimums, so extra objects are not
-    penalised); not Flow-GRPO's reward-server ``score``, which requires exact counts."""
+    """Fraction of GenEval's constraints met (counts as minimums, excludes included): a dense reward with
+    the evaluation's semantics."""
     return ShapesReward(strict=False)
 
 
@@ -33,3 +50,9 @@ def partial_reward() -> Reward:
 def strict_reward() -> Reward:
     """1 when every constraint holds, else 0: GenEval's accuracy as a reward."""
     return ShapesReward(strict=True)
+
+
+@register("geneval-shapes-server")
+def server_reward() -> Reward:
+    """Flow-GRPO's GenEval reward-server score: exact counts, per-object partial terms (``ShapesServerReward``)."""
+    return ShapesServerReward()

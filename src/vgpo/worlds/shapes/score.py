@@ -11,9 +11,9 @@ One departure from GenEval's ``evaluate``: a colour constraint holds when any ``
 class have the colour, where GenEval classifies the colour of the first ``count`` objects only (by
 detector confidence; here objects are ordered by size).
 
-Partial is not Flow-GRPO's reward server ``score``: that one requires exact counts and gives graded credit
-(``1 - |count - found| / count`` per include, and per colour), so it penalises extra objects; here counts
-are minimums, as in GenEval's evaluation, so an extra object costs nothing.
+Flow-GRPO trains on another score, its GenEval reward server's (``server_terms``): counts exact, every
+include scored in parts, excludes ignored. It is a training reward here (``geneval-shapes-server``);
+evaluation tables stay GenEval's.
 """
 
 from __future__ import annotations
@@ -83,11 +83,85 @@ def constraints(found: Sequence[Detection], meta: dict) -> list[bool]:
     return results
 
 
+# The reward server keeps at most this many detections per class (its MAX_OBJECTS).
+SERVER_MAX_OBJECTS = 16
+
+
+def server_terms(found: Sequence[Detection], meta: dict) -> tuple[list[float], bool]:
+    """Flow-GRPO's GenEval reward server on the detections of one image (largest first): the per-include
+    terms whose mean is its reward ``score``, and its ``strict_correct`` (every count exact, every colour and
+    relation right).
+
+    Per include of ``count`` objects of a class, with ``n`` the number of objects of that class detected
+    (at most ``SERVER_MAX_OBJECTS``; no minimum-count reading, so extra objects cost reward):
+
+    - count term ``1 - |count - n| / count``, unclipped: one extra circle for "a circle" gives 0, two give -1;
+    - when ``n != count`` and the include has a colour or a position: one 0 term for both (a wrong count
+      zeroes them, without checking them);
+    - else colour term ``k / count``, ``k`` of the ``n`` objects having the colour (``1 - |count - k| / count``);
+    - else, when the colour held (or none was asked), position: 0 when the referenced include did not fully
+      match; else 1 when every object stands in the relation to every object of the referenced include,
+      and when one pair does not, a 0 term *and* a 1 term (the server appends its 1 after the failing
+      pair's 0 too, so a wrong relation weighs like half a term; kept, since this is the reward reproduced).
+
+    Excludes add no term (the exact count term already penalises a counting prompt's extra objects), so
+    objects of a class the prompt does not name cost nothing; a position after a failed colour adds no
+    term either. GenEval's evaluation (``constraints``) differs: counts are minimums, colour and position
+    are checked on the ``count`` largest objects of the class, an exclude is a constraint, and every
+    constraint weighs the same.
+    """
+    terms: list[float] = []
+    groups: list[list[Detection] | None] = []
+    exact = True
+    for req in meta["include"]:
+        count = req["count"]
+        objects = [d for d in found if d.cls == req["class"]][:SERVER_MAX_OBJECTS]
+        terms.append(1.0 - abs(count - len(objects)) / count)
+        matched = len(objects) == count
+        if not matched:
+            if "color" in req or "position" in req:
+                terms.append(0.0)
+        else:
+            if "color" in req:
+                hits = sum(d.color == req["color"] for d in objects)
+                terms.append(1.0 - abs(count - hits) / count)
+                matched = hits == count
+            if "position" in req and matched:
+                rel, target = req["position"]
+                anchors = groups[target]
+                if anchors is None:
+                    terms.append(0.0)
+                    matched = False
+                else:
+                    if not all(rel in relations(a, b) for a in objects for b in anchors):
+                        terms.append(0.0)
+                        matched = False
+                    terms.append(1.0)
+        exact = exact and matched
+        groups.append(objects if matched else None)
+    return terms, exact
+
+
+def server_score(images: torch.Tensor, metadata: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(exact, score), each a (B,) float32 CPU tensor: the reward server's ``strict_correct`` and ``score``
+    (the mean of ``server_terms``: 1 for a scene exactly as asked; it can go below 0, since a class
+    detected more than twice as often as asked has a negative count term)."""
+    _check_batch(images, metadata, "shapes server score")
+    results = [server_terms(found, meta) for found, meta in zip(detect(images), metadata)]
+    exact = torch.tensor([float(ok) for _, ok in results], dtype=torch.float32)
+    value = torch.tensor([sum(terms) / len(terms) for terms, _ in results], dtype=torch.float32)
+    return exact, value
+
+
+def _check_batch(images: torch.Tensor, metadata: Sequence[dict], what: str) -> None:
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] != len(metadata):
+        raise VgpoError(f"{what}: expected images (B, 3, H, W) with one metadata record each, got "
+                        f"{tuple(images.shape)} and {len(metadata)} records")
+
+
 def score(images: torch.Tensor, metadata: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     """(strict, partial), each a (B,) float32 CPU tensor, for images (B, 3, H, W) in [0, 1]."""
-    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] != len(metadata):
-        raise VgpoError(f"shapes score: expected images (B, 3, H, W) with one metadata record each, got "
-                        f"{tuple(images.shape)} and {len(metadata)} records")
+    _check_batch(images, metadata, "shapes score")
     checks = [constraints(found, meta) for found, meta in zip(detect(images), metadata)]
     strict = torch.tensor([float(all(c)) for c in checks], dtype=torch.float32)
     partial = torch.tensor([sum(c) / len(c) for c in checks], dtype=torch.float32)

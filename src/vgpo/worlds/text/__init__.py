@@ -1,7 +1,8 @@
 """The text world: render a short word (3-6 letters, A-Z) on a 32x96 canvas, judged by a real OCR model.
 
 Prompts follow Flow-GRPO's convention (``a sign that says "RIVER"``); the train and test splits are word
-lists in ``data/`` whose test words never appear in training. The reward is ``ocr`` (RapidOCR's PP-OCR
+lists in ``data/`` whose test words never appear in training; for choosing recipes, val words are drawn
+from the train list and ``train_minus_val_words.txt`` is the rest (``make_val_split``). The reward is ``ocr`` (RapidOCR's PP-OCR
 models, installed by the ``ocr`` extra); ``evaluate`` reports ``ocr/accuracy`` and ``ocr/exact``.
 """
 
@@ -36,6 +37,8 @@ WORLD = World(
     format_table=format_table,
     vocabulary=vocabulary,
     headline="ocr/accuracy",
+    val_file=DATA_DIR / "val_words.txt",
+    train_minus_val_file=DATA_DIR / "train_minus_val_words.txt",
 )
 
 __all__ = [

@@ -8,8 +8,10 @@ either a bare word (``RIVER``), which gets template ``i % len(TEMPLATES)`` for t
 
 from __future__ import annotations
 
+import random
 import re
-from collections.abc import Mapping
+import string
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vgpo.errors import VgpoError
@@ -83,3 +85,22 @@ def load_prompts(path: Path | str) -> list[dict]:
     for where, line in read_prompt_lines(path, "one word or prompt per line", comments=True):
         prompts.append(_parse_line(line, len(prompts), where))
     return prompts
+
+
+# Validation words: as many as the test split has, so that a recipe is chosen at the precision it is judged at.
+VAL_WORDS = 222
+
+
+def make_val_split(train_words: Sequence[str], seed: int = 1, size: int = VAL_WORDS) -> tuple[list[str], list[str]]:
+    """Deterministic (train_minus_val, val) word lists, each sorted: ``size`` training words drawn
+    uniformly at random (as the test words were drawn from the whole list: the test split's lengths
+    follow the train split's) among draws that leave every letter A-Z in the remaining training words and
+    give val every word length. A run judged on val trains on ``train_minus_val``, so its val words are
+    unseen words, as the test words are for a run on the whole train list."""
+    words = sorted(set(train_words))
+    rng = random.Random(seed)
+    while True:
+        val = set(rng.sample(words, size))
+        rest = [w for w in words if w not in val]
+        if set("".join(rest)) == set(string.ascii_uppercase) and {len(w) for w in val} == {len(w) for w in words}:
+            return rest, sorted(val)
