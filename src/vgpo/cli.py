@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -102,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except VgpoError as err:
         print(f"vgpo: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        # a write outside vgpo's own writers (which name the file themselves)
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"vgpo: error: {where}no space left on device", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vgpo: interrupted; checkpoints already written are intact", file=sys.stderr)

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vgpo.config import doc, to_dict
+from vgpo.config import check_fields, doc, to_dict
 from vgpo.errors import VgpoError
 from vgpo.models.tiny import TinyConfig, TinyFlowModel
-from vgpo.utils import atomic_torch_save, atomic_write_text, derive_seed
+from vgpo.utils import atomic_torch_save, atomic_write_text, derive_seed, load_torch
 from vgpo.worlds import balanced_choice, get_world
 
 
@@ -47,6 +47,7 @@ class PretrainConfig:
     threads: int = doc(0, "torch CPU threads (0: torch's default)")
 
     def __post_init__(self) -> None:
+        check_fields(self)  # every float finite
         for name in ("steps", "batch_size", "save_every"):
             if getattr(self, name) < 1:
                 raise VgpoError(f"{name}: expected >= 1, got {getattr(self, name)}")
@@ -90,8 +91,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     start, wall_before, invocations = 0, 0.0, 1
     resume_path = out / "resume.pt"
     if resume_path.is_file():
-        state = torch.load(resume_path, weights_only=False)
-        if state["arch"] != to_dict(arch):
+        state = load_torch(resume_path)  # tensors and plain containers only: a crafted file cannot run code
+        if not isinstance(state, dict) or state.get("arch") != to_dict(arch):
             raise VgpoError(f"{resume_path}: written for another architecture/world; use a new --out")
         net.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
