@@ -25,8 +25,7 @@ from vgpo.cli import main
 from vgpo.config import check_fields, doc, from_dict
 from vgpo.errors import VgpoError
 from vgpo.pretrain import PretrainConfig
-from vgpo.train import TrainConfig, train
-from vgpo.train import run_folder, trainer
+from vgpo.train import TrainConfig, run_folder, train, trainer
 
 SMALL = dict(reward="brightness", epochs=3, prompts_per_epoch=2, group_size=4, sample_batch_size=8,
              train_batch_size=4, gradient_accumulation=2, num_steps=4, guidance_scale=2.0, lr=1e-3, clip_range=0.2,
@@ -402,3 +401,22 @@ def test_kill_9_then_resume_gives_the_uninterrupted_run(tmp_path, tiny_checkpoin
     ref_rows = [json.loads(ln) for ln in (reference / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("reward/mean") for r in rows] == [r.get("reward/mean") for r in ref_rows]
     assert not (resumed / ".checkpoint.old").exists() and not (resumed / ".checkpoint.tmp").exists()
+
+
+def test_a_prompt_longer_than_the_context_is_reported_once():
+    import warnings
+
+    from vgpo.models.tokenizer import PromptTokenizer
+
+    tok = PromptTokenizer(["a", "photo", "of", "circle"], max_tokens=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ids, _ = tok(["a photo of circle", "a photo " * 5000, "of " * 100])
+    assert [str(w.message) for w in caught] == [
+        "prompt of 10000 tokens cut to the model's 4: 'a photo a photo a photo a photo a photo a photo a photo a ph'... "
+        "(reported once; later long prompts are cut too)"]
+    assert ids.shape == (3, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tok(["a photo of circle"])  # exactly the context: no warning
+    assert caught == []
