@@ -420,3 +420,12 @@ def test_a_prompt_longer_than_the_context_is_reported_once():
         warnings.simplefilter("always")
         tok(["a photo of circle"])  # exactly the context: no warning
     assert caught == []
+
+
+def test_a_corrupt_metrics_row_before_others_is_named(capsys, tmp_path, tiny_checkpoint):
+    out = tmp_path / "run"
+    train(_cfg(out, tiny_checkpoint, epochs=2))
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_text("\n".join(["{not json", *lines[1:]]) + "\n")
+    err = _cli_error(capsys, _argv(out, tiny_checkpoint, epochs=3) + ["--resume"])
+    assert "metrics.jsonl:1" in err

@@ -90,6 +90,7 @@ def check_resumable(out: Path, cfg: TrainConfig) -> None:
         more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
         raise VgpoError(f"--resume: the config changes what {out} computes: {shown}{more}; "
                         "use the saved config, or a new --out (or --overwrite to start again)")
+    read_metrics(out / METRICS)  # a corrupt row is named before anything is written
     if cfg.epochs < saved["epoch"]:
         raise VgpoError(f"epochs: {cfg.epochs} is fewer than the {saved['epoch']} epochs {where} already holds")
 
@@ -235,18 +236,21 @@ def load_checkpoint_weights(model: FlowModel, run_dir: str | Path, use_ema: bool
 # Metrics
 # --------------------------------------------------------------------------------------------------
 def read_metrics(path: Path) -> list[dict]:
-    """The rows of a metrics file up to the first unreadable one (a write cut short by a full disk or a
-    kill leaves half a row at the end)."""
-    rows = []
+    """The rows of a metrics file. A last line that is not a complete row (a write cut short by a full
+    disk or a kill) is dropped; an unreadable row before others is a one-line error naming the line."""
     if not path.is_file():
-        return rows
-    for line in path.read_text(errors="replace").splitlines():
+        return []
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
         except ValueError:
-            break
+            row = None
         if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
-            break
+            if number == len(lines):
+                break
+            raise VgpoError(f"{path}:{number}: not a metrics row (expected a JSON object with an integer epoch)")
         rows.append(row)
     return rows
 
