@@ -210,8 +210,9 @@ def test_resume_with_a_config_that_changes_the_computation_is_refused(capsys, tm
     assert "algorithm" in err and "lr" in err and "epochs" not in err
     assert (out / "checkpoint" / "state.json").read_bytes() == saved
     assert json.loads((out / "config.json").read_text())["lr"] == 1e-3  # the saved config is not rewritten
-    # epochs, threads and the sampling batch size may change: they do not change what is computed
-    train(_cfg(out, tiny_checkpoint, epochs=2, threads=2, sample_batch_size=3, eval_batch_size=1), resume=True)
+    # epochs, threads and the batch sizes of sampling and evaluation may change: they do not change what is computed
+    run_folder.check_resumable(out, _cfg(out, tiny_checkpoint, epochs=5, threads=4, eval_every=2, save_every=3))
+    train(_cfg(out, tiny_checkpoint, epochs=2, sample_batch_size=3, eval_batch_size=1), resume=True)
     assert _epochs(out) == [1, 2]
 
 
@@ -353,9 +354,13 @@ KILLER = textwrap.dedent("""
 
     moment, epoch, cfg = sys.argv[1], int(sys.argv[2]), from_dict(TrainConfig, json.loads(sys.argv[3]))
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)
-    if moment == "update":  # in the middle of the epoch's update, before its optimizer step
-        real_check = trainer.check_update
-        trainer.check_update = lambda e, *a: die() if e + 1 == epoch else real_check(e, *a)
+    if moment == "update":  # in the middle of the epoch's update, before its optimizer step (one per epoch)
+        import torch
+        real_step, steps = torch.optim.AdamW.step, [0]
+        def step(self, *a, **k):
+            steps[0] += 1
+            return die() if steps[0] == epoch else real_step(self, *a, **k)
+        torch.optim.AdamW.step = step
     elif moment == "save":  # the new checkpoint half written in .checkpoint.tmp (before its optimizer.pt)
         from vgpo.train import run_folder
         real_save, saves = run_folder.atomic_torch_save, [0]
@@ -378,9 +383,17 @@ KILLER = textwrap.dedent("""
 """)
 
 
+KILLED = dict(algorithm="vgpo", eval_base=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_checkpoint, tmp_path_factory):
+    return train(_cfg(tmp_path_factory.mktemp("uninterrupted") / "run", tiny_checkpoint, **KILLED))
+
+
 @pytest.mark.parametrize("moment", ["update", "save", "rename"])
-def test_kill_9_then_resume_gives_the_uninterrupted_run(tmp_path, tiny_checkpoint, moment):
-    cfg = _cfg(tmp_path / "killed", tiny_checkpoint, algorithm="vgpo", eval_base=True)
+def test_kill_9_then_resume_gives_the_uninterrupted_run(tmp_path, tiny_checkpoint, uninterrupted, moment):
+    cfg = _cfg(tmp_path / "killed", tiny_checkpoint, **KILLED)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
                                                          os.environ.get("PYTHONPATH", "")])}
     child = subprocess.run([sys.executable, "-c", KILLER, moment, "2", json.dumps(dataclasses.asdict(cfg))], env=env,
@@ -390,7 +403,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_run(tmp_path, tiny_checkpoin
     if moment == "rename":
         assert not (out / "checkpoint").exists() and (out / ".checkpoint.old").is_dir()
     resumed = train(cfg, resume=True)
-    reference = train(_cfg(tmp_path / "ref", tiny_checkpoint, algorithm="vgpo", eval_base=True))
+    reference = uninterrupted
     got, want = _files(resumed / "checkpoint"), _files(reference / "checkpoint")
     assert got.keys() == want.keys()
     for name in ("trainable.safetensors", "ema.safetensors"):
