@@ -442,3 +442,24 @@ def test_a_corrupt_metrics_row_before_others_is_named(capsys, tmp_path, tiny_che
     (out / "metrics.jsonl").write_text("\n".join(["{not json", *lines[1:]]) + "\n")
     err = _cli_error(capsys, _argv(out, tiny_checkpoint, epochs=3) + ["--resume"])
     assert "metrics.jsonl:1" in err
+
+
+PRETRAIN = ["pretrain", "--batch-size", "2", "--save-every", "1", "--warmup-steps", "1", "--threads", "1",
+            "--channels", "8,8,8"]
+
+
+def test_pretraining_stops_on_a_non_finite_loss_and_a_full_disk(capsys, tmp_path, monkeypatch):
+    from vgpo import pretrain
+
+    out = tmp_path / "pre"
+    assert main([*PRETRAIN, "--steps", "1", "--out", str(out)]) == 0
+    saved = _files(out)
+    real_mse = pretrain.F.mse_loss
+    monkeypatch.setattr(pretrain.F, "mse_loss", lambda *a, **k: real_mse(*a, **k) * math.nan)
+    err = _cli_error(capsys, [*PRETRAIN, "--steps", "2", "--out", str(out)])
+    assert "step 2: non-finite" in err
+    assert _files(out) == {**saved, "log.jsonl": saved["log.jsonl"]}  # the saved model and resume.pt untouched
+    monkeypatch.setattr(pretrain.F, "mse_loss", real_mse)
+    monkeypatch.setattr(utils, "_os_write", lambda fd, data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    err = _cli_error(capsys, [*PRETRAIN, "--steps", "2", "--out", str(out)])
+    assert err.endswith("log.jsonl: no space left on device")

@@ -33,7 +33,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.run:
-        from vgpo.train.trainer import load_trained_model
+        from vgpo.train.run_folder import load_trained_model
 
         model, train_cfg, _ = load_trained_model(args.run)
         default_world, source = train_cfg.world, args.run

@@ -21,9 +21,13 @@ class NonFiniteError(VgpoError):
 def check_update(epoch: int, grad_norm: float, losses: Mapping[str, float]) -> None:
     """Raise before an optimizer step whose gradient norm or accumulated losses are not finite.
     ``epoch`` counts from 0 (reported from 1, as in metrics.jsonl)."""
+    check_step(f"epoch {epoch + 1}", grad_norm, losses)
+
+
+def check_step(where: str, grad_norm: float, losses: Mapping[str, float]) -> None:
     bad = [f"{name} loss {value}" for name, value in losses.items() if not math.isfinite(value)]
     if not math.isfinite(grad_norm):
         bad.insert(0, f"gradient norm {grad_norm}")
     if bad:
-        raise NonFiniteError(f"epoch {epoch + 1}: non-finite {', '.join(bad)}; stopped before the optimizer step "
+        raise NonFiniteError(f"{where}: non-finite {', '.join(bad)}; stopped before the optimizer step "
                              "(the last checkpoint is kept; check the reward, lr and config values)")
