@@ -17,6 +17,7 @@ loaded with ``weights_only=True`` (a crafted pickle cannot run code).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -66,11 +67,15 @@ def prepare(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
     if resume:
         check_resumable(out, cfg)
         return out
+    # Called before the process group exists: the launcher's RANK says which process owns the folder (the
+    # others could see its first writes as an existing run).
+    if os.environ.get("RANK", "0") != "0":
+        return out
     existing = [name for name in RUN_FILES if (out / name).exists()]
     if existing and not overwrite:
         what = "a checkpoint" if has_checkpoint(out) else f"a run ({existing[0]})"
         raise VgpoError(f"{out} already holds {what}: pass --resume to continue it or --overwrite to start again")
-    if existing and dist.is_main():
+    if existing:
         for name in existing:
             path = out / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
