@@ -21,6 +21,7 @@ from pathlib import Path
 
 from vgpo.config import from_dict, load_yaml
 from vgpo.train import TrainConfig, train
+from vgpo.train.run_folder import METRICS, read_metrics
 
 KEYS = ["time/rollout_s", "time/reward_s", "time/advantage_s", "time/update_s", "time/fwd_bwd_s", "time/epoch_s"]
 
@@ -28,8 +29,8 @@ KEYS = ["time/rollout_s", "time/reward_s", "time/advantage_s", "time/update_s", 
 def timed_run(name: str, preset: str, out: Path, epochs: int, **overrides) -> dict:
     data = {**load_yaml(preset), "out": str(out / name), "epochs": epochs, "eval_limit": 1, "eval_every": 0,
             "eval_num_steps": 2, **overrides}
-    run = train(from_dict(TrainConfig, data))
-    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    run = train(from_dict(TrainConfig, data), overwrite=True)  # a re-measurement replaces the last one
+    rows = read_metrics(run / METRICS)
     rows = [r for r in rows if "time/epoch_s" in r][1:]  # drop the warm-up epoch
     summary = {k: statistics.mean(r[k] for r in rows) for k in KEYS}
     summary["fwd_bwd_share"] = summary["time/fwd_bwd_s"] / summary["time/update_s"]

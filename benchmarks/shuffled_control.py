@@ -21,6 +21,7 @@ import torch
 import vgpo.train.trainer as trainer
 from vgpo.config import from_dict
 from vgpo.train import TrainConfig
+from vgpo.train.run_folder import METRICS, read_metrics
 from vgpo.utils import derive_seed
 from vgpo.worlds import get_world
 
@@ -37,7 +38,7 @@ def shuffled_advantages(cfg: TrainConfig, final: torch.Tensor, values: torch.Ten
 
 
 def headline_curve(run: Path, headline: str) -> list[tuple[int, float]]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    rows = read_metrics(run / METRICS)
     return [(r["epoch"], r[f"eval/{headline}"]) for r in rows if f"eval/{headline}" in r]
 
 
@@ -51,7 +52,7 @@ def main() -> None:
         cfg = from_dict(TrainConfig, json.loads((run / "config.json").read_text()), f"{run}/config.json: ")
         cfg.out = str(args.out / "_".join(run.parts[-3:]))
         _epoch["n"] = 0
-        control = Path(trainer.train(cfg))
+        control = Path(trainer.train(cfg, overwrite=True))  # a rerun redoes the control
         headline = get_world(cfg.world).headline
         real, shuffled = headline_curve(run, headline), headline_curve(control, headline)
         print(f"{run}: {headline} {real[0][1]:.3f} -> {real[-1][1]:.3f} ({real[-1][1] - real[0][1]:+.3f}); "

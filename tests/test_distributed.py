@@ -89,6 +89,41 @@ def config(out: Path, ckpt: Path, **kw) -> dict:
     return data
 
 
+def metric_tolerance(key: str, got: dict, want: dict, run_scale: float, rel: float = 1e-5) -> float:
+    """The absolute float noise one epoch's logged ``key`` may carry, from the scale of its terms (not its
+    value, which can be ~0: a relative tolerance alone then compares noise with noise).
+
+    The policy loss is a mean of -A*r over group-normalised advantages A at ratio r = 1 + noise: ~0, with
+    noise |A| x (|r - 1| + float eps). approx_kl is 0.5 log(r)^2 <= ~0.5 |r - 1|^2. Every other metric is
+    a mean of same-signed terms: noise ``rel`` x its largest value over the run (``run_scale``)."""
+    dev = max(got["losses/ratio_dev_first"], want["losses/ratio_dev_first"]) + 1e-6
+    if key == "losses/policy":
+        return want["adv/abs_mean"] * 2 * dev
+    if key == "losses/approx_kl":
+        return dev**2
+    return rel * run_scale
+
+
+def assert_metrics_close(got: dict[int, dict], want: dict[int, dict], keys, epochs, rel: float = 1e-5) -> None:
+    for key in keys:
+        run_scale = max(abs(want[e][key]) for e in epochs)
+        for epoch in epochs:
+            tol = metric_tolerance(key, got[epoch], want[epoch], run_scale, rel)
+            assert got[epoch][key] == pytest.approx(want[epoch][key], rel=rel, abs=tol), (epoch, key, tol)
+
+
+def assert_weights_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], base: dict | None = None,
+                         rel: float = 1e-4) -> None:
+    """Weights (or, with ``base``, the training's change to them) equal up to ``rel`` of the largest
+    change training made: an element that barely moved carries the same absolute noise as one that moved."""
+    assert got.keys() == want.keys()
+    ref = base or {k: torch.zeros_like(v) for k, v in want.items()}
+    scale = max(float((want[k] - ref[k]).abs().max()) for k in want) if base else max(
+        float(v.abs().max()) for v in want.values())
+    for k in want:
+        torch.testing.assert_close(got[k] - ref[k], want[k] - ref[k], rtol=rel, atol=rel * scale)
+
+
 def launch(cmd: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -132,24 +167,19 @@ def assert_same_training(two: Path, one: Path) -> None:
     for epoch in range(1, EPOCHS + 1):
         assert m2[epoch]["charts/optimizer_steps"] == m1[epoch]["charts/optimizer_steps"] == 1
         assert m2[epoch]["losses/ratio_dev_first"] < 1e-5
-        for key in COMPARED:
-            assert m2[epoch][key] == pytest.approx(m1[epoch][key], rel=1e-5, abs=1e-7), (epoch, key)
+    assert_metrics_close(m2, m1, COMPARED, range(1, EPOCHS + 1))
     evaluated = [e for e in m1 if "eval/reward/mean" in m1[e]]  # held-out evaluation: rank 0, EMA weights
     assert EPOCHS in evaluated
     for epoch in evaluated:
         assert m2[epoch]["eval/reward/mean"] == pytest.approx(m1[epoch]["eval/reward/mean"], rel=1e-5)
     assert m1[EPOCHS]["losses/kl"] > 0 and m1[1]["losses/grad_norm"] > 0
-    base = TinyFlowModel.load(json.loads((one / "config.json").read_text())["checkpoint"]).trainable_state_dict()
-    for name in ("trainable.safetensors", "ema.safetensors"):
-        w2, w1 = weights(two, name), weights(one, name)
-        assert w2.keys() == w1.keys()
-        if name == "trainable.safetensors":
-            assert any(not torch.equal(w1[k], base[k]) for k in w1)
-            for k in w1:
-                torch.testing.assert_close(w2[k] - base[k], w1[k] - base[k], rtol=1e-4, atol=1e-6)
-        else:
-            for k in w1:
-                torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+    base_model = TinyFlowModel.load(json.loads((one / "config.json").read_text())["checkpoint"])
+    base = base_model.trainable_state_dict()
+    w2, w1 = weights(two), weights(one)
+    assert any(not torch.equal(w1[k], base[k]) for k in w1)
+    assert_weights_close(w2, w1, base)
+    ema_base = {f"ema.{i}": p.detach() for i, p in enumerate(base_model.trainable_parameters())}
+    assert_weights_close(weights(two, "ema.safetensors"), weights(one, "ema.safetensors"), ema_base)
 
 
 def test_two_processes_train_like_one(torchrun, single):
@@ -224,11 +254,12 @@ def test_fsdp_two_processes_train_like_one_and_resume(tiny_checkpoint, tmp_path,
     _torchrun(tmp_path, config(half, tiny_checkpoint, fsdp=True, epochs=1))
     _torchrun(tmp_path, config(half, tiny_checkpoint, fsdp=True), resume=True)
     assert_same_training(half, single)
-    saved = torch.load(half / "checkpoint" / "optimizer.pt", weights_only=False)["state"]
-    reference = torch.load(single / "checkpoint" / "optimizer.pt", weights_only=False)["state"]
+    saved = torch.load(half / "checkpoint" / "optimizer.pt", weights_only=True)["state"]
+    reference = torch.load(single / "checkpoint" / "optimizer.pt", weights_only=True)["state"]
     assert saved.keys() == reference.keys()
+    scale = max(float(st["exp_avg_sq"].max()) for st in reference.values())  # squared gradients: >= 0
     for i in reference:  # Adam's moments come back whole
-        torch.testing.assert_close(saved[i]["exp_avg_sq"], reference[i]["exp_avg_sq"], rtol=1e-3, atol=1e-12)
+        torch.testing.assert_close(saved[i]["exp_avg_sq"], reference[i]["exp_avg_sq"], rtol=1e-3, atol=1e-3 * scale)
 
 
 def test_fsdp_with_a_lora_adapter_trains_like_one_process(tiny_checkpoint, tmp_path):
@@ -243,14 +274,12 @@ def test_fsdp_with_a_lora_adapter_trains_like_one_process(tiny_checkpoint, tmp_p
     launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
             "-m", "vgpo", "train", "--config", str(cfg)], tmp_path)
     m1, m2 = metrics(one), metrics(two)
-    for epoch in range(1, EPOCHS + 1):
-        for key in ("reward/mean", "adv/abs_mean", "losses/policy", "losses/kl", "losses/grad_norm"):
-            assert m2[epoch][key] == pytest.approx(m1[epoch][key], rel=1e-5, abs=1e-7), (epoch, key)
+    assert_metrics_close(m2, m1, ("reward/mean", "adv/abs_mean", "losses/policy", "losses/kl", "losses/grad_norm"),
+                         range(1, EPOCHS + 1))
     assert m2[1]["perf/trainable_params_local"] == m1[1]["perf/trainable_params_local"] // 2
     w1, w2 = weights(one), weights(two)
     assert w1.keys() == w2.keys() and all(".lora_" in k for k in w1)
-    for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+    assert_weights_close(w2, w1)
 
 
 # Rank 1 scores every image 0.5: its group has zero reward spread, GRPO drops it, and rank 1 has no sample to
@@ -285,9 +314,6 @@ def test_fsdp_pads_a_process_with_fewer_kept_samples(tiny_checkpoint, tmp_path):
         outs[fsdp] = out
     plain, sharded = metrics(outs[False]), metrics(outs[True])
     assert plain[1]["adv/kept_frac"] == 0.5 and plain[1]["charts/optimizer_steps"] == 1
-    for epoch in range(1, EPOCHS + 1):
-        for key in ("adv/kept_frac", "losses/policy", "losses/kl", "losses/grad_norm"):
-            assert sharded[epoch][key] == pytest.approx(plain[epoch][key], rel=1e-5, abs=1e-7), (epoch, key)
-    w1, w2 = weights(outs[False]), weights(outs[True])
-    for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+    assert_metrics_close(sharded, plain, ("adv/kept_frac", "losses/policy", "losses/kl", "losses/grad_norm"),
+                         range(1, EPOCHS + 1))
+    assert_weights_close(weights(outs[True]), weights(outs[False]))

@@ -137,7 +137,7 @@ def test_client_error_and_bad_json_fail_at_once():
             r(images_with_red([1.0]), ["x"], META)
     with FakeGenEval(body=b'{"scores": [1.0, 2.0]}') as server:
         r = rewards.build("geneval-remote", url=server.url, timeout=5)
-        with pytest.raises(VgpoError, match="list of 1 numbers"):
+        with pytest.raises(VgpoError, match="list of 1 finite numbers"):
             r(images_with_red([1.0]), ["x"], META)
 
 
@@ -164,3 +164,106 @@ def test_bad_options_and_inputs():
         r(images_with_red([1.0, 1.0]), ["x", "y"], META)
     with pytest.raises(VgpoError, match="JSON"):
         r(images_with_red([1.0]), ["x"], [{"bad": object()}])
+
+
+class ScriptedServer:
+    """A server on 127.0.0.1 whose n-th POST is answered by ``script[n]`` (the last one repeats):
+    ("ok", scores) | ("cut", declared_bytes) a body cut short | ("trickle", seconds_per_byte)."""
+
+    def __init__(self, script):
+        self.script, self.calls, self.stop = script, 0, threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                kind, arg = server.script[min(server.calls, len(server.script) - 1)]
+                server.calls += 1
+                body = json.dumps({"scores": arg if kind == "ok" else [1.0]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(arg if kind == "cut" else len(body)))
+                self.end_headers()
+                if kind == "ok":
+                    self.wfile.write(body)
+                elif kind == "cut":  # then the connection closes
+                    self.wfile.write(body[:5])
+                else:
+                    for byte in body:  # bounded: the body's length, or until the test ends
+                        if server.stop.wait(arg):
+                            return
+                        try:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                        except OSError:
+                            return
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+def test_timeout_bounds_the_whole_call_not_each_read():
+    """A server that trickles a byte every 0.3 s (each read is fast) is cut off at the 1 s deadline."""
+    with ScriptedServer([("trickle", 0.3)]) as server:
+        r = rewards.build("geneval-remote", url=server.url, retries=1, backoff=0.01, timeout=1)
+        start = time.monotonic()
+        with pytest.raises(VgpoError, match="timed out after 1 s") as err:
+            r(images_with_red([1.0]), ["x"], META)
+        elapsed = time.monotonic() - start
+    assert server.calls == 2 and elapsed < 4, elapsed  # 2 attempts of ~1 s
+    assert "2 attempt" in str(err.value)
+
+
+def test_a_response_cut_short_is_retried():
+    with ScriptedServer([("cut", 200), ("ok", [0.5])]) as server:
+        r = rewards.build("geneval-remote", url=server.url, retries=1, backoff=0.01, timeout=5)
+        assert r(images_with_red([1.0]), ["x"], META).tolist() == [0.5]
+    assert server.calls == 2
+    with ScriptedServer([("cut", 200)]) as server:
+        r = rewards.build("geneval-remote", url=server.url, retries=1, backoff=0.01, timeout=5)
+        with pytest.raises(VgpoError, match="IncompleteRead"):
+            r(images_with_red([1.0]), ["x"], META)
+
+
+@pytest.mark.parametrize("body, match", [
+    (b'{"scores": [NaN]}', "non-finite number"),
+    (b'{"scores": [Infinity]}', "non-finite number"),
+    (b'{"scores": [-Infinity]}', "non-finite number"),
+    (b'{"scores": [1e308]}', "finite numbers"),
+    (b'{"scores": ["0.5"]}', "finite numbers"),
+    (b'{"scores": [true]}', "finite numbers"),
+    (b'{"scores": [0.5], "group_rewards": [1, 2]}', "group_rewards"),
+    (b'{"scores": [0.5], "group_rewards": {"counting": 1.0}}', "group_rewards"),
+    (b'{"scores": [0.5], "group_strict_rewards": {"counting": [NaN]}}', "non-finite"),
+    (b'{"scores": [0.5], "group_rewards": {"counting": ["x"]}}', "group_rewards"),
+])
+def test_every_score_must_be_a_finite_number(body, match):
+    with FakeGenEval(body=body) as server:
+        r = rewards.build("geneval-remote", url=server.url, retries=3, backoff=0.01, timeout=5)
+        with pytest.raises(VgpoError, match=match) as err:
+            r(images_with_red([1.0]), ["x"], META)
+    assert server.calls == 1 and "\n" not in str(err.value)  # not retried: the server would say it again
+
+
+def test_response_size_is_capped():
+    body = json.dumps({"scores": [0.5], "padding": "x" * 5000}).encode()
+    with FakeGenEval(body=body) as server:
+        r = rewards.build("geneval-remote", url=server.url, timeout=5, max_response_bytes=1000)
+        with pytest.raises(VgpoError, match="max_response_bytes=1000"):
+            r(images_with_red([1.0]), ["x"], META)
+        r = rewards.build("geneval-remote", url=server.url, timeout=5, max_response_bytes=10000)
+        assert r(images_with_red([1.0]), ["x"], META).tolist() == [0.5]

@@ -182,7 +182,7 @@ def test_fsdp_over_two_processes_trains_like_one(kind, tmp_path, prompt_file):
 
     import yaml
 
-    from test_distributed import free_port
+    from test_distributed import assert_metrics_close, assert_weights_close, free_port
 
     ckpt = tmp_path / "pipeline"
     PIPELINES[kind]().save_pretrained(ckpt)
@@ -195,12 +195,8 @@ def test_fsdp_over_two_processes_trains_like_one(kind, tmp_path, prompt_file):
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m1, m2 = metrics(one), metrics(tmp_path / "two")
+    # lr = 1 moves the policy far, so float-order noise in the sharded forward shows in the losses
+    assert_metrics_close(m2, m1, ("reward/mean", "losses/policy", "losses/kl", "losses/grad_norm"), (1, 2), rel=1e-3)
     for epoch in (1, 2):
-        for key in ("reward/mean", "losses/policy", "losses/kl", "losses/grad_norm"):
-            # lr = 1 moves the policy far, so float-order noise in the sharded forward shows in the losses
-            assert m2[epoch][key] == pytest.approx(m1[epoch][key], rel=1e-3, abs=1e-7), (epoch, key)
         assert m2[epoch]["perf/trainable_params_local"] == m1[epoch]["perf/trainable_params_local"] // 2
-    w1, w2 = weights(one / "checkpoint"), weights(tmp_path / "two" / "checkpoint")
-    assert w1.keys() == w2.keys()
-    for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+    assert_weights_close(weights(tmp_path / "two" / "checkpoint"), weights(one / "checkpoint"))

@@ -28,13 +28,15 @@ def test_lora_starts_as_the_base_and_only_the_adapter_trains(tiny_checkpoint):
     params = model.trainable_parameters()
     assert params and all(".lora_" in n for n, p in model.net.named_parameters() if p.requires_grad)
     assert sum(p.numel() for p in params) < 0.5 * sum(p.numel() for p in base.trainable_parameters())
-    torch.testing.assert_close(_velocity(model), _velocity(base), rtol=0, atol=1e-6)
+    v_base = _velocity(base).detach()
+    tol = 1e-5 * float(v_base.abs().max())  # float noise scales with the velocity, whatever the kernels
+    torch.testing.assert_close(_velocity(model), v_base, rtol=0, atol=tol)
     with torch.no_grad():
         for p in params:
             p.add_(0.05 * torch.randn_like(p))
-    assert (_velocity(model) - _velocity(base)).abs().max() > 1e-4
+    assert (_velocity(model) - v_base).abs().max() > 100 * tol
     with model.reference():  # the adapter-disabled network is the base policy
-        torch.testing.assert_close(_velocity(model), _velocity(base), rtol=0, atol=1e-6)
+        torch.testing.assert_close(_velocity(model), v_base, rtol=0, atol=tol)
     assert all(p.requires_grad for p in params)  # re-enabled after the reference
 
 

@@ -56,8 +56,9 @@ def test_batch_8_x_accumulation_1_equals_batch_2_x_accumulation_4(tmp_path, tiny
     wa, wb = _weights(a), _weights(b)
     base = TinyFlowModel.load(tiny_checkpoint).trainable_state_dict()
     assert any(not torch.equal(wa[k], base[k]) for k in wa)
+    scale = max(float((wa[k] - base[k]).abs().max()) for k in wa)  # noise follows the largest change, not each
     for k in wa:
-        torch.testing.assert_close(wa[k] - base[k], wb[k] - base[k], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(wa[k] - base[k], wb[k] - base[k], rtol=1e-4, atol=1e-4 * scale)
 
 
 def test_sample_batch_size_does_not_change_samples(tmp_path, tiny_checkpoint):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import sys
 import time
@@ -33,7 +34,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.run:
-        from vgpo.train.trainer import load_trained_model
+        from vgpo.train.run_folder import load_trained_model
 
         model, train_cfg, _ = load_trained_model(args.run)
         default_world, source = train_cfg.world, args.run
@@ -110,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except VgpoError as err:
         print(f"vgpo: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        # a write outside vgpo's own writers (which name the file themselves)
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"vgpo: error: {where}no space left on device", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vgpo: interrupted; checkpoints already written are intact", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -86,6 +87,52 @@ def _coerce(name: str, annotation: Any, value: Any, where: str) -> Any:
     return value
 
 
+def check_fields(cfg: Any) -> None:
+    """Checks every config dataclass runs first in ``__post_init__`` (new fields are covered without a line
+    of their own): every float, also inside lists and mappings, is finite (NaN compares false with every
+    bound, so range checks alone let it through); a ``device`` field names a torch device."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        bad = _non_finite(value)
+        if bad is not None:
+            raise VgpoError(f"{f.name}: expected a finite number, got {bad}")
+        if f.name == "device" and isinstance(value, str):
+            check_device(value)
+
+
+def _non_finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for item in items:
+        bad = _non_finite(item)
+        if bad is not None:
+            return bad
+    return None
+
+
+def check_device(name: str) -> None:
+    """A one-line error for a device torch does not know (``tpu``, ``gpu``, ``cuda:x``)."""
+    import torch
+
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        raise VgpoError(f"device: expected a torch device such as cpu, cuda, cuda:1 or mps, got {name!r}") from None
+
+
+def check_device_available(name: str) -> None:
+    """A one-line error for a device this machine lacks (checked when a run starts, not when a config is
+    built: a config may be written on one machine for another)."""
+    import torch
+
+    kind = torch.device(name).type
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise VgpoError(f"device: {name!r} requested but CUDA is not available on this machine")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise VgpoError(f"device: {name!r} requested but MPS is not available on this machine")
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build ``cls`` from a mapping, rejecting unknown keys and wrong types (``where`` prefixes errors,
     e.g. the YAML file's name)."""
@@ -103,7 +150,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise VgpoError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise VgpoError(f"{path}: not a text file (byte {err.start} is not UTF-8); expected a YAML config") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vgpo.config import doc, to_dict
+from vgpo.config import check_fields, doc, to_dict
 from vgpo.errors import VgpoError
 from vgpo.models.tiny import TinyConfig, TinyFlowModel
-from vgpo.utils import atomic_torch_save, atomic_write_text, derive_seed
+from vgpo.train.guards import check_step
+from vgpo.utils import append_line, atomic_torch_save, atomic_write_text, derive_seed, load_torch
 from vgpo.worlds import balanced_choice, get_world
 
 
@@ -47,6 +48,7 @@ class PretrainConfig:
     threads: int = doc(0, "torch CPU threads (0: torch's default)")
 
     def __post_init__(self) -> None:
+        check_fields(self)  # every float finite
         for name in ("steps", "batch_size", "save_every"):
             if getattr(self, name) < 1:
                 raise VgpoError(f"{name}: expected >= 1, got {getattr(self, name)}")
@@ -90,8 +92,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     start, wall_before, invocations = 0, 0.0, 1
     resume_path = out / "resume.pt"
     if resume_path.is_file():
-        state = torch.load(resume_path, weights_only=False)
-        if state["arch"] != to_dict(arch):
+        state = load_torch(resume_path)  # tensors and plain containers only: a crafted file cannot run code
+        if not isinstance(state, dict) or state.get("arch") != to_dict(arch):
             raise VgpoError(f"{resume_path}: written for another architecture/world; use a new --out")
         net.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
@@ -102,7 +104,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         wall_before, invocations = state.get("wall_s", 0.0), state.get("invocations", 1) + 1
         print(f"resuming {out} from step {start}")
     _truncate_log(out / "log.jsonl", start)
-    log = (out / "log.jsonl").open("a")
+    log_path = out / "log.jsonl"
     started = time.time()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", dynamic_ncols=True)
     for step in bar:
@@ -116,6 +118,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        check_step(f"step {step + 1}", float(grad_norm), {"flow": loss.item()})  # no NaN reaches the weights
         opt.step()
         sched.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
@@ -123,17 +126,15 @@ def pretrain(cfg: PretrainConfig) -> Path:
             for pe, p in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(p, 1 - decay)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        log.write(json.dumps({"step": step + 1, "loss": loss.item(), "grad_norm": float(grad_norm),
-                              "lr": sched.get_last_lr()[0]}) + "\n")
+        append_line(log_path, json.dumps({"step": step + 1, "loss": loss.item(), "grad_norm": float(grad_norm),
+                                          "lr": sched.get_last_lr()[0]}))
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            log.flush()
             wall_s = round(wall_before + time.time() - started, 1)
             saved = TinyFlowModel(arch, net=ema)
             saved.save(out, extra={"pretrain": {**to_dict(cfg), "completed_steps": step + 1, "wall_s": wall_s}})
             atomic_torch_save({"arch": to_dict(arch), "net": net.state_dict(), "ema": ema.state_dict(),
                                "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step + 1,
                                "wall_s": wall_s, "invocations": invocations}, resume_path)
-    log.close()
     atomic_write_text(json.dumps({"wall_s": round(wall_before + time.time() - started, 1), "steps": cfg.steps,
                                   "invocations": invocations}) + "\n", out / "pretrain_time.json")
     return out

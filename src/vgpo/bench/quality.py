@@ -215,14 +215,10 @@ def model_quality(model: FlowModel, cfg: TrainConfig, metas: Sequence[dict], per
 def load_trained(cfg: TrainConfig, run_dir: str | Path, use_ema: bool = True) -> FlowModel:
     """The base model with a finished run's trained weights; the EMA weights (what evaluation uses)
     when the run kept them."""
-    ckpt = Path(run_dir) / "checkpoint"
+    from vgpo.train.run_folder import load_checkpoint_weights
+
     model = load_model(cfg.model, cfg.checkpoint, cfg.model_options, cfg.device)
-    model.load_trainable_state_dict(load_file(str(ckpt / "trainable.safetensors"), device=str(model.device)))
-    if use_ema and (ckpt / "ema.safetensors").is_file():
-        ema = load_file(str(ckpt / "ema.safetensors"))
-        with torch.no_grad():
-            for i, p in enumerate(model.trainable_parameters()):
-                p.copy_(ema[f"ema.{i}"])
+    load_checkpoint_weights(model, run_dir, use_ema)
     return model
 
 

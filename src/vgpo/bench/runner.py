@@ -31,6 +31,7 @@ from vgpo.errors import VgpoError
 from vgpo.rewards import build as build_reward
 from vgpo.train import TrainConfig, train
 from vgpo.train.advantages import scored_steps
+from vgpo.train.run_folder import has_checkpoint
 from vgpo.utils import atomic_write_text
 from vgpo.worlds import get_world
 
@@ -250,7 +251,7 @@ def execute_run(run: RunPlan, log: Callable[[str], None]) -> str:
     if marker.is_file():
         _stale(run, json.loads(marker.read_text())["config"])
         return "skipped"
-    resume = any((run.dir / d / "state.json").is_file() for d in ("checkpoint", ".checkpoint.old"))
+    resume = has_checkpoint(run.dir)
     if resume:
         if (run.dir / "config.json").is_file():
             _stale(run, json.loads((run.dir / "config.json").read_text()))
@@ -293,7 +294,7 @@ def describe(plan: Plan, selected: Sequence[RunPlan], jobs: int = 1) -> list[str
         n = task.eval_prompts or len(get_world(task.world).load_prompts(get_world(task.world).test_file))
         est = estimate_run_seconds(run, n, task.quality_images_per_prompt if task.encoder else 0)
         state = "done" if (run.dir / MARKER).is_file() else (
-            "checkpoint" if (run.dir / "checkpoint" / "state.json").is_file() else "todo")
+            "checkpoint" if has_checkpoint(run.dir) else "todo")
         total += 0.0 if state == "done" else est
         lines.append(f"{run.id:<40} {state:<10} ~{est / 60:5.1f} min")
     # The per-run figures assume one thread beside another busy job: --jobs 2 on 2 cores.

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from vgpo.train.run_folder import EVAL, METRICS
 from vgpo.worlds import get_world
 
 from . import quality as Q
@@ -87,7 +88,7 @@ def _num(v: Any) -> float | None:
 def read_evals(run_dir: Path, max_epoch: int) -> dict:
     """{"epochs": [...], "metrics": {key: [...]}} from eval/epoch_XXXX.json (sample counts "*/n" left out)."""
     files = []
-    for path in sorted((run_dir / "eval").glob("epoch_*.json")):
+    for path in sorted((run_dir / EVAL).glob("epoch_*.json")):
         m = re.fullmatch(r"epoch_(\d+)", path.stem)
         if m and int(m.group(1)) <= max_epoch:
             files.append((int(m.group(1)), json.loads(path.read_text())))
@@ -117,7 +118,7 @@ def run_record(run: RunPlan, out: Path, headline: str, base_quality: dict | None
     marker = run.dir / MARKER
     done = json.loads(marker.read_text()) if marker.is_file() else None
     error = (run.dir / ERROR_FILE).read_text().strip().splitlines()[-1:] if (run.dir / ERROR_FILE).is_file() else []
-    rows = _read_jsonl(run.dir / "metrics.jsonl")
+    rows = _read_jsonl(run.dir / METRICS)
     status = "done" if done else ("failed" if error else ("incomplete" if rows else "missing"))
     curves = read_curves(rows)
     evals = read_evals(run.dir, run.config.epochs)

@@ -21,7 +21,6 @@ from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
 from vgpo.errors import VgpoError
@@ -29,7 +28,7 @@ from vgpo.models.lora import LoraOptions, adapters_disabled, add_lora, load_lora
 from vgpo.models.protocol import Condition
 from vgpo.models.tokenizer import PromptTokenizer
 from vgpo.sampling.schedule import flow_schedule
-from vgpo.utils import atomic_save_safetensors, atomic_write_text
+from vgpo.utils import atomic_save_safetensors, atomic_write_text, load_safetensors
 
 
 @dataclass
@@ -299,7 +298,7 @@ class TinyFlowModel:
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise VgpoError(f"{cfg_path}: not a tiny-model config ({err})") from None
         model = cls(cfg, device=device)
-        model.load_trainable_state_dict(load_file(str(weights), device=str(model.device)))
+        model.load_trainable_state_dict(load_safetensors(weights, device=str(model.device)))
         model.net.text.requires_grad_(False)  # RL keeps the text encoder frozen (pretraining builds its own)
         model.snapshot_reference()
         return model

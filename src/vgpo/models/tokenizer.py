@@ -8,6 +8,7 @@ never seen in training can still be conditioned on.
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Sequence
 
 import torch
@@ -33,6 +34,7 @@ class PromptTokenizer:
         self.tokens = [PAD, UNK, QUOTE] + words + [_char_token(c) for c in chars]
         self.index = {t: i for i, t in enumerate(self.tokens)}
         self.max_tokens = max_tokens
+        self.warned_long = False  # a prompt cut to max_tokens is reported once per tokenizer
 
     @property
     def vocab_size(self) -> int:
@@ -52,6 +54,12 @@ class PromptTokenizer:
         (the CFG null condition) is all padding."""
         ids = torch.zeros(len(prompts), self.max_tokens, dtype=torch.long)
         for row, prompt in enumerate(prompts):
-            toks = [self.index.get(t, self.index[UNK]) for t in self.split(prompt)][: self.max_tokens]
+            toks = [self.index.get(t, self.index[UNK]) for t in self.split(prompt)]
+            if len(toks) > self.max_tokens and not self.warned_long:
+                self.warned_long = True
+                warnings.warn(f"prompt of {len(toks)} tokens cut to the model's {self.max_tokens}: {prompt[:60]!r}"
+                              f"{'...' if len(prompt) > 60 else ''} (reported once; later long prompts are cut too)",
+                              stacklevel=2)
+            toks = toks[: self.max_tokens]
             ids[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
         return ids, ids != 0

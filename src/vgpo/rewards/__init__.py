@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import re
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -60,22 +61,74 @@ def _factory(name: str) -> Callable[..., Reward]:
     return _FACTORIES[name]
 
 
+class RewardValueError(VgpoError):
+    """A reward returned something other than one finite number per image."""
+
+
+def check_rewards(values: Any, count: int, name: str, where: str = "") -> torch.Tensor:
+    """``values`` as a (count,) float32 CPU tensor; a wrong type or shape, or any NaN/inf, is a one-line
+    error naming the reward, ``where`` (e.g. the epoch) and how many samples are bad."""
+    prefix = f"reward {name}{', ' + where if where else ''}"
+    if not isinstance(values, torch.Tensor):
+        raise RewardValueError(f"{prefix}: returned {type(values).__name__}, expected a tensor of {count} values")
+    if tuple(values.shape) != (count,):
+        raise RewardValueError(f"{prefix}: returned shape {tuple(values.shape)}, expected ({count},): one value per image")
+    values = values.detach().float().cpu()
+    bad = int((~torch.isfinite(values)).sum())
+    if bad:
+        raise RewardValueError(f"{prefix}: {bad} of {count} samples are not finite (NaN or inf)")
+    return values
+
+
 class WeightedReward:
-    """Sum of weighted rewards; ``last_components`` keeps each one's raw values for logging."""
+    """Sum of weighted rewards; ``last_components`` keeps each one's raw values for logging. Every term is
+    checked (one finite value per image) before it is added."""
 
     def __init__(self, rewards: Mapping[str, Reward], weights: Mapping[str, float]):
         self.rewards = dict(rewards)
         self.weights = dict(weights)
         self.last_components: dict[str, torch.Tensor] = {}
+        self.where = ""  # named in errors (the trainer sets the epoch)
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
         total = torch.zeros(images.shape[0], dtype=torch.float32)
         self.last_components = {}
         for name, reward in self.rewards.items():
-            value = reward(images, prompts, metadata).float().cpu()
+            value = check_rewards(reward(images, prompts, metadata), images.shape[0], name, self.where)
             self.last_components[name] = value
             total = total + self.weights[name] * value
-        return total
+        return check_rewards(total, images.shape[0], "sum", self.where)
+
+
+class CheckedReward:
+    """A reward whose every output is checked (one finite value per image); errors name the reward and
+    the epoch (``epoch``, set by the trainer; 0: the evaluation before training)."""
+
+    def __init__(self, reward: Reward, name: str):
+        self.reward = reward
+        self.name = name
+        self.epoch: int | None = 0
+
+    @property
+    def where(self) -> str:
+        if self.epoch is None:
+            return ""
+        return "before training" if self.epoch == 0 else f"epoch {self.epoch}"
+
+    @property
+    def last_components(self) -> dict[str, torch.Tensor]:
+        return getattr(self.reward, "last_components", {})
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
+        if isinstance(self.reward, WeightedReward):
+            self.reward.where = self.where
+        return check_rewards(self.reward(images, prompts, metadata), images.shape[0], self.name, self.where)
+
+
+def checked(reward: Reward, spec: Any) -> CheckedReward:
+    """``reward`` (built from ``spec``) with its outputs checked."""
+    name = spec if isinstance(spec, str) else "+".join(map(str, spec))
+    return CheckedReward(reward, name)
 
 
 def _option_names(factory: Callable[..., Reward]) -> list[str]:
@@ -125,8 +178,8 @@ def build(spec: str | Mapping[str, Any], **kwargs: Any) -> Reward:
     for name, value in spec.items():
         options = dict(value) if isinstance(value, Mapping) else {"weight": value}
         weight = options.pop("weight", 1.0)
-        if not isinstance(weight, (int, float)):
-            raise VgpoError(f"reward.{name}.weight: expected a number, got {weight!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise VgpoError(f"reward.{name}.weight: expected a finite number, got {weight!r}")
         rewards[name] = _construct(name, options, kwargs)
         weights[name] = float(weight)
     return WeightedReward(rewards, weights)

@@ -18,7 +18,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from vgpo.train import TrainConfig, train
 
     cfg = config_from_args(TrainConfig, args)
-    out = train(cfg, resume=args.resume)
+    out = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"metrics: {out}/metrics.jsonl  checkpoint: {out}/checkpoint  curve: {out}/reward.png")
 
 
@@ -32,7 +32,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     data["out"] = args.out
     cfg = from_dict(TrainConfig, data, f"{DEMO_PRESET}: ")
     started = time.time()
-    out = train(cfg, resume=args.resume)
+    out = train(cfg, resume=args.resume, overwrite=args.overwrite)
     wall = time.time() - started
     world = get_world(cfg.world)
     report = out / "report"
@@ -63,10 +63,15 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("train", help="RL fine-tuning (Flow-GRPO, VGPO and ablations)")
     add_config_args(p, TrainConfig)
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>/checkpoint (the config may change only epochs, threads, out, "
+                        "sample/eval batch sizes, eval_every, save_every and eval_base)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an <out> that holds a run: its checkpoint, metrics and evaluations are deleted")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("demo", help=f"VGPO on Shapes from the shipped base ({DEMO_PRESET}), with a report")
     p.add_argument("--out", default="runs/demo", help="output folder (report in <out>/report)")
     p.add_argument("--resume", action="store_true", help="continue a killed demo")
+    p.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a demo run")
     p.set_defaults(func=_cmd_demo)

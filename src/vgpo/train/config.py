@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
-from vgpo.config import doc
+from vgpo.config import check_fields, doc
 from vgpo.errors import VgpoError
 from vgpo.evaluate import EvalConfig
 
@@ -76,6 +76,7 @@ class TrainConfig:
     save_every: int = doc(10, "epochs between checkpoints (the last epoch is always saved)")
 
     def __post_init__(self) -> None:
+        check_fields(self)  # every float finite, the device known
         positive = ("epochs", "num_steps", "prompts_per_epoch", "sample_batch_size", "train_batch_size",
                     "gradient_accumulation", "inner_epochs", "eval_num_steps", "eval_images_per_prompt",
                     "eval_batch_size", "save_every", "tcrm_every")

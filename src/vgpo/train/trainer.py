@@ -10,18 +10,15 @@ results do not depend on batch sizes or the number of processes.
 
 from __future__ import annotations
 
-import json
 import math
 import resource
-import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from vgpo import distributed as dist
@@ -29,14 +26,18 @@ from vgpo.errors import VgpoError
 from vgpo.evaluate import evaluate_world
 from vgpo.images import save_grid
 from vgpo.models import FlowModel, load_model
-from vgpo.rewards import Reward, WeightedReward, build as build_reward
+from vgpo.rewards import Reward, build as build_reward, checked as checked_reward
 from vgpo.sampling import Trajectory, guided_velocity, rollout, sde_step
 from vgpo.sampling.step import batch_randn
 from vgpo.train.advantages import (group_mean_std, grpo_advantages, interpolate_steps, reward_to_go,
                                    scored_steps, vgpo_advantages, zero_std_groups)
 from vgpo.train.config import TrainConfig
+from vgpo.train.guards import check_update
 from vgpo.train.losses import gaussian_kl, ppo_clip_loss
-from vgpo.utils import atomic_save_safetensors, atomic_torch_save, atomic_write_text, derive_seed
+from vgpo.train.run_folder import (MetricsLog, TrainingState, gather_training_state, load_ema,  # noqa: F401 (re-exported)
+                                   load_optimizer, load_trained_model, load_weights, plot_rewards, plot_run, prepare,
+                                   save_checkpoint, save_eval, write_config)
+from vgpo.utils import derive_seed
 from vgpo.worlds import World, balanced_choice, get_world
 
 
@@ -124,7 +125,7 @@ def score_epoch(cfg: TrainConfig, model: FlowModel, reward_fn: Reward, batch: Ep
 
 
 def _components(reward_fn: Reward) -> dict[str, torch.Tensor]:
-    return dict(reward_fn.last_components) if isinstance(reward_fn, WeightedReward) else {}
+    return dict(getattr(reward_fn, "last_components", {}))  # a weighted reward's terms
 
 
 def compute_advantages(cfg: TrainConfig, final: torch.Tensor, values: torch.Tensor,
@@ -216,6 +217,7 @@ def update(cfg: TrainConfig, model: FlowModel, params: list[torch.nn.Parameter],
                     n_terms += len(mb)
             dist.sum_gradients_(params)
             stats.grad_norm = float(dist.full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
+            check_update(epoch, stats.grad_norm, sums)  # a non-finite step must never reach the weights
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             stats.optimizer_steps += 1
@@ -250,155 +252,6 @@ def ema_weights(params: list[torch.nn.Parameter], ema: list[torch.Tensor] | None
 
 
 # --------------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class TrainingState:
-    """What a checkpoint holds besides its config, as whole (unsharded) tensors."""
-
-    trainable: dict[str, torch.Tensor]
-    ema: dict[str, torch.Tensor] | None
-    optimizer: dict
-
-
-def gather_training_state(model: FlowModel, optimizer: torch.optim.Optimizer,
-                          ema: list[torch.Tensor] | None) -> TrainingState:
-    """The checkpoint's tensors, whole. Under FSDP this gathers shards: every process must call it."""
-    trainable = {k: dist.full_tensor(v).detach().cpu() for k, v in model.trainable_state_dict().items()}
-    ema_state = None if ema is None else {f"ema.{i}": dist.full_tensor(e).cpu() for i, e in enumerate(ema)}
-    opt = optimizer.state_dict()
-    opt["state"] = {i: {k: dist.full_tensor(v) if torch.is_tensor(v) else v for k, v in st.items()}
-                    for i, st in opt["state"].items()}
-    return TrainingState(trainable, ema_state, opt)
-
-
-def save_checkpoint(out: Path, state: TrainingState, epoch: int, cfg: TrainConfig) -> None:
-    """Write out/checkpoint atomically: a complete temp folder is renamed over the old one."""
-    final, tmp, old = out / "checkpoint", out / ".checkpoint.tmp", out / ".checkpoint.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    atomic_save_safetensors(state.trainable, tmp / "trainable.safetensors")
-    if state.ema is not None:
-        atomic_save_safetensors(state.ema, tmp / "ema.safetensors")
-    atomic_torch_save(state.optimizer, tmp / "optimizer.pt")
-    atomic_write_text(json.dumps({"epoch": epoch, "config": asdict(cfg)}, indent=2) + "\n", tmp / "state.json")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _checkpoint_dir(out: Path) -> Path:
-    ckpt = out / "checkpoint"
-    if (ckpt / "state.json").is_file():
-        return ckpt
-    old = out / ".checkpoint.old"  # a crash between the two renames leaves the previous one here
-    if (old / "state.json").is_file():
-        return old
-    raise VgpoError(f"{out}: no training checkpoint (expected {ckpt}/state.json)")
-
-
-def load_weights(out: Path, model: FlowModel) -> int:
-    """Load a checkpoint's trained weights into an unsharded model; returns the number of finished epochs."""
-    ckpt = _checkpoint_dir(out)
-    model.load_trainable_state_dict(load_file(str(ckpt / "trainable.safetensors"), device=str(model.device)))
-    return int(json.loads((ckpt / "state.json").read_text())["epoch"])
-
-
-def load_ema(out: Path, ema: list[torch.Tensor]) -> None:
-    """Restore the EMA weights (into sharded tensors too: each process keeps its shard)."""
-    path = _checkpoint_dir(out) / "ema.safetensors"
-    if not path.is_file():  # saved without EMA: it starts from the trained weights
-        return
-    saved = load_file(str(path))
-    with torch.no_grad():
-        for i, e in enumerate(ema):
-            e.copy_(dist.shard_like(saved[f"ema.{i}"], e))
-
-
-def load_optimizer(out: Path, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
-    """Restore the optimizer state, each tensor sharded as its parameter (under FSDP)."""
-    state = torch.load(_checkpoint_dir(out) / "optimizer.pt", weights_only=False)
-    for i, st in state["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v) and v.shape == params[i].shape:
-                st[k] = dist.shard_like(v, params[i])
-    optimizer.load_state_dict(state)
-
-
-def load_trained_model(out: str | Path, device: str = "cpu") -> tuple[FlowModel, TrainConfig, int]:
-    """The model of a training run folder, with its EMA weights when it kept them (what the run's
-    evaluations used); returns (model, config, finished epochs)."""
-    from vgpo.config import from_dict
-
-    out = Path(out)
-    state = json.loads((_checkpoint_dir(out) / "state.json").read_text())
-    cfg = from_dict(TrainConfig, state["config"], f"{out}/checkpoint/state.json: ")
-    model = load_model(cfg.model, cfg.checkpoint, cfg.model_options, device)
-    epoch = load_weights(out, model)
-    if cfg.ema_decay > 0:
-        load_ema(out, model.trainable_parameters())  # the EMA weights replace the trained ones
-    return model, cfg, epoch
-
-
-# --------------------------------------------------------------------------------------------------
-# Logging
-# --------------------------------------------------------------------------------------------------
-class MetricsLog:
-    """metrics.jsonl (one line per epoch, flushed), plus TensorBoard when it is installed."""
-
-    def __init__(self, out: Path, resume_epoch: int):
-        self.path = out / "metrics.jsonl"
-        if resume_epoch and self.path.exists():  # drop epochs after the checkpoint (they will be redone)
-            lines = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= resume_epoch]
-            atomic_write_text("".join(ln + "\n" for ln in lines), self.path)
-        elif not resume_epoch and self.path.exists():
-            self.path.unlink()
-        self.file = self.path.open("a")
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # optional dependency
-
-            self.tb = SummaryWriter(str(out / "tb"))
-        except ImportError:
-            self.tb = None
-
-    def write(self, epoch: int, metrics: dict) -> None:
-        self.file.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, epoch)
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def plot_rewards(metrics_path: Path, out: Path, headline: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["epoch"] for r in rows if "reward/mean" in r], [r["reward/mean"] for r in rows if "reward/mean" in r],
-            label="train reward (mean)")
-    evals = [r for r in rows if headline in r]
-    if evals:
-        ax.plot([r["epoch"] for r in evals], [r[headline] for r in evals], "o-", label=f"held-out {headline[5:]}")
-    ax.set_xlabel("epoch")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-# --------------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------------
 def run_eval(cfg: TrainConfig, model: FlowModel, world: World, test_prompts: list[dict], out: Path, tag: str,
@@ -411,26 +264,27 @@ def run_eval(cfg: TrainConfig, model: FlowModel, world: World, test_prompts: lis
     result.metrics["reward/mean"] = held_out.mean().item()
     if not dist.is_main():  # an FSDP process that took part in the sampling
         return result.metrics
-    (out / "eval").mkdir(parents=True, exist_ok=True)
     n = min(48, len(result.metadata))
-    save_grid(result.images[:n], [m["prompt"] for m in result.metadata[:n]], out / "eval" / f"{tag}.png")
-    atomic_write_text(json.dumps(result.metrics, indent=2) + "\n", out / "eval" / f"{tag}.json")
+    folder = save_eval(out, tag, result.metrics)
+    save_grid(result.images[:n], [m["prompt"] for m in result.metadata[:n]], folder / f"{tag}.png")
     return result.metrics
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path:
+    """Run (or with ``resume`` continue) a training run in ``cfg.out``; ``overwrite`` replaces a run already
+    there (refused otherwise). Returns the run folder."""
+    out = prepare(cfg, resume, overwrite)
     device = dist.init_from_env(cfg.device)  # "cuda" -> this process's GPU (LOCAL_RANK) under torchrun
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.prompts_per_epoch % dist.world_size():
         raise VgpoError(f"prompts_per_epoch: {cfg.prompts_per_epoch} is not divisible by {dist.world_size()} processes")
-    out = Path(cfg.out)
     world = get_world(cfg.world)
     train_prompts = world.load_prompts(Path(cfg.train_prompts) if cfg.train_prompts else world.train_file)
     test_prompts = world.load_prompts(Path(cfg.test_prompts) if cfg.test_prompts else world.test_file)
     if cfg.eval_limit:
         test_prompts = test_prompts[: cfg.eval_limit]
-    reward_fn = build_reward(cfg.reward_spec(world.reward))
+    reward_fn = checked_reward(build_reward(cfg.reward_spec(world.reward)), cfg.reward_spec(world.reward))
     # Adapters draw their LoRA init from the global RNG: seed it, so that a run (and its resumed twin) is a
     # function of cfg.seed, and copy rank 0's trainable weights to every process (as DDP does).
     torch.manual_seed(derive_seed(cfg.seed, "init"))
@@ -449,8 +303,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         if ema is not None:
             load_ema(out, ema)
     if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(json.dumps(asdict(cfg), indent=2) + "\n", out / "config.json")
+        write_config(out, cfg)
     log = MetricsLog(out, start) if dist.is_main() else None
     sigmas = model.schedule(cfg.num_steps)
     if start == 0 and cfg.eval_base and (dist.is_main() or sharded):  # every run reports its starting point
@@ -460,6 +313,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     bar = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc=f"train {cfg.algorithm}",
                dynamic_ncols=True, disable=not dist.is_main())
     for epoch in bar:
+        reward_fn.epoch = epoch + 1  # named by the reward checks
         t0 = time.perf_counter()
         batch = sample_epoch(cfg, model, train_prompts, epoch, sigmas)
         t1 = time.perf_counter()
@@ -529,6 +383,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                         **({"eval": f"{metrics[headline]:.3f}"} if headline in metrics else {}))
     if dist.is_main():
         log.close()
-        plot_rewards(out / "metrics.jsonl", out / "reward.png", f"eval/{world.headline}")
+        plot_run(out, f"eval/{world.headline}")
     dist.teardown()
     return out
