@@ -1,0 +1,232 @@
+"""Objectives: how an epoch's samples and advantages become a loss (one per algorithm family).
+
+An objective turns one micro-batch into a sequence of loss *terms*, each a per-sample loss (B,) whose
+sum the trainer back-propagates (divided by the optimizer step's global sample count x
+``terms_per_sample``, so batch sizes do not change the update), plus per-sample statistics to log.
+The update loop in ``trainer.py`` owns batching, accumulation, clipping and the optimizer; it never
+asks which objective it runs, only the properties below.
+
+  ppo  Flow-GRPO (arXiv 2505.05470): PPO-clipped ratio of the recomputed step log-probs of the
+       rollout's own transitions, at each trained step, plus an optional KL to the reference policy.
+  nft  DiffusionNFT (arXiv 2509.16117): on the rollouts' clean samples noised by the forward process
+       (fresh noise, fresh t), the implicit positive and negative policies built from the old and the
+       current velocity, weighted by the optimality probability r of the sample's advantage.
+  awm  Advantage Weighted Matching (arXiv 2509.25050): the same forward-process samples, the
+       flow-matching loss weighted by the advantage, with its clipping/regularisation.
+
+The flow-matching objectives train the conditional velocity (no CFG), need no log-probs, and read the
+advantage at their training time t from the per-step advantages (``advantage_at_time``: TCRM's value
+at sigma = t; constant without TCRM). With ``beta`` > 0 they add a velocity-space KL to the reference,
+beta * mean (v - v_ref)^2, as DiffusionNFT's code does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Iterator
+
+import torch
+
+from vgpo.errors import VgpoError
+from vgpo.models import FlowModel
+from vgpo.models.protocol import Condition
+from vgpo.sampling import guided_velocity, sde_step
+from vgpo.train.losses import gaussian_kl, ppo_clip_loss
+from vgpo.train.old_policy import OldPolicy
+from vgpo.utils import derive_seed
+
+if TYPE_CHECKING:
+    from vgpo.train.config import TrainConfig
+    from vgpo.train.trainer import EpochBatch
+
+
+@dataclass
+class Term:
+    """One loss term of a micro-batch: per-sample loss (B,) with its graph, per-sample statistics
+    (detached, (B,), averaged over all terms for the log), and |ratio - 1| per sample where a ratio exists."""
+
+    loss: torch.Tensor
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    ratio_dev: torch.Tensor | None = None
+
+
+@dataclass
+class MicroBatch:
+    """Samples ``idx`` of the epoch's batch, their conditions and per-step advantages (B, T)."""
+
+    idx: torch.Tensor
+    cond: Condition
+    uncond: Condition | None
+    advantages: torch.Tensor
+
+
+@dataclass
+class UpdateContext:
+    cfg: TrainConfig
+    model: FlowModel
+    batch: EpochBatch
+    epoch: int
+    inner: int
+    old_policy: OldPolicy | None
+
+
+class Objective:
+    """What the trainer asks an objective. Subclasses register themselves by ``name``."""
+
+    name: ClassVar[str]
+    needs_log_probs: ClassVar[bool]  # trains stochastic rollout steps (refused on ODE rollouts)
+    uses_old_policy: ClassVar[bool]  # keeps a lagged weight copy; rollouts are sampled with it
+    stats: ClassVar[tuple[str, ...]]  # the per-sample statistics its terms carry, logged as losses/<name>
+
+    def terms_per_sample(self, cfg: TrainConfig) -> int:
+        raise NotImplementedError
+
+    def terms(self, ctx: UpdateContext, mb: MicroBatch) -> Iterator[Term]:
+        raise NotImplementedError
+
+
+class PPO(Objective):
+    """Flow-GRPO's update: at each trained step j, the PPO-clipped ratio of the rollout transition's
+    recomputed log-prob (guided velocity, the unconditional branch detached unless ``cfg_uncond_grad``),
+    plus beta * the closed-form KL of the step Gaussians to the reference policy."""
+
+    name = "ppo"
+    needs_log_probs = True
+    uses_old_policy = False
+    stats = ("policy", "kl", "clipfrac", "approx_kl")
+
+    def terms_per_sample(self, cfg: TrainConfig) -> int:
+        return cfg.trained_steps
+
+    def terms(self, ctx: UpdateContext, mb: MicroBatch) -> Iterator[Term]:
+        cfg, model, traj = ctx.cfg, ctx.model, ctx.batch.traj
+        sigmas, sde_type, idx = traj.sigmas, cfg.parts.sampler, mb.idx
+        for j in range(cfg.trained_steps):
+            x, prev = traj.states[idx, j], traj.states[idx, j + 1]
+            v = guided_velocity(model, x, sigmas[j], mb.cond, mb.uncond, cfg.guidance_scale,
+                                detach_uncond=not cfg.cfg_uncond_grad)
+            out = sde_step(x, v, sigmas, j, cfg.noise_level, prev_sample=prev, sde_type=sde_type)
+            policy, ratio = ppo_clip_loss(out.log_prob, traj.log_probs[idx, j], mb.advantages[:, j], cfg.clip_range)
+            loss = policy
+            stats = {}
+            if cfg.beta > 0:
+                with torch.no_grad(), model.reference():
+                    v_ref = guided_velocity(model, x, sigmas[j], mb.cond, mb.uncond, cfg.guidance_scale)
+                    ref_mean = sde_step(x, v_ref, sigmas, j, cfg.noise_level, prev_sample=prev, sde_type=sde_type).mean
+                kl = gaussian_kl(out.mean, ref_mean, out.std)
+                loss = loss + cfg.beta * kl
+                stats["kl"] = kl.detach()
+            with torch.no_grad():
+                log_ratio = out.log_prob - traj.log_probs[idx, j]
+                stats.update(policy=policy.detach(), clipfrac=((ratio - 1).abs() > cfg.clip_range).float(),
+                             approx_kl=0.5 * log_ratio**2)
+                ratio_dev = (ratio - 1).abs()
+            yield Term(loss, stats, ratio_dev)
+
+
+def training_times(cfg: TrainConfig, sigmas: torch.Tensor, sample_ids: torch.Tensor, epoch: int, inner: int,
+                   latent_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flow-matching objectives' training points of each sample: times t (B, K) and noises
+    (B, K, *latent), float32 on the CPU. Each sample's draws come from its own generator, seeded by
+    (seed, epoch, inner epoch, global sample id), so they do not depend on batch sizes or processes.
+
+    ``fm_timesteps`` 0: t = the sigmas of the trained rollout steps, each once (DiffusionNFT trains on the
+    sampler's timesteps); K > 0: K draws uniform in [sigmas[n], sigmas[0]], n = the trained steps."""
+    n = cfg.trained_steps
+    k = cfg.fm_timesteps or n
+    lo, hi = float(sigmas[n]), float(sigmas[0])
+    times, noises = [], []
+    for sid in sample_ids.tolist():
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, "fm", inner, int(sid)))
+        if cfg.fm_timesteps:
+            times.append(lo + (hi - lo) * torch.rand(k, generator=gen))
+        else:
+            times.append(sigmas[:n].detach().float().cpu().clone())
+        noises.append(torch.randn((k, *latent_shape), generator=gen))
+    return torch.stack(times), torch.stack(noises)
+
+
+class FlowMatchingObjective(Objective):
+    """Shared by nft and awm: K forward-process points per sample, the current conditional velocity
+    with gradient, the old policy's without (all K under one weight swap), the advantage at each t."""
+
+    needs_log_probs = False
+    uses_old_policy = True
+
+    def terms_per_sample(self, cfg: TrainConfig) -> int:
+        return cfg.fm_timesteps or cfg.trained_steps
+
+    def loss(self, ctx: UpdateContext, v: torch.Tensor, v_old: torch.Tensor, target: torch.Tensor,
+             adv: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+        raise NotImplementedError
+
+    def terms(self, ctx: UpdateContext, mb: MicroBatch) -> Iterator[Term]:
+        from vgpo.train.fm_losses import advantage_at_time, fm_interpolate, fm_target
+
+        cfg, model, batch = ctx.cfg, ctx.model, ctx.batch
+        if ctx.old_policy is None:
+            raise VgpoError(f"objective: {self.name} needs an old policy (trainer bug: none was kept)")
+        sigmas = batch.traj.sigmas
+        x0 = batch.traj.final[mb.idx].float()
+        times, noises = training_times(cfg, sigmas, batch.sample_ids[mb.idx], ctx.epoch, ctx.inner, tuple(x0.shape[1:]))
+        times, noises = times.to(x0.device), noises.to(x0.device)
+        points = [fm_interpolate(x0, noises[:, k], times[:, k]).to(batch.traj.states.dtype) for k in range(times.shape[1])]
+        with torch.no_grad(), ctx.old_policy.active():
+            v_olds = [model.velocity(xt, times[:, k], mb.cond).float() for k, xt in enumerate(points)]
+        for k, xt in enumerate(points):
+            t = times[:, k]
+            target = fm_target(x0, noises[:, k])
+            v = model.velocity(xt, t, mb.cond).float()
+            adv = advantage_at_time(mb.advantages, sigmas.to(t.device), t, cfg.fm_advantage_interp)
+            loss, stats, ratio_dev = self.loss(ctx, v, v_olds[k], target, adv, t)
+            if cfg.beta > 0:
+                with torch.no_grad(), model.reference():
+                    v_ref = model.velocity(xt, t, mb.cond).float()
+                kl = (v - v_ref).pow(2).mean(dim=tuple(range(1, v.ndim)))
+                loss = loss + cfg.beta * kl
+                stats["kl"] = kl.detach()
+            stats["policy"] = stats.get("policy", loss.detach())
+            yield Term(loss, {k2: s.detach() for k2, s in stats.items()}, ratio_dev)
+
+
+class NFT(FlowMatchingObjective):
+    """DiffusionNFT: r = optimality probability of the advantage (0.5 + 0.5*clamp(A/adv_clip_max, -1, 1));
+    loss = r * positive term + (1 - r) * negative term of the implicit policies, with ``nft_beta``."""
+
+    name = "nft"
+    stats = ("policy", "kl", "r", "old_dev")
+
+    def loss(self, ctx, v, v_old, target, adv, t):
+        from vgpo.train.fm_losses import nft_loss, optimality_probability
+
+        r = optimality_probability(adv, ctx.cfg.adv_clip_max)
+        loss = nft_loss(v, v_old, target, r, ctx.cfg.nft_beta)
+        stats = {"policy": loss.detach(), "r": r.detach(),
+                 "old_dev": (v.detach() - v_old).pow(2).mean(dim=tuple(range(1, v.ndim)))}
+        return loss, stats, None
+
+
+class AWM(FlowMatchingObjective):
+    """Advantage Weighted Matching: the advantage-weighted flow-matching loss with a ratio to the old
+    policy clipped at ``clip_range`` (see fm_losses.awm_loss)."""
+
+    name = "awm"
+    stats = ("policy", "kl", "clipfrac", "old_dev")
+
+    def loss(self, ctx, v, v_old, target, adv, t):
+        from vgpo.train.fm_losses import awm_loss
+
+        loss, raw = awm_loss(v, v_old, target, adv, ctx.cfg.clip_range)
+        stats = {k: s.detach() for k, s in raw.items() if torch.is_tensor(s) and s.shape == loss.shape}
+        stats["policy"] = loss.detach()
+        stats["old_dev"] = (v.detach() - v_old).pow(2).mean(dim=tuple(range(1, v.ndim)))
+        return loss, stats, raw.get("ratio_dev")
+
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (PPO(), NFT(), AWM())}
+
+
+def get_objective(name: str) -> Objective:
+    if name not in OBJECTIVES:
+        raise VgpoError(f"objective: unknown {name!r}; expected one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
