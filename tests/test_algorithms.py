@@ -147,3 +147,106 @@ def test_on_advantages_hook_sees_every_epoch_and_its_result_is_trained(tmp_path,
     assert seen == [(0, (8, 4), (8, 4)), (1, (8, 4), (8, 4))]
     # Zero advantages and no KL: a PPO loss with no gradient, and nothing logged as the advantage.
     assert all(m["losses/grad_norm"] == 0.0 and m["adv/abs_mean"] == 0.0 for m in _metrics(out) if "losses/grad_norm" in m)
+
+
+# --- the flow-matching objectives in the trainer -----------------------------------------------------
+FM = dict(guidance_scale=1.0, eval_guidance_scale=2.0)
+
+
+@pytest.mark.parametrize("extra", [dict(algorithm="nft"), dict(algorithm="awm"),
+                                   dict(algorithm="nft", tcrm=True, adae=True, fm_timesteps=3, beta=0.01),
+                                   dict(algorithm="awm", sampler="cps", noise_level=0.8, tcrm=True, adae=True)],
+                         ids=["nft", "awm", "nft-tcrm-adae", "awm-cps-tcrm-adae"])
+def test_flow_matching_objectives_train(tmp_path, tiny_checkpoint, extra):
+    from safetensors.torch import load_file
+
+    out = train(_cfg(tmp_path, tiny_checkpoint, epochs=2, **FM, **extra))
+    ms = [m for m in _metrics(out) if "losses/grad_norm" in m]
+    assert len(ms) == 2 and all(m["losses/grad_norm"] > 0 and m["charts/optimizer_steps"] == 1 for m in ms)
+    assert all(torch.isfinite(torch.tensor(m["losses/policy"])) for m in ms)
+    assert [m["charts/old_policy_decay"] for m in ms] == pytest.approx([0.001, 0.002])  # DiffusionNFT's ramp
+    assert ms[0]["perf/reward_images"] == (8 * 4 if extra.get("tcrm") else 8)
+    trained = load_file(str(out / "checkpoint" / "trainable.safetensors"))
+    base = TinyFlowModel.load(tiny_checkpoint).trainable_state_dict()
+    assert any(not torch.equal(trained[k], base[k]) for k in trained)
+    assert (out / "old_policy.safetensors").is_file()
+
+
+@pytest.mark.parametrize("algorithm", ["nft", "awm"])
+def test_a_neutral_sample_gives_no_gradient_at_the_old_policy(tmp_path, tiny_checkpoint, algorithm):
+    """Zero advantages (NFT: optimality 1/2) and no KL: at the old policy (the first micro-batches of an
+    epoch, before any step) the objective's gradient vanishes."""
+    zero = TrainHooks(on_advantages=lambda epoch, adv, omega: (torch.zeros_like(adv), omega))
+    out = train(_cfg(tmp_path, tiny_checkpoint, algorithm=algorithm, **FM), hooks=zero)
+    (m,) = [m for m in _metrics(out) if "losses/grad_norm" in m]
+    assert m["losses/grad_norm"] < 1e-9
+
+
+def test_flow_matching_batch_8_x_accumulation_1_equals_batch_2_x_accumulation_4(tmp_path, tiny_checkpoint):
+    kw = dict(algorithm="nft", tcrm=True, max_grad_norm=1e6, adam_eps=1.0, lr=1.0, **FM)
+    a = train(_cfg(tmp_path / "a", tiny_checkpoint, train_batch_size=8, gradient_accumulation=1, **kw))
+    b = train(_cfg(tmp_path / "b", tiny_checkpoint, train_batch_size=2, gradient_accumulation=4, **kw))
+    ga, gb = _metrics(a)[-1]["losses/grad_norm"], _metrics(b)[-1]["losses/grad_norm"]
+    assert ga > 0 and ga == pytest.approx(gb, rel=1e-5)
+
+
+def test_flow_matching_resume_is_bit_identical(tmp_path, tiny_checkpoint):
+    """The old policy (its weights and step count) is saved with the checkpoint and restored."""
+    from safetensors.torch import load_file
+
+    kw = dict(algorithm="nft", epochs=3, gradient_accumulation=1, old_policy_decay_rate=0.3, **FM)
+    full = train(_cfg(tmp_path / "full", tiny_checkpoint, **kw))
+    train(_cfg(tmp_path / "part", tiny_checkpoint, **{**kw, "epochs": 2}))
+    resumed = train(_cfg(tmp_path / "part", tiny_checkpoint, **kw), resume=True)
+    for name in ("checkpoint/trainable.safetensors", "old_policy.safetensors"):
+        wf, wr = load_file(str(full / name)), load_file(str(resumed / name))
+        assert wf.keys() == wr.keys() and all(torch.equal(wf[k], wr[k]) for k in wf)
+    assert _metrics(resumed)[-1] == {**_metrics(full)[-1], **{k: v for k, v in _metrics(resumed)[-1].items()
+                                                               if k.startswith(("time/", "charts/samples", "perf/peak"))}}
+
+
+def test_old_policy_lags_and_swaps_in_and_out():
+    from vgpo.train.old_policy import OldPolicy, decay_at
+
+    assert [decay_at(s, 0.001, 0.5, 0) for s in (0, 1, 400, 600)] == pytest.approx([0.0, 0.001, 0.4, 0.5])
+    assert decay_at(74, 0.0075, 0.999, 75) == 0.0 and decay_at(85, 0.0075, 0.999, 75) == pytest.approx(0.075)
+    p = torch.nn.Parameter(torch.zeros(3))
+    old = OldPolicy([p])
+    with torch.no_grad():
+        p.add_(1.0)
+    assert old.step(2, rate=0.25, max_decay=0.9, flat=0) == pytest.approx(0.5)  # 2 steps: d = 0.5
+    torch.testing.assert_close(old.weights[0], torch.full((3,), 0.5))
+    with old.active():
+        torch.testing.assert_close(p.detach(), torch.full((3,), 0.5))
+    torch.testing.assert_close(p.detach(), torch.ones(3))
+
+
+def test_tcrm_advantage_at_the_training_time_is_the_interpolated_step_value(tmp_path, tiny_checkpoint):
+    """NFT with TCRM: the optimality probability of each training point is that of the per-step
+    advantages interpolated linearly in sigma at sigma = t (computed here by hand)."""
+    from vgpo.train.objectives import NFT, MicroBatch, UpdateContext, training_times
+    from vgpo.train.old_policy import OldPolicy
+    from vgpo.train.trainer import sample_epoch
+    from vgpo.worlds import get_world
+
+    cfg = _cfg(tmp_path, tiny_checkpoint, algorithm="nft", tcrm=True, fm_timesteps=4, **FM)
+    model = TinyFlowModel.load(tiny_checkpoint)
+    prompts = get_world("shapes").load_prompts(get_world("shapes").train_file)
+    batch = sample_epoch(cfg, model, prompts, 0, model.schedule(cfg.num_steps))
+    idx = torch.tensor([1, 5])
+    adv = torch.tensor([[4.0, 2.0, -1.0, 0.5], [-3.0, 0.0, 1.0, 2.0]])
+    ctx = UpdateContext(cfg, model, batch, 0, 0, OldPolicy(model.trainable_parameters()))
+    mb = MicroBatch(idx, model.encode_prompts([batch.metadata[i]["prompt"] for i in idx]), None, adv)
+    rs = torch.stack([term.stats["r"] for term in NFT().terms(ctx, mb)], dim=1)  # (2, K)
+    times, _ = training_times(cfg, batch.traj.sigmas, batch.sample_ids[idx], 0, 0, model.latent_shape)
+    s = batch.traj.sigmas.tolist()
+    for b in range(2):
+        for k in range(4):
+            t = times[b, k].item()
+            assert s[cfg.trained_steps] <= t <= s[0]
+            i = max(j for j in range(4) if s[j] >= t)  # the step interval [s_(i+1), s_i] holding t
+            a = adv[b, i] if i == 3 else adv[b, i] + (s[i] - t) / (s[i] - s[i + 1]) * (adv[b, i + 1] - adv[b, i])
+            assert rs[b, k].item() == pytest.approx(0.5 + 0.5 * max(-1.0, min(1.0, float(a) / cfg.adv_clip_max)), abs=1e-6)
+    # The draws do not depend on which other samples share the micro-batch.
+    alone, _ = training_times(cfg, batch.traj.sigmas, batch.sample_ids[idx[1:]], 0, 0, model.latent_shape)
+    assert torch.equal(alone[0], times[1])

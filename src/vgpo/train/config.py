@@ -8,8 +8,7 @@ from typing import Any, Literal, Optional, Union
 from vgpo.config import doc
 from vgpo.errors import VgpoError
 from vgpo.train import algorithms
-
-ADVANTAGE_INTERP = ("linear", "nearest")
+from vgpo.train.fm_losses import ADVANTAGE_MODES as ADVANTAGE_INTERP
 
 ALGORITHMS = ("grpo", "vgpo", "tcrm", "adae")  # the VGPO paper's four (the bench suites' main rows)
 
@@ -86,6 +85,15 @@ class TrainConfig:
     fm_advantage_interp: str = doc("linear", "advantage at a training time t from the per-step advantages at the "
                                              "sampler's sigmas (TCRM's Q interpolated at sigma = t): linear, nearest")
     nft_beta: float = doc(1.0, "DiffusionNFT beta: implicit policies old +- beta*(current - old) (paper: 1)")
+    nft_weighting: Literal["adaptive", "none"] = doc(
+        "adaptive", "DiffusionNFT branch loss: adaptive (x0 error self-normalised per sample, its released code) or "
+                    "none (plain flow-matching error, the paper's formula)")
+    awm_weighting: Literal["uniform", "t", "t2", "ghuber"] = doc(
+        "ghuber", "AWM surrogate log-likelihood: minus the flow-matching error l, weighted: uniform, t*l, t^2*l, or "
+                  "ghuber t*((l+d)^p - d^p)/p (AWM's released configs)")
+    awm_ghuber_power: float = doc(0.25, "AWM ghuber power p (released configs: 0.25)")
+    awm_clip_range: float = doc(1.0, "AWM ratio clip epsilon on exp(lp - lp_old) (released configs: 1; 0: no clipping)")
+    awm_old_kl: float = doc(1.0, "AWM weight of the velocity penalty towards the old (EMA) policy (released code: 1)")
     old_policy_decay_rate: float = doc(0.001, "old policy of nft/awm: after each epoch old <- d*old + (1-d)*current "
                                               "with d = min(rate*(step - flat), max) at optimizer step `step` "
                                               "(DiffusionNFT: 0.001, max 0.5, flat 0; 0: on-policy)")
@@ -133,6 +141,11 @@ class TrainConfig:
             raise VgpoError(f"guidance_scale: expected >= 1, got {self.guidance_scale}")
         if self.eval_guidance_scale != 0.0 and self.eval_guidance_scale < 1.0:
             raise VgpoError(f"eval_guidance_scale: expected 0 (same as guidance_scale) or >= 1, got {self.eval_guidance_scale}")
+        for name in ("awm_clip_range", "awm_old_kl"):
+            if getattr(self, name) < 0:
+                raise VgpoError(f"{name}: expected >= 0, got {getattr(self, name)}")
+        if self.awm_ghuber_power <= 0:
+            raise VgpoError(f"awm_ghuber_power: expected > 0, got {self.awm_ghuber_power}")
         if self.nft_beta <= 0:
             raise VgpoError(f"nft_beta: expected > 0, got {self.nft_beta}")
         if not 0.0 <= self.old_policy_decay_max < 1.0:

@@ -31,6 +31,8 @@ from vgpo.errors import VgpoError
 from vgpo.models import FlowModel
 from vgpo.models.protocol import Condition
 from vgpo.sampling import guided_velocity, sde_step
+from vgpo.train.fm_losses import (advantage_at_time, awm_log_likelihood, awm_loss, fm_interpolate, fm_target,
+                                  nft_loss, optimality_probability, velocity_kl)
 from vgpo.train.losses import gaussian_kl, ppo_clip_loss
 from vgpo.train.old_policy import OldPolicy
 from vgpo.utils import derive_seed
@@ -161,8 +163,6 @@ class FlowMatchingObjective(Objective):
         raise NotImplementedError
 
     def terms(self, ctx: UpdateContext, mb: MicroBatch) -> Iterator[Term]:
-        from vgpo.train.fm_losses import advantage_at_time, fm_interpolate, fm_target
-
         cfg, model, batch = ctx.cfg, ctx.model, ctx.batch
         if ctx.old_policy is None:
             raise VgpoError(f"objective: {self.name} needs an old policy (trainer bug: none was kept)")
@@ -182,45 +182,44 @@ class FlowMatchingObjective(Objective):
             if cfg.beta > 0:
                 with torch.no_grad(), model.reference():
                     v_ref = model.velocity(xt, t, mb.cond).float()
-                kl = (v - v_ref).pow(2).mean(dim=tuple(range(1, v.ndim)))
+                kl = velocity_kl(v, v_ref)
                 loss = loss + cfg.beta * kl
-                stats["kl"] = kl.detach()
-            stats["policy"] = stats.get("policy", loss.detach())
-            yield Term(loss, {k2: s.detach() for k2, s in stats.items()}, ratio_dev)
+                stats["kl"] = kl
+            stats["old_dev"] = velocity_kl(v.detach(), v_olds[k])
+            yield Term(loss, {name: value.detach() for name, value in stats.items()}, ratio_dev)
 
 
 class NFT(FlowMatchingObjective):
     """DiffusionNFT: r = optimality probability of the advantage (0.5 + 0.5*clamp(A/adv_clip_max, -1, 1));
-    loss = r * positive term + (1 - r) * negative term of the implicit policies, with ``nft_beta``."""
+    loss = [r * L(positive policy) + (1 - r) * L(negative policy)] / beta with ``nft_beta`` and the
+    branch loss ``nft_weighting`` (fm_losses.nft_loss)."""
 
     name = "nft"
     stats = ("policy", "kl", "r", "old_dev")
 
     def loss(self, ctx, v, v_old, target, adv, t):
-        from vgpo.train.fm_losses import nft_loss, optimality_probability
-
-        r = optimality_probability(adv, ctx.cfg.adv_clip_max)
-        loss = nft_loss(v, v_old, target, r, ctx.cfg.nft_beta)
-        stats = {"policy": loss.detach(), "r": r.detach(),
-                 "old_dev": (v.detach() - v_old).pow(2).mean(dim=tuple(range(1, v.ndim)))}
-        return loss, stats, None
+        cfg = ctx.cfg
+        r = optimality_probability(adv, cfg.adv_clip_max)
+        loss = nft_loss(v, v_old, target, r, cfg.nft_beta, t=t, weighting=cfg.nft_weighting)
+        return loss, {"policy": loss, "r": r}, None
 
 
 class AWM(FlowMatchingObjective):
-    """Advantage Weighted Matching: the advantage-weighted flow-matching loss with a ratio to the old
-    policy clipped at ``clip_range`` (see fm_losses.awm_loss)."""
+    """Advantage Weighted Matching: the advantage-weighted surrogate log-likelihood (the ``awm_weighting`` of
+    the flow-matching error) in a PPO ratio to the old policy's, clipped at ``awm_clip_range``, plus
+    ``awm_old_kl`` * the velocity penalty towards the old policy (fm_losses.awm_loss)."""
 
     name = "awm"
-    stats = ("policy", "kl", "clipfrac", "old_dev")
+    stats = ("policy", "kl", "old_kl", "clipfrac", "mse", "old_dev")
 
     def loss(self, ctx, v, v_old, target, adv, t):
-        from vgpo.train.fm_losses import awm_loss
-
-        loss, raw = awm_loss(v, v_old, target, adv, ctx.cfg.clip_range)
-        stats = {k: s.detach() for k, s in raw.items() if torch.is_tensor(s) and s.shape == loss.shape}
-        stats["policy"] = loss.detach()
-        stats["old_dev"] = (v.detach() - v_old).pow(2).mean(dim=tuple(range(1, v.ndim)))
-        return loss, stats, raw.get("ratio_dev")
+        cfg = ctx.cfg
+        old_lp = awm_log_likelihood(v_old, target, t, weighting=cfg.awm_weighting, ghuber_power=cfg.awm_ghuber_power)
+        loss, raw = awm_loss(v, target, adv, t=t, old_log_lik=old_lp, clip_range=cfg.awm_clip_range or None,
+                             adv_clip=cfg.adv_clip_max, v_old=v_old, kl_beta=cfg.awm_old_kl,
+                             weighting=cfg.awm_weighting, ghuber_power=cfg.awm_ghuber_power)
+        stats = {"policy": raw["policy"], "old_kl": raw["kl"], "clipfrac": raw["clipped"], "mse": raw["mse"]}
+        return loss, stats, (raw["ratio"] - 1).abs()
 
 
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (PPO(), NFT(), AWM())}
