@@ -163,7 +163,9 @@ def awm_loss(v_theta: torch.Tensor, target: torch.Tensor, adv: torch.Tensor, *, 
         ratio = exp(lp - old_lp)
         loss = max(-A*ratio, -A*clip(ratio, 1 - eps, 1 + eps)) + kl_beta * velocity_kl(v_theta, v_old)
 
-    ``old_log_lik`` is lp under the policy that drew the samples, at the same (x_t, t); None means the
+    ``old_log_lik`` is lp under the policy that drew the samples, at the same (x_t, t) (in the released
+    code, with its default on-policy sampling, the weights before this epoch's updates, not the EMA
+    policy; DiffusionNFT instead samples with, and contrasts against, its EMA policy); None means the
     on-policy case (old_lp = lp detached: ratio 1, gradient -A*grad(lp) = A*grad(weighted FM loss)),
     so with no clipping and no penalty the loss's gradient is exactly the advantage-weighted
     flow-matching gradient. ``clip_range`` eps None disables clipping (the released configs use 1).
