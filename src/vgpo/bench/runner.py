@@ -305,7 +305,7 @@ def describe(plan: Plan, selected: Sequence[RunPlan], jobs: int = 1) -> list[str
 
 def run_suite(suite: Suite, out: str | Path, only: Sequence[str] = (), threads: int = 0, use_quality: bool = True,
               projection: bool = True, report_only: bool = False, command: str = "", jobs: int = 1,
-              log: Callable[[str], None] = print) -> Outcome:
+              log: Callable[[str], None] = print, optional: bool = False) -> Outcome:
     """Run the selected unfinished runs (``jobs`` at a time, each in its own process), then the task-level
     checks, then write results.json, BENCHMARKS.md and the plots."""
     started_at, started = now_iso(), time.time()
@@ -315,7 +315,7 @@ def run_suite(suite: Suite, out: str | Path, only: Sequence[str] = (), threads: 
         raise VgpoError(f"--jobs: must be >= 1, got {jobs}")
     if jobs > 1 and not threads:
         threads = max(1, (os.cpu_count() or 1) // jobs)  # the jobs share the cores instead of oversubscribing them
-    plan = expand(suite, out, threads)
+    plan = expand(suite, out, threads, optional)
     selected = select(plan.runs, only)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(suite.to_dict(), indent=2, default=str) + "\n", out / "suite.json")

@@ -36,7 +36,7 @@ QUALITY = {"fd": Num, "diversity": Opt(Num), "n_images": int, "images_per_prompt
 PROJECTION = {"steps": [int], "pooled": NUMS, "within_group": NUMS, "final_reward_mean": Num, "n_samples": int}
 
 RUN = {
-    "id": str, "task": str, "algorithm": OneOf("grpo", "vgpo", "tcrm", "adae"), "variant": dict, "seed": int,
+    "id": str, "task": str, "algorithm": OneOf("grpo", "vgpo", "tcrm", "adae", "nft", "awm"), "variant": dict, "seed": int,
     "dir": str, "status": OneOf("done", "incomplete", "failed", "missing"), "config": dict, "wall_s": Opt(Num),
     "resumed": bool,
     "curves": {"epoch": [int], "metrics": {"*": NUMS}},
