@@ -12,7 +12,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
 # The runs: the tiny random model of conftest.py, 2 epochs, CFG in rollouts and update, KL on.

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from _trainer_golden import CASES, run_case
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "trainer_golden.json").read_text())

@@ -46,6 +46,7 @@ from .report import (
     write_markdown,
 )
 from .suites import (
+    LEGACY_VALUES,
     Plan,
     RunPlan,
     Suite,
@@ -236,8 +237,10 @@ class StaleRunError(VgpoError):
 
 def _stale(run: RunPlan, stored: dict) -> None:
     """Raise when a finished run was made with another config. A field the stored config lacks was added
-    to TrainConfig after the run; it counts as its default, the behaviour the run had."""
+    to TrainConfig after the run; it counts as its default, the behaviour the run had, or as its
+    LEGACY_VALUES entry where the default changed since (the CFG gradient)."""
     want, have, defaults = comparable_config(run.config), comparable_config(stored), comparable_config(TrainConfig())
+    defaults.update(LEGACY_VALUES)
     diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k, defaults.get(k)))
     if diff:
         raise StaleRunError(f"{run.id}: {run.dir} was made with another config ({', '.join(diff[:5])} differ); "

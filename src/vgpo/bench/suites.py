@@ -34,6 +34,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]  # src/vgpo/bench -> the checkou
 # batched: tested to give the same samples), or whose content is fixed by the task spec (the test subset
 # file): left out when configs are compared.
 NON_SEMANTIC = ("out", "threads", "device", "test_prompts", "sample_batch_size", "eval_batch_size")
+# Fields whose default changed after runs were recorded without them: the value such a run had.
+LEGACY_VALUES = {"cfg_uncond_grad": True}
 
 
 @dataclass
@@ -229,14 +231,15 @@ def _fmt_value(v: Any) -> str:
 
 def effective_key(cfg: TrainConfig) -> str:
     """What a run computes: the config minus NON_SEMANTIC fields and minus fields the algorithm ignores
-    (gamma/tcrm_every without dense rewards, adae_* without the absolute signal); VGPO with k = 0 is
-    TCRM-only."""
+    (gamma/tcrm_every without dense rewards, adae_* without the absolute signal), with the algorithm as
+    its resolved parts (algorithms.py); VGPO with k = 0 is TCRM-only."""
     d = dataclasses.asdict(cfg)
     for name in NON_SEMANTIC:
         d.pop(name, None)
-    d["drop_zero_std_groups"] = cfg.drops_zero_std
-    if cfg.algorithm == "vgpo" and cfg.adae_k == 0:
-        d["algorithm"] = "tcrm"
+    # The algorithm is what its parts compute, whatever names them; ADAE with k = 0 adds nothing.
+    for name in ("algorithm", "sampler", "objective", "tcrm", "adae", "drop_zero_std_groups"):
+        d.pop(name)
+    d["parts"] = dataclasses.asdict(dataclasses.replace(cfg.parts, adae=cfg.absolute_signal and cfg.adae_k != 0))
     if not cfg.dense_rewards:
         d.pop("gamma"), d.pop("tcrm_every")
     if not cfg.absolute_signal or cfg.adae_k == 0:

@@ -22,8 +22,9 @@ beta * mean (v - v_ref)^2, as DiffusionNFT's code does.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Iterator
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -31,8 +32,16 @@ from vgpo.errors import VgpoError
 from vgpo.models import FlowModel
 from vgpo.models.protocol import Condition
 from vgpo.sampling import guided_velocity, sde_step
-from vgpo.train.fm_losses import (advantage_at_time, awm_log_likelihood, awm_loss, fm_interpolate, fm_target,
-                                  nft_loss, optimality_probability, velocity_kl)
+from vgpo.train.fm_losses import (
+    advantage_at_time,
+    awm_log_likelihood,
+    awm_loss,
+    fm_interpolate,
+    fm_target,
+    nft_loss,
+    optimality_probability,
+    velocity_kl,
+)
 from vgpo.train.losses import gaussian_kl, ppo_clip_loss
 from vgpo.train.old_policy import OldPolicy
 from vgpo.utils import derive_seed

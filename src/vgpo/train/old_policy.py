@@ -13,9 +13,9 @@ checkpoint, with the epoch and the optimizer-step count, so that a resumed run i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors import safe_open
@@ -84,7 +84,7 @@ class OldPolicy:
             meta = f.metadata() or {}
             if int(meta.get("epoch", -1)) != epoch:
                 raise VgpoError(f"{path}: saved at epoch {meta.get('epoch')}, the checkpoint is at epoch {epoch}")
-            saved = {k: f.get_tensor(k) for k in f.keys()}
+            saved = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
         self.optimizer_steps = int(meta["optimizer_steps"])
         with torch.no_grad():
             for i, w in enumerate(self.weights):
