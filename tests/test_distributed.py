@@ -245,7 +245,10 @@ def test_fsdp_with_a_lora_adapter_trains_like_one_process(tiny_checkpoint, tmp_p
     m1, m2 = metrics(one), metrics(two)
     for epoch in range(1, EPOCHS + 1):
         for key in ("reward/mean", "adv/abs_mean", "losses/policy", "losses/kl", "losses/grad_norm"):
-            assert m2[epoch][key] == pytest.approx(m1[epoch][key], rel=1e-5, abs=1e-7), (epoch, key)
+            # The policy loss averages terms of size |A| that cancel to a small mean: its float noise is
+            # that of the terms, so its tolerance is scaled by their size.
+            scale = m1[epoch]["adv/abs_mean"] if key == "losses/policy" else 0.0
+            assert m2[epoch][key] == pytest.approx(m1[epoch][key], rel=1e-5, abs=max(1e-7, 1e-5 * scale)), (epoch, key)
     assert m2[1]["perf/trainable_params_local"] == m1[1]["perf/trainable_params_local"] // 2
     w1, w2 = weights(one), weights(two)
     assert w1.keys() == w2.keys() and all(".lora_" in k for k in w1)
