@@ -250,3 +250,29 @@ def test_tcrm_advantage_at_the_training_time_is_the_interpolated_step_value(tmp_
     # The draws do not depend on which other samples share the micro-batch.
     alone, _ = training_times(cfg, batch.traj.sigmas, batch.sample_ids[idx[1:]], 0, 0, model.latent_shape)
     assert torch.equal(alone[0], times[1])
+
+
+def test_awm_ratio_is_to_the_sampling_weights_and_its_penalty_to_the_old_policy(tmp_path, tiny_checkpoint):
+    """AWM as its released code: at the weights that drew the samples its ratio is 1 however far the
+    lagged old policy is, and the velocity penalty measures the distance to that old policy."""
+    from vgpo.train.objectives import AWM, MicroBatch, UpdateContext
+    from vgpo.train.old_policy import OldPolicy
+    from vgpo.train.trainer import sample_epoch
+    from vgpo.worlds import get_world
+
+    cfg = _cfg(tmp_path, tiny_checkpoint, algorithm="awm", **FM)
+    model = TinyFlowModel.load(tiny_checkpoint)
+    prompts = get_world("shapes").load_prompts(get_world("shapes").train_file)
+    batch = sample_epoch(cfg, model, prompts, 0, model.schedule(cfg.num_steps))
+    params = model.trainable_parameters()
+    old = OldPolicy(params)
+    with torch.no_grad():
+        for w in old.weights:
+            w.add_(0.05 * torch.randn_like(w))
+    ctx = UpdateContext(cfg, model, batch, 0, 0, old, [p.detach().clone() for p in params])
+    idx = torch.arange(4)
+    mb = MicroBatch(idx, model.encode_prompts([batch.metadata[i]["prompt"] for i in idx]), None, torch.ones(4, 4))
+    terms = list(AWM().terms(ctx, mb))
+    assert len(terms) == cfg.trained_steps
+    assert all(t.ratio_dev.abs().max() < 1e-6 for t in terms)
+    assert all((t.stats["old_kl"] > 0).all() and torch.allclose(t.stats["old_kl"], t.stats["old_dev"]) for t in terms)

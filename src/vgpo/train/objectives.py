@@ -43,7 +43,7 @@ from vgpo.train.fm_losses import (
     velocity_kl,
 )
 from vgpo.train.losses import gaussian_kl, ppo_clip_loss
-from vgpo.train.old_policy import OldPolicy
+from vgpo.train.old_policy import OldPolicy, swapped_weights
 from vgpo.utils import derive_seed
 
 if TYPE_CHECKING:
@@ -73,12 +73,17 @@ class MicroBatch:
 
 @dataclass
 class UpdateContext:
+    """What an objective may read besides its micro-batch. ``sampling_weights``: the trained weights as
+    they were when the update began (the weights that drew on-policy rollouts), kept for objectives that
+    ask for them (``needs_sampling_weights``)."""
+
     cfg: TrainConfig
     model: FlowModel
     batch: EpochBatch
     epoch: int
     inner: int
     old_policy: OldPolicy | None
+    sampling_weights: list[torch.Tensor] | None = None
 
 
 class Objective:
@@ -86,7 +91,9 @@ class Objective:
 
     name: ClassVar[str]
     needs_log_probs: ClassVar[bool]  # trains stochastic rollout steps (refused on ODE rollouts)
-    uses_old_policy: ClassVar[bool]  # keeps a lagged weight copy; rollouts are sampled with it
+    uses_old_policy: ClassVar[bool] = False  # keeps a lagged weight copy (old_policy.py)
+    samples_with_old_policy: ClassVar[bool] = False  # rollouts are drawn with that copy
+    needs_sampling_weights: ClassVar[bool] = False  # reads the weights the update began with
     stats: ClassVar[tuple[str, ...]]  # the per-sample statistics its terms carry, logged as losses/<name>
 
     def terms_per_sample(self, cfg: TrainConfig) -> int:
@@ -103,7 +110,6 @@ class PPO(Objective):
 
     name = "ppo"
     needs_log_probs = True
-    uses_old_policy = False
     stats = ("policy", "kl", "clipfrac", "approx_kl")
 
     def terms_per_sample(self, cfg: TrainConfig) -> int:
@@ -159,42 +165,52 @@ def training_times(cfg: TrainConfig, sigmas: torch.Tensor, sample_ids: torch.Ten
 
 class FlowMatchingObjective(Objective):
     """Shared by nft and awm: K forward-process points per sample, the current conditional velocity
-    with gradient, the old policy's without (all K under one weight swap), the advantage at each t."""
+    with gradient, the anchor policies' velocities without (each policy's K under one weight swap), and
+    the advantage at each t. ``anchors``: which no-grad velocities ``loss`` receives, by name: "old"
+    (the lagged copy) and/or "sampling" (the weights the update began with)."""
 
     needs_log_probs = False
     uses_old_policy = True
+    anchors: ClassVar[tuple[str, ...]] = ("old",)
 
     def terms_per_sample(self, cfg: TrainConfig) -> int:
         return cfg.fm_timesteps or cfg.trained_steps
 
-    def loss(self, ctx: UpdateContext, v: torch.Tensor, v_old: torch.Tensor, target: torch.Tensor,
+    def loss(self, ctx: UpdateContext, v: torch.Tensor, anchors: dict[str, torch.Tensor], target: torch.Tensor,
              adv: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
         raise NotImplementedError
 
+    def _weights(self, ctx: UpdateContext, name: str):
+        if name == "old" and ctx.old_policy is not None:
+            return ctx.old_policy.active()
+        if name == "sampling" and ctx.sampling_weights is not None:
+            return swapped_weights(ctx.model.trainable_parameters(), ctx.sampling_weights)
+        raise VgpoError(f"objective: {self.name} needs the {name} policy's weights, which the trainer did not keep")
+
     def terms(self, ctx: UpdateContext, mb: MicroBatch) -> Iterator[Term]:
         cfg, model, batch = ctx.cfg, ctx.model, ctx.batch
-        if ctx.old_policy is None:
-            raise VgpoError(f"objective: {self.name} needs an old policy (trainer bug: none was kept)")
         sigmas = batch.traj.sigmas
         x0 = batch.traj.final[mb.idx].float()
         times, noises = training_times(cfg, sigmas, batch.sample_ids[mb.idx], ctx.epoch, ctx.inner, tuple(x0.shape[1:]))
         times, noises = times.to(x0.device), noises.to(x0.device)
         points = [fm_interpolate(x0, noises[:, k], times[:, k]).to(batch.traj.states.dtype) for k in range(times.shape[1])]
-        with torch.no_grad(), ctx.old_policy.active():
-            v_olds = [model.velocity(xt, times[:, k], mb.cond).float() for k, xt in enumerate(points)]
+        anchors: dict[str, list[torch.Tensor]] = {}
+        for name in self.anchors:
+            with torch.no_grad(), self._weights(ctx, name):
+                anchors[name] = [model.velocity(xt, times[:, k], mb.cond).float() for k, xt in enumerate(points)]
         for k, xt in enumerate(points):
             t = times[:, k]
             target = fm_target(x0, noises[:, k])
             v = model.velocity(xt, t, mb.cond).float()
             adv = advantage_at_time(mb.advantages, sigmas.to(t.device), t, cfg.fm_advantage_interp)
-            loss, stats, ratio_dev = self.loss(ctx, v, v_olds[k], target, adv, t)
+            loss, stats, ratio_dev = self.loss(ctx, v, {n: a[k] for n, a in anchors.items()}, target, adv, t)
             if cfg.beta > 0:
                 with torch.no_grad(), model.reference():
                     v_ref = model.velocity(xt, t, mb.cond).float()
                 kl = velocity_kl(v, v_ref)
                 loss = loss + cfg.beta * kl
                 stats["kl"] = kl
-            stats["old_dev"] = velocity_kl(v.detach(), v_olds[k])
+            stats["old_dev"] = velocity_kl(v.detach(), anchors["old"][k])
             yield Term(loss, {name: value.detach() for name, value in stats.items()}, ratio_dev)
 
 
@@ -204,28 +220,33 @@ class NFT(FlowMatchingObjective):
     branch loss ``nft_weighting`` (fm_losses.nft_loss)."""
 
     name = "nft"
+    samples_with_old_policy = True  # DiffusionNFT samples with, and contrasts against, its old policy
     stats = ("policy", "kl", "r", "old_dev")
 
-    def loss(self, ctx, v, v_old, target, adv, t):
+    def loss(self, ctx, v, anchors, target, adv, t):
         cfg = ctx.cfg
         r = optimality_probability(adv, cfg.adv_clip_max)
-        loss = nft_loss(v, v_old, target, r, cfg.nft_beta, t=t, weighting=cfg.nft_weighting)
+        loss = nft_loss(v, anchors["old"], target, r, cfg.nft_beta, t=t, weighting=cfg.nft_weighting)
         return loss, {"policy": loss, "r": r}, None
 
 
 class AWM(FlowMatchingObjective):
     """Advantage Weighted Matching: the advantage-weighted surrogate log-likelihood (the ``awm_weighting`` of
-    the flow-matching error) in a PPO ratio to the old policy's, clipped at ``awm_clip_range``, plus
-    ``awm_old_kl`` * the velocity penalty towards the old policy (fm_losses.awm_loss)."""
+    the flow-matching error) in a PPO ratio to that of the policy that drew the samples (on-policy: the
+    weights the update began with), clipped at ``awm_clip_range``, plus ``awm_old_kl`` * the velocity
+    penalty towards the lagged (EMA) old policy, as AWM's released code (fm_losses.awm_loss)."""
 
     name = "awm"
+    needs_sampling_weights = True
+    anchors = ("sampling", "old")
     stats = ("policy", "kl", "old_kl", "clipfrac", "mse", "old_dev")
 
-    def loss(self, ctx, v, v_old, target, adv, t):
+    def loss(self, ctx, v, anchors, target, adv, t):
         cfg = ctx.cfg
-        old_lp = awm_log_likelihood(v_old, target, t, weighting=cfg.awm_weighting, ghuber_power=cfg.awm_ghuber_power)
+        old_lp = awm_log_likelihood(anchors["sampling"], target, t, weighting=cfg.awm_weighting,
+                                    ghuber_power=cfg.awm_ghuber_power)
         loss, raw = awm_loss(v, target, adv, t=t, old_log_lik=old_lp, clip_range=cfg.awm_clip_range or None,
-                             adv_clip=cfg.adv_clip_max, v_old=v_old, kl_beta=cfg.awm_old_kl,
+                             adv_clip=cfg.adv_clip_max, v_old=anchors["old"], kl_beta=cfg.awm_old_kl,
                              weighting=cfg.awm_weighting, ghuber_power=cfg.awm_ghuber_power)
         stats = {"policy": raw["policy"], "old_kl": raw["kl"], "clipfrac": raw["clipped"], "mse": raw["mse"]}
         return loss, stats, (raw["ratio"] - 1).abs()

@@ -176,8 +176,9 @@ def update(cfg: TrainConfig, model: FlowModel, params: list[torch.nn.Parameter],
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, "order", dist.rank()))
     texts = [m["prompt"] for m in batch.metadata]
     sharded = any(dist.is_sharded(p) for p in params)
+    sampling_weights = [p.detach().clone() for p in params] if objective.needs_sampling_weights else None
     for inner in range(cfg.inner_epochs):
-        ctx = UpdateContext(cfg, model, batch, epoch, inner, old_policy)
+        ctx = UpdateContext(cfg, model, batch, epoch, inner, old_policy, sampling_weights)
         order = local[torch.randperm(len(local), generator=gen)]
         n_opt_steps = dist.all_reduce_max(math.ceil(len(order) / per_step))
         for s in range(n_opt_steps):
@@ -447,8 +448,9 @@ def train(cfg: TrainConfig, resume: bool = False, hooks: TrainHooks | None = Non
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     ema = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
-    # nft/awm: the lagged weight copy that samples the rollouts and anchors the loss (old_policy.py).
-    old_policy = OldPolicy(params) if get_objective(cfg.parts.objective).uses_old_policy else None
+    # nft/awm: the lagged weight copy that anchors the loss (and samples nft's rollouts; old_policy.py).
+    objective = get_objective(cfg.parts.objective)
+    old_policy = OldPolicy(params) if objective.uses_old_policy else None
     if resume:
         load_optimizer(out, optimizer, params)
         if ema is not None:
@@ -469,7 +471,7 @@ def train(cfg: TrainConfig, resume: bool = False, hooks: TrainHooks | None = Non
                dynamic_ncols=True, disable=not dist.is_main())
     for epoch in bar:
         t0 = time.perf_counter()
-        with old_policy.active() if old_policy is not None else nullcontext():
+        with old_policy.active() if objective.samples_with_old_policy else nullcontext():
             batch = sample_epoch(cfg, model, train_prompts, epoch, sigmas)
         t1 = time.perf_counter()
         scores = score_epoch(cfg, model, reward_fn, batch)
