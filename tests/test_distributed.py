@@ -290,7 +290,9 @@ def test_fsdp_pads_a_process_with_fewer_kept_samples(tiny_checkpoint, tmp_path):
     assert plain[1]["adv/kept_frac"] == 0.5 and plain[1]["charts/optimizer_steps"] == 1
     for epoch in range(1, EPOCHS + 1):
         for key in ("adv/kept_frac", "losses/policy", "losses/kl", "losses/grad_norm"):
-            assert sharded[epoch][key] == pytest.approx(plain[epoch][key], rel=1e-5, abs=1e-7), (epoch, key)
+            # The policy loss averages terms of size |A| that cancel to about 0: tolerance at the terms' size.
+            scale = plain[epoch]["adv/abs_mean"] if key == "losses/policy" else 0.0
+            assert sharded[epoch][key] == pytest.approx(plain[epoch][key], rel=1e-5, abs=max(1e-7, 1e-5 * scale)), (epoch, key)
     w1, w2 = weights(outs[False]), weights(outs[True])
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
