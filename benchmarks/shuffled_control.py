@@ -18,23 +18,22 @@ from pathlib import Path
 
 import torch
 
-import vgpo.train.trainer as trainer
 from vgpo.config import from_dict
-from vgpo.train import TrainConfig
+from vgpo.train import TrainConfig, TrainHooks, train
 from vgpo.train.run_folder import METRICS, read_metrics
 from vgpo.utils import derive_seed
 from vgpo.worlds import get_world
 
-_advantages = trainer.compute_advantages
-_epoch = {"n": 0}
 
+def shuffling_hooks(seed: int) -> TrainHooks:
+    """Every epoch, permute the (clipped) advantages and step weights across the epoch's samples."""
 
-def shuffled_advantages(cfg: TrainConfig, final: torch.Tensor, values: torch.Tensor, group_ids: torch.Tensor):
-    adv, omega = _advantages(cfg, final, values, group_ids)
-    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, _epoch["n"], "shuffled-control"))
-    _epoch["n"] += 1
-    perm = torch.randperm(adv.shape[0], generator=gen)
-    return adv[perm], omega[perm]
+    def on_advantages(epoch: int, adv: torch.Tensor, omega: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(derive_seed(seed, epoch, "shuffled-control"))
+        perm = torch.randperm(adv.shape[0], generator=gen)
+        return adv[perm], omega[perm]
+
+    return TrainHooks(on_advantages=on_advantages)
 
 
 def headline_curve(run: Path, headline: str) -> list[tuple[int, float]]:
@@ -47,12 +46,13 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("runs/shuffled"))
     args = parser.parse_args()
-    trainer.compute_advantages = shuffled_advantages
     for run in args.runs:
-        cfg = from_dict(TrainConfig, json.loads((run / "config.json").read_text()), f"{run}/config.json: ")
+        data = json.loads((run / "config.json").read_text())
+        # Runs recorded before the field existed trained the exact CFG gradient: the control must too.
+        data.setdefault("cfg_uncond_grad", True)
+        cfg = from_dict(TrainConfig, data, f"{run}/config.json: ")
         cfg.out = str(args.out / "_".join(run.parts[-3:]))
-        _epoch["n"] = 0
-        control = Path(trainer.train(cfg, overwrite=True))  # a rerun redoes the control
+        control = Path(train(cfg, hooks=shuffling_hooks(cfg.seed), overwrite=True))  # a rerun redoes the control
         headline = get_world(cfg.world).headline
         real, shuffled = headline_curve(run, headline), headline_curve(control, headline)
         print(f"{run}: {headline} {real[0][1]:.3f} -> {real[-1][1]:.3f} ({real[-1][1] - real[0][1]:+.3f}); "

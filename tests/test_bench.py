@@ -336,3 +336,23 @@ def test_cli_registers_bench_and_train_encoder():
     assert args.suite == "full" and args.only == ["shapes/vgpo", "*/grpo"] and args.bench_command is None
     args = parser.parse_args(["bench", "train-encoder", "--world", "shapes", "--out", "enc", "--steps", "10"])
     assert args.bench_command == "train-encoder" and args.encoder_out == "enc" and args.steps == 10
+
+
+def test_full_suite_lists_the_flow_matching_objectives_as_optional_rows(tmp_path):
+    """nft and awm are expanded only on request, from their own presets (no CFG in rollouts) under the
+    task's budget; the main rows are unchanged by them."""
+    from vgpo.train.algorithms import describe
+
+    suite = get_suite("full")
+    plain, with_optional = expand(suite, tmp_path), expand(suite, tmp_path, optional=True)
+    assert not {r.algorithm for r in plain.runs} & {"nft", "awm"}
+    extra = [r for r in with_optional.runs if r.algorithm in ("nft", "awm")]
+    assert sorted({(r.task, r.algorithm) for r in extra}) == [("shapes", "awm"), ("shapes", "nft"), ("text", "awm"),
+                                                              ("text", "nft")]
+    assert {r.id for r in plain.runs} <= {r.id for r in with_optional.runs}
+    grpo = {r.task: r.config for r in plain.runs if r.algorithm == "grpo" and r.seed == 0}
+    for r in extra:
+        assert describe(r.config.parts) == f"ode+{r.algorithm}" and r.config.guidance_scale == 1.0
+        assert all(getattr(r.config, k) == getattr(grpo[r.task], k)
+                   for k in ("epochs", "prompts_per_epoch", "group_size", "train_batch_size", "lr", "eval_num_steps"))
+    assert not any(r.algorithm in ("nft", "awm") for r in expand(get_suite("quick"), tmp_path, optional=True).runs)

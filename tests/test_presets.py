@@ -139,3 +139,44 @@ def test_prompt_file_world_errors(tmp_path):
     empty.write_text("\n\n")
     with pytest.raises(VgpoError, match="no prompts"):
         get_world("ocr").load_prompts(empty)
+
+
+# --- the composition presets (sampler + advantage + objective) --------------------------------------
+COMPOSED = {
+    "shapes-nft.yaml": "ode+nft", "shapes-nft-vgpo.yaml": "ode+nft+tcrm+adae",
+    "shapes-awm.yaml": "ode+awm", "shapes-awm-vgpo.yaml": "ode+awm+tcrm+adae",
+    "text-nft.yaml": "ode+nft", "text-nft-vgpo.yaml": "ode+nft+tcrm+adae",
+    "text-awm.yaml": "ode+awm", "text-awm-vgpo.yaml": "ode+awm+tcrm+adae",
+    "shapes-cps-grpo.yaml": "cps+ppo", "shapes-cps-vgpo.yaml": "cps+ppo+tcrm+adae",
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMPOSED))
+def test_composed_presets_name_their_parts(name):
+    from vgpo.train.algorithms import describe
+
+    cfg = load(CONFIGS / name)
+    assert describe(cfg.parts) == COMPOSED[name]
+    # No CFG in rollouts or training (the papers' and Flow-GRPO's CPS recipe), CFG in held-out evaluation.
+    assert (cfg.guidance_scale, cfg.eval_guidance) == (1.0, 4.5)
+    if cfg.parts.sampler == "cps":  # Flow-GRPO's CPS recommendations
+        assert cfg.noise_level == 0.8 and 0 < cfg.sde_steps <= cfg.num_steps // 2
+        assert cfg.clip_range < load(CONFIGS / "shapes-grpo.yaml").clip_range
+    # The composed presets change only their algorithm's parts and settings, not the world's recipe.
+    world = "shapes" if name.startswith("shapes") else "text"
+    reference = load(CONFIGS / f"{world}-grpo.yaml")
+    for key in ("lr", "num_steps", "group_size", "prompts_per_epoch", "train_batch_size", "epochs", "reward"):
+        assert getattr(cfg, key) == getattr(reference, key), key
+
+
+@pytest.mark.parametrize("name", ["shapes-nft-vgpo.yaml", "shapes-awm.yaml", "shapes-cps-vgpo.yaml"])
+def test_composed_presets_run_an_epoch_on_a_tiny_model(tmp_path, tiny_checkpoint, name):
+    from vgpo.train import train
+
+    data = {**load_yaml(CONFIGS / name), "checkpoint": str(tiny_checkpoint), "out": str(tmp_path / "run"),
+            "epochs": 1, "prompts_per_epoch": 2, "group_size": 4, "sample_batch_size": 8, "train_batch_size": 8,
+            "num_steps": 6, "eval_base": False, "eval_num_steps": 2, "eval_limit": 2, "reward": "brightness",
+            "threads": 1}
+    out = train(from_dict(TrainConfig, data, f"{name}: "))
+    (m,) = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if "losses/grad_norm" in ln]
+    assert m["losses/grad_norm"] > 0 and m["charts/optimizer_steps"] == 1

@@ -25,7 +25,7 @@ from vgpo.cli import main
 from vgpo.config import check_fields, doc, from_dict
 from vgpo.errors import VgpoError
 from vgpo.pretrain import PretrainConfig
-from vgpo.train import TrainConfig, run_folder, train, trainer
+from vgpo.train import TrainConfig, objectives, run_folder, train, trainer
 
 SMALL = dict(reward="brightness", epochs=3, prompts_per_epoch=2, group_size=4, sample_batch_size=8,
              train_batch_size=4, gradient_accumulation=2, num_steps=4, guidance_scale=2.0, lr=1e-3, clip_range=0.2,
@@ -147,14 +147,14 @@ def test_nan_reward_stops_before_the_update_and_keeps_the_last_checkpoint(tmp_pa
 def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path, tiny_checkpoint, snapshots, monkeypatch):
     """A loss that turns NaN in epoch 2 (the reward is fine): stopped before optimizer.step, named, and the
     epoch-1 checkpoint stays byte-identical."""
-    real, calls = trainer.ppo_clip_loss, []
+    real, calls = objectives.ppo_clip_loss, []
 
     def loss(log_prob, old, adv, clip):
         calls.append(1)
         terms, ratio = real(log_prob, old, adv, clip)
         return (terms * math.nan if len(calls) > 8 else terms), ratio  # 2 micro-batches x 4 steps per epoch
 
-    monkeypatch.setattr(trainer, "ppo_clip_loss", loss)
+    monkeypatch.setattr(objectives, "ppo_clip_loss", loss)
     stepped = []
     monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, real=torch.optim.AdamW.step: stepped.append(1) or real(self, *a))
     with pytest.raises(VgpoError, match=r"^epoch 2: non-finite gradient norm nan, policy loss nan"):

@@ -24,13 +24,15 @@ def local_device(device: str) -> str:
 
 
 def init_from_env(device: str) -> str:
-    """Initialise the default process group when launched with WORLD_SIZE > 1 (NCCL on CUDA, gloo
-    otherwise) and return this process's device (``local_device``), made current on CUDA."""
+    """Initialise the default process group when launched with WORLD_SIZE > 1 (NCCL and gloo on CUDA,
+    gloo otherwise) and return this process's device (``local_device``), made current on CUDA."""
     device = local_device(device)
     if device.startswith("cuda:"):
         torch.cuda.set_device(torch.device(device))  # rewards and helpers that say plain "cuda" follow
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        # On CUDA: NCCL for GPU tensors, gloo for the CPU tensors the trainer reduces (rewards,
+        # advantages, counters), which NCCL cannot take.
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo")
     return device
 
 

@@ -22,12 +22,12 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     suite = get_suite(args.suite)
     out = Path(args.out or f"runs/bench-{args.suite}")
     if args.dry_run:
-        plan = expand(suite, out, args.threads)
+        plan = expand(suite, out, args.threads, args.optional)
         print("\n".join(describe(plan, select(plan.runs, args.only), args.jobs)))
         return
     outcome = run_suite(suite, out, only=args.only, threads=args.threads, use_quality=not args.no_quality,
                         projection=not args.no_projection, report_only=args.report_only, command=_command_line(),
-                        jobs=args.jobs)
+                        jobs=args.jobs, optional=args.optional)
     print(f"report: {outcome.report}\nresults: {outcome.results}")
     if outcome.failed:
         raise VgpoError(f"{len(outcome.failed)} failed: " + "; ".join(f"{k}: {v}" for k, v in outcome.failed.items())
@@ -56,6 +56,9 @@ def add_commands(sub) -> None:
                    help="torch CPU threads for every run (0: torch's default; with --jobs: the cores split over the jobs)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs trained side by side, each in its own process (per-run output in <out>/logs/)")
+    p.add_argument("--optional", action="store_true",
+                   help="also the suite's optional rows (full suite: the flow-matching objectives nft and awm, from "
+                        "configs/<world>-{nft,awm}.yaml under the same budget); pass it to --report-only too")
     p.add_argument("--no-quality", action="store_true", help="skip the FD/diversity quality monitor")
     p.add_argument("--no-projection", action="store_true", help="skip the projection-accuracy check")
     p.add_argument("--report-only", action="store_true", help="run nothing; rebuild results.json, BENCHMARKS.md, plots")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ALGO_COLORS = {"grpo": "tab:blue", "vgpo": "tab:red", "tcrm": "tab:green", "adae": "tab:orange"}
+ALGO_COLORS = {"grpo": "tab:blue", "vgpo": "tab:red", "tcrm": "tab:green", "adae": "tab:orange", "nft": "tab:purple",
+               "awm": "tab:brown"}
 
 
 def _plt():

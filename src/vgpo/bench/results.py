@@ -22,7 +22,7 @@ from vgpo.errors import VgpoError
 
 SCHEMA_VERSION = "vgpo-bench/1"
 
-Algorithm = Literal["grpo", "vgpo", "tcrm", "adae"]
+Algorithm = Literal["grpo", "vgpo", "tcrm", "adae", "nft", "awm"]
 Nums = list[float | None]
 T = TypeVar("T")
 

@@ -38,6 +38,7 @@ from vgpo.worlds import get_world
 from . import quality as Q
 from .markdown import write_markdown
 from .suites import (
+    LEGACY_VALUES,
     Plan,
     RunPlan,
     Suite,
@@ -237,8 +238,10 @@ class StaleRunError(VgpoError):
 
 def _stale(run: RunPlan, stored: dict) -> None:
     """Raise when a finished run was made with another config. A field the stored config lacks was added
-    to TrainConfig after the run; it counts as its default, the behaviour the run had."""
+    to TrainConfig after the run; it counts as its default, the behaviour the run had, or as its
+    LEGACY_VALUES entry where the default changed since (the CFG gradient)."""
     want, have, defaults = comparable_config(run.config), comparable_config(stored), comparable_config(TrainConfig())
+    defaults.update(LEGACY_VALUES)
     diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k, defaults.get(k)))
     if diff:
         raise StaleRunError(f"{run.id}: {run.dir} was made with another config ({', '.join(diff[:5])} differ); "
@@ -306,7 +309,7 @@ def describe(plan: Plan, selected: Sequence[RunPlan], jobs: int = 1) -> list[str
 
 def run_suite(suite: Suite, out: str | Path, only: Sequence[str] = (), threads: int = 0, use_quality: bool = True,
               projection: bool = True, report_only: bool = False, command: str = "", jobs: int = 1,
-              log: Callable[[str], None] = print) -> Outcome:
+              log: Callable[[str], None] = print, optional: bool = False) -> Outcome:
     """Run the selected unfinished runs (``jobs`` at a time, each in its own process), then the task-level
     checks, then write results.json, BENCHMARKS.md and the plots."""
     started_at, started = now_iso(), time.time()
@@ -316,7 +319,7 @@ def run_suite(suite: Suite, out: str | Path, only: Sequence[str] = (), threads: 
         raise VgpoError(f"--jobs: must be >= 1, got {jobs}")
     if jobs > 1 and not threads:
         threads = max(1, (os.cpu_count() or 1) // jobs)  # the jobs share the cores instead of oversubscribing them
-    plan = expand(suite, out, threads)
+    plan = expand(suite, out, threads, optional)
     selected = select(plan.runs, only)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(suite.to_dict(), indent=2, default=str) + "\n", out / "suite.json")

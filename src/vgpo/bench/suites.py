@@ -26,6 +26,7 @@ from typing import Any
 
 from vgpo.config import from_dict, load_yaml
 from vgpo.errors import VgpoError
+from vgpo.train.algorithms import PRESETS
 from vgpo.train.config import ALGORITHMS, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[3]  # src/vgpo/bench -> the checkout holding configs/
@@ -33,6 +34,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]  # src/vgpo/bench -> the checkou
 # batched: tested to give the same samples), or whose content is fixed by the task spec (the test subset
 # file): left out when configs are compared.
 NON_SEMANTIC = ("out", "threads", "device", "test_prompts", "sample_batch_size", "eval_batch_size")
+# Fields whose default changed after runs were recorded without them: the value such a run had.
+LEGACY_VALUES = {"cfg_uncond_grad": True}
 
 
 @dataclass
@@ -60,6 +63,12 @@ class TaskSpec:
     prompt_format: str = "jsonl"  # how the subset file is written: jsonl (metadata per line) or prompt (text per line)
     metrics: tuple = ()  # eval metrics reported besides the world's headline (e.g. overall/partial)
     algorithms: tuple = ALGORITHMS
+    # Rows expanded only on request (``vgpo bench --optional``): algorithms outside the suite's main
+    # comparison, e.g. the flow-matching objectives, run under the same budget.
+    optional_algorithms: tuple = ()
+    # An algorithm's own preset in place of ``preset`` (its settings, e.g. no CFG in rollouts); it must
+    # build on ``preset`` so that the task's recipe and budget stay the same.
+    algorithm_presets: dict = field(default_factory=dict)
     seeds: tuple = (0, 1, 2)
     sweeps: tuple = ()
     quality_images_per_prompt: int = 2  # images per held-out prompt for FD and within-prompt diversity
@@ -102,23 +111,34 @@ def _shapes_sweeps(seeds: tuple, gammas: tuple) -> tuple:
     )
 
 
+# The flow-matching objectives (DiffusionNFT, AWM) with VGPO's advantages or without, as optional rows.
+FM_ALGORITHMS = ("nft", "awm")
+
+
+def fm_presets(world: str) -> dict:
+    return {a: f"configs/{world}-{a}.yaml" for a in FM_ALGORITHMS}
+
+
 def shapes_task(budget: dict, seeds: tuple, sweep_seeds: tuple, gammas: tuple, eval_prompts: int,
-                projection_prompts: int) -> TaskSpec:
+                projection_prompts: int, optional: tuple = ()) -> TaskSpec:
     return TaskSpec(
         name="shapes", world="shapes", checkpoint="checkpoints/shapes-base", preset="configs/shapes-common.yaml",
         overrides=dict(budget), encoder="checkpoints/shapes-encoder", eval_prompts=eval_prompts,
         metrics=("overall/partial",), seeds=seeds, sweeps=_shapes_sweeps(sweep_seeds, gammas),
-        projection_prompts=projection_prompts)
+        projection_prompts=projection_prompts, optional_algorithms=optional,
+        algorithm_presets=fm_presets("shapes") if optional else {})
 
 
-def text_task(budget: dict, seeds: tuple, sweep_seeds: tuple, eval_prompts: int, projection_prompts: int) -> TaskSpec:
+def text_task(budget: dict, seeds: tuple, sweep_seeds: tuple, eval_prompts: int, projection_prompts: int,
+              optional: tuple = ()) -> TaskSpec:
     """The OCR task. Its epochs cost about 4x a Shapes epoch (3x the pixels, an OCR call per scored
     image), so it sweeps only ``tcrm_every``: the overhead question, where OCR is the expensive reward.
     Its quality monitor's encoder learns which letters a render shows."""
     return TaskSpec(
         name="text", world="text", checkpoint="checkpoints/text-base", preset="configs/text-common.yaml",
         overrides=dict(budget), encoder="checkpoints/text-encoder", eval_prompts=eval_prompts, prompt_format="prompt", metrics=("ocr/exact",),
-        seeds=seeds, projection_prompts=projection_prompts,
+        seeds=seeds, projection_prompts=projection_prompts, optional_algorithms=optional,
+        algorithm_presets=fm_presets("text") if optional else {},
         sweeps=(Sweep("tcrm_every", (1, 2, 5), "vgpo", sweep_seeds,
                       "TCRM cost with OCR as the reward: held-out accuracy vs OCR calls per epoch"),))
 
@@ -144,8 +164,9 @@ def full_suite() -> Suite:
     # about 15 minutes with --jobs 2, past the 2-hour target.
     return Suite("full", "4 algorithms x 3 seeds, sweeps at seed 0, 12 epochs (text: 8 epochs)", 120.0,
                  (shapes_task(FULL_BUDGET, (0, 1, 2), (0,), (0.5, 0.9, 1.0), eval_prompts=48,
-                              projection_prompts=16),
-                  text_task(TEXT_FULL_BUDGET, (0, 1, 2), (0,), eval_prompts=24, projection_prompts=8)), TUNING)
+                              projection_prompts=16, optional=FM_ALGORITHMS),
+                  text_task(TEXT_FULL_BUDGET, (0, 1, 2), (0,), eval_prompts=24, projection_prompts=8,
+                            optional=FM_ALGORITHMS)), TUNING)
 
 
 SUITES = {"quick": quick_suite, "full": full_suite}
@@ -210,14 +231,15 @@ def _fmt_value(v: Any) -> str:
 
 def effective_key(cfg: TrainConfig) -> str:
     """What a run computes: the config minus NON_SEMANTIC fields and minus fields the algorithm ignores
-    (gamma/tcrm_every without dense rewards, adae_* without the absolute signal); VGPO with k = 0 is
-    TCRM-only."""
+    (gamma/tcrm_every without dense rewards, adae_* without the absolute signal), with the algorithm as
+    its resolved parts (algorithms.py); VGPO with k = 0 is TCRM-only."""
     d = dataclasses.asdict(cfg)
     for name in NON_SEMANTIC:
         d.pop(name, None)
-    d["drop_zero_std_groups"] = cfg.drops_zero_std
-    if cfg.algorithm == "vgpo" and cfg.adae_k == 0:
-        d["algorithm"] = "tcrm"
+    # The algorithm is what its parts compute, whatever names them; ADAE with k = 0 adds nothing.
+    for name in ("algorithm", "sampler", "objective", "tcrm", "adae", "drop_zero_std_groups"):
+        d.pop(name)
+    d["parts"] = dataclasses.asdict(dataclasses.replace(cfg.parts, adae=cfg.absolute_signal and cfg.adae_k != 0))
     if not cfg.dense_rewards:
         d.pop("gamma"), d.pop("tcrm_every")
     if not cfg.absolute_signal or cfg.adae_k == 0:
@@ -236,7 +258,8 @@ def subset_path(out: Path, task: TaskSpec) -> Path:
 
 def run_config(task: TaskSpec, out: Path, algorithm: str, seed: int, variant: dict, run_dir: Path,
                threads: int) -> TrainConfig:
-    data: dict = load_yaml(resolve_preset(task.preset)) if task.preset else {}
+    preset = task.algorithm_presets.get(algorithm, task.preset)
+    data: dict = load_yaml(resolve_preset(preset)) if preset else {}
     data.update(task.overrides)
     data.update(world=task.world, checkpoint=task.checkpoint, algorithm=algorithm, seed=seed, out=str(run_dir),
                 threads=threads, **variant)
@@ -245,8 +268,9 @@ def run_config(task: TaskSpec, out: Path, algorithm: str, seed: int, variant: di
     return from_dict(TrainConfig, data, f"task {task.name} ({algorithm}, seed {seed}): ")
 
 
-def expand(suite: Suite, out: str | Path, threads: int = 0) -> Plan:
-    """Every run of the suite with its full TrainConfig; equal effective configs share one run."""
+def expand(suite: Suite, out: str | Path, threads: int = 0, optional: bool = False) -> Plan:
+    """Every run of the suite with its full TrainConfig; equal effective configs share one run.
+    ``optional``: the tasks' optional algorithms too."""
     out = Path(out)
     runs: list[RunPlan] = []
     by_key: dict[tuple[str, int, str], RunPlan] = {}
@@ -268,9 +292,9 @@ def expand(suite: Suite, out: str | Path, threads: int = 0) -> Plan:
     if len(set(names)) != len(names):
         raise VgpoError(f"suite {suite.name}: task names must be unique, got {names}")
     for task in suite.tasks:
-        for algorithm in task.algorithms:
-            if algorithm not in ALGORITHMS:
-                raise VgpoError(f"task {task.name}: unknown algorithm '{algorithm}'; expected one of {', '.join(ALGORITHMS)}")
+        for algorithm in (*task.algorithms, *(task.optional_algorithms if optional else ())):
+            if algorithm not in PRESETS:
+                raise VgpoError(f"task {task.name}: unknown algorithm '{algorithm}'; expected one of {', '.join(PRESETS)}")
             for seed in task.seeds:
                 add(task, algorithm, seed, {})
         sweeps[task.name] = {}

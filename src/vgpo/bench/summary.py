@@ -226,8 +226,9 @@ def summarize_task(task: TaskSpec, plan: Plan, records: dict[str, dict], base_qu
     metrics = [headline, *[m for m in task.metrics if m != headline]]
     runs = plan.runs_of(task.name)
     done = [records[r.id] for r in runs if records[r.id]["status"] == "done"]
+    algorithms = [*task.algorithms, *[a for a in task.optional_algorithms if any(r.algorithm == a for r in runs)]]
     main = {a: [records[r.id] for r in runs if r.algorithm == a and not r.variant and records[r.id]["status"] == "done"]
-            for a in task.algorithms}
+            for a in algorithms}
     eval_keys = sorted({k for r in done for k in r["eval"]["metrics"]})
 
     # The base is evaluated at epoch 0 of every run with the run's seed: one value per seed.

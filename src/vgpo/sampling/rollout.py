@@ -39,14 +39,19 @@ def guided_velocity(
     cond: Condition,
     uncond: Condition | None,
     guidance_scale: float,
+    detach_uncond: bool = False,
 ) -> torch.Tensor:
     """v_uncond + g*(v_cond - v_uncond), with cond and uncond in one batch; plain v(cond) when
-    ``uncond`` is None or g == 1."""
+    ``uncond`` is None or g == 1. ``detach_uncond``: the same value, with no gradient through the
+    unconditional branch (Flow-GRPO's update: ``noise_pred_uncond.detach()``), so that only the
+    conditional prediction is trained, with weight g."""
     sigma_b = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
     if uncond is None or guidance_scale == 1.0:
         return model.velocity(x, sigma_b, cond)
     v = model.velocity(torch.cat([x, x]), torch.cat([sigma_b, sigma_b]), cat_conditions(cond, uncond))
     v_cond, v_uncond = v.float().chunk(2)
+    if detach_uncond:
+        v_uncond = v_uncond.detach()
     return (v_uncond + guidance_scale * (v_cond - v_uncond)).to(x.dtype)
 
 
@@ -60,10 +65,12 @@ def rollout(
     guidance_scale: float,
     generator: Generators = None,
     x_init: torch.Tensor | None = None,
+    sde_type: str = "sde",
 ) -> Trajectory:
     """Sample len(sigmas)-1 steps from noise. ``noise_level`` 0 is the Euler ODE (evaluation);
-    > 0 is Flow-GRPO's SDE (training rollouts); a sequence gives each step its own level (SDE on a
-    window of steps, ODE elsewhere, as Flow-GRPO-Fast). ``generator``: one, or a list with one per sample."""
+    > 0 is a stochastic step of ``sde_type`` (``sde``: Flow-GRPO's SDE; ``cps``: coefficients-preserving,
+    see ``sde_step``); a sequence gives each step its own level (SDE on a window of steps, ODE elsewhere,
+    as Flow-GRPO-Fast). ``generator``: one, or a list with one per sample."""
     levels = [noise_level] * (len(sigmas) - 1) if isinstance(noise_level, (int, float)) else list(noise_level)
     if len(levels) != len(sigmas) - 1:
         raise ValueError(f"noise_level: {len(levels)} levels for {len(sigmas) - 1} steps")
@@ -77,7 +84,7 @@ def rollout(
     for i in range(len(sigmas) - 1):
         v = guided_velocity(model, x, sigmas[i], cond, uncond, guidance_scale)
         x0_hats.append(predict_x0(x, v, sigmas[i]))
-        out = sde_step(x, v, sigmas, i, levels[i], generator=generator)
+        out = sde_step(x, v, sigmas, i, levels[i], generator=generator, sde_type=sde_type)
         x = out.prev_sample
         states.append(x)
         log_probs.append(out.log_prob)

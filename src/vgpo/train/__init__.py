@@ -1,6 +1,6 @@
-"""RL training: Flow-GRPO and VGPO (TCRM + ADAE) in one trainer."""
+"""RL training: an algorithm is a sampler + an advantage + an objective (algorithms.py), in one trainer."""
 
 from vgpo.train.config import TrainConfig
-from vgpo.train.trainer import train
+from vgpo.train.trainer import TrainHooks, train
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TrainConfig", "TrainHooks", "train"]

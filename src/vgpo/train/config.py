@@ -8,8 +8,10 @@ from typing import Any, Literal, Optional, Union
 from vgpo.config import check_fields, doc
 from vgpo.errors import VgpoError
 from vgpo.evaluate import EvalConfig
+from vgpo.train import algorithms
+from vgpo.train.fm_losses import ADVANTAGE_MODES as ADVANTAGE_INTERP
 
-ALGORITHMS = ("grpo", "vgpo", "tcrm", "adae")
+ALGORITHMS = ("grpo", "vgpo", "tcrm", "adae")  # the VGPO paper's four (the bench suites' main rows)
 
 
 @dataclass
@@ -32,12 +34,16 @@ class TrainConfig:
     reward: Union[str, dict] = doc("", "reward name or {name: weight} (default: the world's reward)")
     # --- sampling (Flow-GRPO: 10 train steps, noise level 0.7) ---
     num_steps: int = doc(10, "sampling steps of training rollouts (Flow-GRPO: 10)")
-    noise_level: float = doc(0.7, "SDE noise level a of training rollouts (Flow-GRPO: 0.7)")
+    noise_level: float = doc(0.7, "SDE noise level a of training rollouts (Flow-GRPO: 0.7; CPS: 0.8, in (0, 1]); "
+                                  "unused by sampler ode")
     sde_steps: int = doc(0, "SDE on the first this many steps only, the Euler ODE after, and only those steps trained "
                             "(as Flow-GRPO-Fast and MixGRPO); 0: SDE at every step (Flow-GRPO)")
     shared_init_noise: bool = doc(False, "a group's images start from the same initial noise, so only the SDE steps "
                                          "(the policy's actions) tell them apart (DanceGRPO's shared noise)")
-    guidance_scale: float = doc(4.5, "CFG scale in rollouts and in the update (Flow-GRPO: 4.5)")
+    guidance_scale: float = doc(4.5, "CFG scale in rollouts and in the PPO update (Flow-GRPO: 4.5); the flow-matching "
+                                     "objectives (nft, awm) train the conditional velocity without CFG")
+    cfg_uncond_grad: bool = doc(False, "PPO update: back-propagate through the unconditional branch of the guided velocity "
+                                       "too (exact gradient); off: detached, as Flow-GRPO (noise_pred_uncond.detach())")
     prompts_per_epoch: int = doc(8, "distinct prompts per epoch (over all processes)")
     group_size: int = doc(8, "images per prompt, G (paper: 24)")
     sample_batch_size: int = doc(64, "images per rollout forward batch")
@@ -55,15 +61,45 @@ class TrainConfig:
     beta: float = doc(0.0, "KL weight to the reference policy (Flow-GRPO: 0.04 GenEval/OCR, 0.01 PickScore)")
     ema_decay: float = doc(0.9, "EMA of trained weights used for evaluation, per optimizer step (0: off)")
     # --- algorithm ---
-    algorithm: Literal["grpo", "vgpo", "tcrm", "adae"] = doc(
-        "vgpo", "grpo: Flow-GRPO; vgpo: TCRM + ADAE; tcrm: TCRM only; adae: ADAE only (arXiv 2512.12387)")
+    algorithm: Literal["grpo", "vgpo", "tcrm", "adae", "nft", "awm"] = doc(
+        "vgpo", "preset of sampler + advantage + objective (docs/algorithms.md): grpo: Flow-GRPO; vgpo: TCRM + ADAE; "
+                "tcrm: TCRM only; adae: ADAE only (arXiv 2512.12387); nft: DiffusionNFT; awm: Advantage Weighted "
+                "Matching; the fields sampler, objective, tcrm, adae, drop_zero_std_groups override its parts")
+    sampler: Optional[Literal["sde", "cps", "ode"]] = doc(
+        None, "rollout sampler: sde (Flow-GRPO), cps (coefficients-preserving, Flow-GRPO's sde_type cps), ode (Euler, "
+              "no log-probs) (default: the algorithm's)")
+    objective: Optional[Literal["ppo", "nft", "awm"]] = doc(
+        None, "loss: ppo (Flow-GRPO's clipped policy gradient), nft (DiffusionNFT), awm (Advantage Weighted Matching) "
+              "(default: the algorithm's)")
+    tcrm: Optional[bool] = doc(None, "TCRM dense values and step weights (default: the algorithm's)")
+    adae: Optional[bool] = doc(None, "ADAE absolute term k*Q in the advantage (default: the algorithm's)")
     global_std: bool = doc(False, "normalise by the batch's std instead of the group's (Flow-GRPO option)")
     drop_zero_std_groups: Optional[bool] = doc(
-        None, "drop samples whose group rewards are all equal (default: true for grpo, false otherwise)")
+        None, "drop samples whose group rewards are all equal (default: the algorithm's: true for grpo, false otherwise)")
     gamma: float = doc(0.9, "TCRM discount of the reward-to-go Q_i (our choice; the paper leaves it open)")
     adae_k: float = doc(0.1, "ADAE absolute-signal weight k, alpha = k*std_g Q (our choice; swept in benchmarks)")
     adae_steps: int = doc(5, "ADAE adds k*Q_i on the first this many steps only (paper: 5)")
     tcrm_every: int = doc(1, "score projections every k-th step, interpolate the rest (1: the paper)")
+    # --- flow-matching objectives (nft, awm) ---
+    fm_timesteps: int = doc(0, "training times per sample per update: 0: the sigma of every trained rollout step "
+                               "(DiffusionNFT); K > 0: K draws uniform in [sigma of the last trained step, sigma_0]")
+    fm_advantage_interp: str = doc("linear", "advantage at a training time t from the per-step advantages at the "
+                                             "sampler's sigmas (TCRM's Q interpolated at sigma = t): linear, nearest")
+    nft_beta: float = doc(1.0, "DiffusionNFT beta: implicit policies old +- beta*(current - old) (paper: 1)")
+    nft_weighting: Literal["adaptive", "none"] = doc(
+        "adaptive", "DiffusionNFT branch loss: adaptive (x0 error self-normalised per sample, its released code) or "
+                    "none (plain flow-matching error, the paper's formula)")
+    awm_weighting: Literal["uniform", "t", "t2", "ghuber"] = doc(
+        "ghuber", "AWM surrogate log-likelihood: minus the flow-matching error l, weighted: uniform, t*l, t^2*l, or "
+                  "ghuber t*((l+d)^p - d^p)/p (AWM's released configs)")
+    awm_ghuber_power: float = doc(0.25, "AWM ghuber power p (released configs: 0.25)")
+    awm_clip_range: float = doc(1.0, "AWM ratio clip epsilon on exp(lp - lp_old) (released configs: 1; 0: no clipping)")
+    awm_old_kl: float = doc(1.0, "AWM weight of the velocity penalty towards the old (EMA) policy (released code: 1)")
+    old_policy_decay_rate: float = doc(0.001, "old policy of nft/awm: after each epoch old <- d*old + (1-d)*current "
+                                              "with d = min(rate*(step - flat), max) at optimizer step `step` "
+                                              "(DiffusionNFT: 0.001, max 0.5, flat 0; 0: on-policy)")
+    old_policy_decay_max: float = doc(0.5, "cap of the old policy's decay d (DiffusionNFT: 0.5)")
+    old_policy_decay_flat: int = doc(0, "optimizer steps with decay 0 before the ramp (DiffusionNFT: 0)")
     # --- evaluation and checkpoints ---
     eval_every: int = doc(10, "epochs between held-out evaluations (0: only before the first and after the last)")
     eval_base: bool = doc(True, "evaluate the starting model before the first epoch (off: its score is known already)")
@@ -89,14 +125,13 @@ class TrainConfig:
             raise VgpoError(f"timestep_fraction: expected in (0, 1], got {self.timestep_fraction}")
         if int(self.timestep_fraction * self.num_steps) < 1:
             raise VgpoError(f"timestep_fraction: {self.timestep_fraction} x num_steps {self.num_steps} trains no step")
-        if self.noise_level <= 0:
-            raise VgpoError(f"noise_level: expected > 0 (training needs stochastic steps), got {self.noise_level}")
         for name in ("lr", "clip_range", "adv_clip_max", "max_grad_norm", "adam_eps"):
             if getattr(self, name) <= 0:
                 raise VgpoError(f"{name}: expected > 0, got {getattr(self, name)}")
         if not 0 <= self.sde_steps <= self.num_steps:
             raise VgpoError(f"sde_steps: expected in [0, num_steps={self.num_steps}], got {self.sde_steps}")
-        for name in ("beta", "weight_decay", "eval_every", "adae_steps", "eval_limit", "threads"):
+        for name in ("beta", "weight_decay", "eval_every", "adae_steps", "eval_limit", "threads", "fm_timesteps",
+                     "old_policy_decay_rate", "old_policy_decay_flat"):
             if getattr(self, name) < 0:
                 raise VgpoError(f"{name}: expected >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -107,17 +142,33 @@ class TrainConfig:
             raise VgpoError(f"guidance_scale: expected >= 1, got {self.guidance_scale}")
         if self.eval_guidance_scale != 0.0 and self.eval_guidance_scale < 1.0:
             raise VgpoError(f"eval_guidance_scale: expected 0 (same as guidance_scale) or >= 1, got {self.eval_guidance_scale}")
+        for name in ("awm_clip_range", "awm_old_kl"):
+            if getattr(self, name) < 0:
+                raise VgpoError(f"{name}: expected >= 0, got {getattr(self, name)}")
+        if self.awm_ghuber_power <= 0:
+            raise VgpoError(f"awm_ghuber_power: expected > 0, got {self.awm_ghuber_power}")
+        if self.nft_beta <= 0:
+            raise VgpoError(f"nft_beta: expected > 0, got {self.nft_beta}")
+        if not 0.0 <= self.old_policy_decay_max < 1.0:
+            raise VgpoError(f"old_policy_decay_max: expected in [0, 1), got {self.old_policy_decay_max}")
+        if self.fm_advantage_interp not in ADVANTAGE_INTERP:
+            raise VgpoError(f"fm_advantage_interp: expected one of {', '.join(ADVANTAGE_INTERP)}, got {self.fm_advantage_interp!r}")
+        algorithms.check(self, self.parts)
 
-    # Derived switches: the algorithm name is the only thing a preset needs to set.
+    # Derived switches: the algorithm's parts (algorithms.py), with the explicitly set fields over its preset.
+    @property
+    def parts(self) -> algorithms.Parts:
+        return algorithms.resolve(self)
+
     @property
     def dense_rewards(self) -> bool:
         """TCRM: instant rewards of every step's projection."""
-        return self.algorithm in ("vgpo", "tcrm")
+        return self.parts.tcrm
 
     @property
     def absolute_signal(self) -> bool:
         """ADAE: the k*Q term that survives a zero-std group."""
-        return self.algorithm in ("vgpo", "adae")
+        return self.parts.adae
 
     @property
     def eval_guidance(self) -> float:
@@ -126,7 +177,7 @@ class TrainConfig:
 
     @property
     def drops_zero_std(self) -> bool:
-        return self.algorithm == "grpo" if self.drop_zero_std_groups is None else self.drop_zero_std_groups
+        return self.parts.drop_zero_std
 
     @property
     def trained_steps(self) -> int:
@@ -136,7 +187,9 @@ class TrainConfig:
 
     @property
     def noise_levels(self) -> list[float]:
-        """The rollouts' noise level of every step."""
+        """The rollouts' noise level of every step (all 0 for sampler ode)."""
+        if self.parts.sampler == "ode":
+            return [0.0] * self.num_steps
         window = self.sde_steps or self.num_steps
         return [self.noise_level if i < window else 0.0 for i in range(self.num_steps)]
 

@@ -16,7 +16,15 @@ def ppo_clip_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages
 
 def gaussian_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Flow-GRPO's closed-form KL between the policy's and the reference's step Gaussians (same std):
-    mean over non-batch dims of (mean - ref_mean)^2 / (2 std^2), std without the sqrt(-dt) factor as
-    Flow-GRPO uses it. Per sample, (B,)."""
+    mean over non-batch dims of (mean - ref_mean)^2 / (2 std^2), per sample, (B,), float32.
+
+    ``std`` is the step's ``SDEStepOutput.std``. For the SDE step it lacks the sqrt(-dt) factor, as
+    Flow-GRPO uses it (a per-step rescaling of the exact KL). For the CPS step Flow-GRPO's code uses the
+    same expression with CPS's std, which is the whole transition std, so the value is the exact
+    per-element KL. A deterministic step (std 0: noise level 0, or CPS's last step, s' = 0) has no
+    density to regularise and is never trained; such a std raises ValueError instead of giving inf/nan.
+    """
+    if bool((std == 0).any()):
+        raise ValueError("gaussian_kl: std is 0 (a deterministic step, e.g. CPS's last one): no KL to compute")
     sq = (mean.float() - ref_mean.float()) ** 2
     return sq.mean(dim=tuple(range(1, sq.ndim))) / (2 * std.float() ** 2)

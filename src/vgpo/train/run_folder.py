@@ -2,7 +2,7 @@
 
     <out>/config.json          the config of the latest invocation
     <out>/metrics.jsonl        one JSON row per finished epoch (row 0: the base model's evaluation)
-    <out>/checkpoint/          trainable.safetensors, ema.safetensors, optimizer.pt, state.json
+    <out>/checkpoint/          trainable.safetensors, ema.safetensors, optimizer.pt, state.json (+ old_policy.safetensors for nft/awm)
     <out>/.checkpoint.tmp      a checkpoint being written (renamed to checkpoint/ when complete)
     <out>/.checkpoint.old      the previous checkpoint during the swap (a crash between renames leaves it)
     <out>/eval/                epoch_NNNN.png / .json held-out evaluations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -119,17 +119,18 @@ class TrainingState:
     trainable: dict[str, torch.Tensor]
     ema: dict[str, torch.Tensor] | None
     optimizer: dict
+    extra: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # <name>.safetensors (e.g. old_policy)
 
 
-def gather_training_state(model: FlowModel, optimizer: torch.optim.Optimizer,
-                          ema: list[torch.Tensor] | None) -> TrainingState:
+def gather_training_state(model: FlowModel, optimizer: torch.optim.Optimizer, ema: list[torch.Tensor] | None,
+                          extra: dict[str, dict[str, torch.Tensor]] | None = None) -> TrainingState:
     """The checkpoint's tensors, whole. Under FSDP this gathers shards: every process must call it."""
     trainable = {k: dist.full_tensor(v).detach().cpu() for k, v in model.trainable_state_dict().items()}
     ema_state = None if ema is None else {f"ema.{i}": dist.full_tensor(e).cpu() for i, e in enumerate(ema)}
     opt = optimizer.state_dict()
     opt["state"] = {i: {k: dist.full_tensor(v) if torch.is_tensor(v) else v for k, v in st.items()}
                     for i, st in opt["state"].items()}
-    return TrainingState(trainable, ema_state, opt)
+    return TrainingState(trainable, ema_state, opt, dict(extra or {}))
 
 
 def save_checkpoint(out: Path, state: TrainingState, epoch: int, cfg: TrainConfig) -> None:
@@ -144,6 +145,8 @@ def save_checkpoint(out: Path, state: TrainingState, epoch: int, cfg: TrainConfi
     if state.ema is not None:
         atomic_save_safetensors(state.ema, tmp / "ema.safetensors")
     atomic_torch_save(state.optimizer, tmp / "optimizer.pt")
+    for name, tensors in state.extra.items():
+        atomic_save_safetensors(tensors, tmp / f"{name}.safetensors")
     atomic_write_text(json.dumps({"epoch": epoch, "config": asdict(cfg)}, indent=2) + "\n", tmp / "state.json")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -199,6 +202,14 @@ def load_ema(out: Path, ema: list[torch.Tensor]) -> None:
                 e.copy_(dist.shard_like(saved[f"ema.{i}"], e))
     except (KeyError, RuntimeError) as err:
         raise VgpoError(f"{path}: does not fit the model's trainable parameters ({str(err).splitlines()[0][:200]})") from None
+
+
+def load_extra(out: Path, name: str) -> tuple[dict[str, torch.Tensor], Path]:
+    """The checkpoint's ``<name>.safetensors`` saved from ``TrainingState.extra``, and its path."""
+    path = checkpoint_dir(out) / f"{name}.safetensors"
+    if not path.is_file():
+        raise VgpoError(f"{path}: not found; this run's config keeps {name} in its checkpoint, and resuming needs it")
+    return load_safetensors(path), path
 
 
 def load_optimizer(out: Path, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:

@@ -1,9 +1,10 @@
 """One trainer for every algorithm, model and world (read top to bottom).
 
-Each epoch: draw prompts, sample G images per prompt with the SDE (keeping states, log-probs and the
-one-step projections), score them, turn rewards into per-step advantages (``advantages.py``: the only
-place where Flow-GRPO and VGPO differ), then minimise Flow-GRPO's PPO-clipped loss over the trained
-steps, optionally with a KL to the reference policy. Everything random is a function of
+Each epoch: draw prompts, sample G images per prompt with the configured sampler (keeping states,
+log-probs and the one-step projections; with the old policy's weights for nft/awm), score them, turn
+rewards into per-step advantages (``advantages.py``), then minimise the configured objective
+(``objectives.py``: ppo, nft or awm), optionally with a KL to the reference policy. Which parts run is
+resolved once (``algorithms.py``); this loop never asks an algorithm's name. Everything random is a function of
 (seed, epoch, sample index), so a resumed run ends bit-identical to an uninterrupted one on CPU and
 results do not depend on batch sizes or the number of processes.
 """
@@ -13,10 +14,10 @@ from __future__ import annotations
 import math
 import resource
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -27,14 +28,16 @@ from vgpo.evaluate import evaluate_world
 from vgpo.images import save_grid
 from vgpo.models import FlowModel, load_model
 from vgpo.rewards import Reward, build as build_reward, checked as checked_reward
-from vgpo.sampling import Trajectory, guided_velocity, rollout, sde_step
+from vgpo.sampling import Trajectory, rollout
 from vgpo.sampling.step import batch_randn
 from vgpo.train.advantages import (group_mean_std, grpo_advantages, interpolate_steps, reward_to_go,
                                    scored_steps, vgpo_advantages, zero_std_groups)
+from vgpo.train.algorithms import describe
 from vgpo.train.config import TrainConfig
 from vgpo.train.guards import check_update
-from vgpo.train.losses import gaussian_kl, ppo_clip_loss
-from vgpo.train.run_folder import (MetricsLog, TrainingState, gather_training_state, load_ema,  # noqa: F401 (re-exported)
+from vgpo.train.objectives import MicroBatch, UpdateContext, get_objective
+from vgpo.train.old_policy import OldPolicy, swapped_weights
+from vgpo.train.run_folder import (MetricsLog, TrainingState, gather_training_state, load_ema, load_extra,  # noqa: F401 (re-exported)
                                    load_optimizer, load_trained_model, load_weights, plot_rewards, plot_run, prepare,
                                    save_checkpoint, save_eval, write_config)
 from vgpo.utils import derive_seed
@@ -74,6 +77,7 @@ def sample_epoch(cfg: TrainConfig, model: FlowModel, prompts: list[dict], epoch:
     group_ids = torch.tensor([g for g in local for _ in range(cfg.group_size)])
     sample_ids = torch.tensor([g * cfg.group_size + k for g in local for k in range(cfg.group_size)])
     metadata = [prompts[chosen[g]] for g in group_ids.tolist()]
+    sde_type = "sde" if cfg.parts.sampler == "ode" else cfg.parts.sampler  # (ode: every noise level is 0)
     trajs, images = [], []
     for start in range(0, len(metadata), cfg.sample_batch_size):
         part = slice(start, start + cfg.sample_batch_size)
@@ -85,7 +89,7 @@ def sample_epoch(cfg: TrainConfig, model: FlowModel, prompts: list[dict], epoch:
             x_init = batch_randn((len(texts), *model.latent_shape),
                                  _generators(cfg, epoch, group_ids[part], model.device, "init"), model.device)
         traj = rollout(model, cond, model.negative_condition(len(texts)), sigmas, cfg.noise_levels,
-                       cfg.guidance_scale, generator=gens, x_init=x_init)
+                       cfg.guidance_scale, generator=gens, x_init=x_init, sde_type=sde_type)
         trajs.append(traj)
         images.append(model.decode(traj.final).cpu())
     traj = Trajectory(sigmas=sigmas, states=torch.cat([t.states for t in trajs]),
@@ -130,9 +134,10 @@ def _components(reward_fn: Reward) -> dict[str, torch.Tensor]:
 
 def compute_advantages(cfg: TrainConfig, final: torch.Tensor, values: torch.Tensor,
                        group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) advantages and step weights omega for the configured algorithm (see advantages.py)."""
+    """(B, T) advantages and step weights omega of the configured advantage parts (see advantages.py):
+    group normalisation of the final reward, or with TCRM and/or ADAE the VGPO advantage of the values."""
     T = values.shape[1]
-    if cfg.algorithm == "grpo":
+    if not (cfg.dense_rewards or cfg.absolute_signal):
         adv = grpo_advantages(final, group_ids, T, cfg.global_std)
         omega = torch.ones_like(adv)
     else:
@@ -147,10 +152,7 @@ def compute_advantages(cfg: TrainConfig, final: torch.Tensor, values: torch.Tens
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class UpdateStats:
-    policy: float = 0.0
-    kl: float = 0.0
-    clipfrac: float = 0.0
-    approx_kl: float = 0.0
+    losses: dict[str, float] = field(default_factory=dict)  # the objective's statistics, averaged over its terms
     ratio_dev_first: float = 0.0  # max |r - 1| on the first inner epoch's first optimizer step
     grad_norm: float = 0.0
     fwd_bwd_s: float = 0.0
@@ -159,26 +161,30 @@ class UpdateStats:
 
 def update(cfg: TrainConfig, model: FlowModel, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
            ema: list[torch.Tensor] | None, batch: EpochBatch, advantages: torch.Tensor, keep: torch.Tensor,
-           epoch: int) -> UpdateStats:
-    """PPO-clipped policy-gradient steps over this process's kept samples.
+           epoch: int, old_policy: OldPolicy | None = None) -> UpdateStats:
+    """Gradient steps of the configured objective (objectives.py) over this process's kept samples.
 
     An optimizer step takes ``train_batch_size x gradient_accumulation`` samples per process; its loss
-    is the sum of per-(sample, step) terms divided by the step's global sample count x trained steps,
-    so batch 8 x accumulation 1 and batch 2 x accumulation 4 give the same update."""
-    traj, sigmas = batch.traj, batch.traj.sigmas
-    T = cfg.trained_steps
-    stats, n_terms, sums = UpdateStats(), 0, {"policy": 0.0, "kl": 0.0, "clipfrac": 0.0, "approx_kl": 0.0}
+    is the sum of the objective's per-(sample, term) losses divided by the step's global sample count x
+    the objective's terms per sample, so batch 8 x accumulation 1 and batch 2 x accumulation 4 give the
+    same update."""
+    objective = get_objective(cfg.parts.objective)
+    n_per_sample = objective.terms_per_sample(cfg)
+    stats, n_terms = UpdateStats(), 0
+    sums = {name: 0.0 for name in objective.stats}
     local = keep.nonzero().flatten()
     per_step = cfg.train_batch_size * cfg.gradient_accumulation
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, "order", dist.rank()))
     texts = [m["prompt"] for m in batch.metadata]
     sharded = any(dist.is_sharded(p) for p in params)
+    sampling_weights = [p.detach().clone() for p in params] if objective.needs_sampling_weights else None
     for inner in range(cfg.inner_epochs):
+        ctx = UpdateContext(cfg, model, batch, epoch, inner, old_policy, sampling_weights)
         order = local[torch.randperm(len(local), generator=gen)]
         n_opt_steps = dist.all_reduce_max(math.ceil(len(order) / per_step))
         for s in range(n_opt_steps):
             block = order[s * per_step : (s + 1) * per_step]
-            denom = dist.all_reduce_sum_(torch.tensor([float(len(block))])).item() * T
+            denom = dist.all_reduce_sum_(torch.tensor([float(len(block))])).item() * n_per_sample
             # (an empty block still splits into one empty tensor: a process may have no kept sample left)
             micro_batches: list[torch.Tensor | None] = [mb for mb in block.split(cfg.train_batch_size) if len(mb)]
             if sharded:  # FSDP's collectives need the same number of passes on every process: pad with no-ops
@@ -187,33 +193,20 @@ def update(cfg: TrainConfig, model: FlowModel, params: list[torch.nn.Parameter],
                 weight = 0.0 if mb is None else 1.0
                 mb = torch.zeros(1, dtype=torch.long) if mb is None else mb
                 cond = model.encode_prompts([texts[i] for i in mb])
-                uncond = model.negative_condition(len(mb))
-                for j in range(T):
+                terms = objective.terms(ctx, MicroBatch(mb, cond, model.negative_condition(len(mb)), advantages[mb]))
+                while True:
                     started = time.perf_counter()
-                    x, prev = traj.states[mb, j], traj.states[mb, j + 1]
-                    v = guided_velocity(model, x, sigmas[j], cond, uncond, cfg.guidance_scale)
-                    out = sde_step(x, v, sigmas, j, cfg.noise_level, prev_sample=prev)
-                    policy_terms, ratio = ppo_clip_loss(out.log_prob, traj.log_probs[mb, j], advantages[mb, j],
-                                                        cfg.clip_range)
-                    loss_terms = policy_terms
-                    if cfg.beta > 0:
-                        with torch.no_grad(), model.reference():
-                            v_ref = guided_velocity(model, x, sigmas[j], cond, uncond, cfg.guidance_scale)
-                            ref_mean = sde_step(x, v_ref, sigmas, j, cfg.noise_level, prev_sample=prev).mean
-                        kl = gaussian_kl(out.mean, ref_mean, out.std)
-                        loss_terms = loss_terms + cfg.beta * kl
-                        sums["kl"] += weight * kl.sum().item()
-                    (weight * loss_terms.sum() / denom).backward()
+                    term = next(terms, None)
+                    if term is None:
+                        break
+                    (weight * term.loss.sum() / denom).backward()
                     stats.fwd_bwd_s += time.perf_counter() - started
                     if not weight:
                         continue
-                    with torch.no_grad():
-                        log_ratio = out.log_prob - traj.log_probs[mb, j]
-                        sums["policy"] += policy_terms.sum().item()
-                        sums["clipfrac"] += ((ratio - 1).abs() > cfg.clip_range).float().sum().item()
-                        sums["approx_kl"] += (0.5 * log_ratio**2).sum().item()
-                        if inner == 0 and s == 0:
-                            stats.ratio_dev_first = max(stats.ratio_dev_first, (ratio - 1).abs().max().item())
+                    for name in sums.keys() & term.stats.keys():
+                        sums[name] += term.stats[name].sum().item()
+                    if term.ratio_dev is not None and inner == 0 and s == 0:
+                        stats.ratio_dev_first = max(stats.ratio_dev_first, term.ratio_dev.max().item())
                     n_terms += len(mb)
             dist.sum_gradients_(params)
             stats.grad_norm = float(dist.full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
@@ -227,8 +220,7 @@ def update(cfg: TrainConfig, model: FlowModel, params: list[torch.nn.Parameter],
                         e.lerp_(p.detach(), 1.0 - cfg.ema_decay)
     # Averages over every process's terms, so the logged losses do not depend on the number of processes.
     totals = dist.all_reduce_sum_(torch.tensor([*sums.values(), float(n_terms)], dtype=torch.float64)).tolist()
-    for key, value in zip(sums, totals):
-        setattr(stats, key, value / max(1.0, totals[-1]))
+    stats.losses = {key: value / max(1.0, totals[-1]) for key, value in zip(sums, totals)}
     stats.ratio_dev_first = dist.all_reduce_max(stats.ratio_dev_first)
     return stats
 
@@ -236,19 +228,8 @@ def update(cfg: TrainConfig, model: FlowModel, params: list[torch.nn.Parameter],
 @contextmanager
 def ema_weights(params: list[torch.nn.Parameter], ema: list[torch.Tensor] | None) -> Iterator[None]:
     """Temporarily load the EMA weights (evaluation), restoring the trained ones after."""
-    if ema is None:
+    with swapped_weights(params, ema) if ema is not None else nullcontext():
         yield
-        return
-    backup = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        for p, e in zip(params, ema):
-            p.copy_(e)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for p, b in zip(params, backup):
-                p.copy_(b)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,9 +251,21 @@ def run_eval(cfg: TrainConfig, model: FlowModel, world: World, test_prompts: lis
     return result.metrics
 
 
-def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path:
+@dataclass
+class TrainHooks:
+    """Public callbacks into the training loop (benchmarks and tests use these, not the trainer's internals).
+
+    on_advantages(epoch, advantages, omega) -> (advantages, omega): called every epoch with the whole
+    epoch's (all processes') clipped (B, T) advantages and step weights, before samples are dropped
+    or trained; what it returns is trained. Under several processes it runs on each and must return
+    the same on all (derive any randomness from the epoch)."""
+
+    on_advantages: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, hooks: TrainHooks | None = None) -> Path:
     """Run (or with ``resume`` continue) a training run in ``cfg.out``; ``overwrite`` replaces a run already
-    there (refused otherwise). Returns the run folder."""
+    there (refused otherwise); ``hooks`` are the public callbacks. Returns the run folder."""
     out = prepare(cfg, resume, overwrite)
     device = dist.init_from_env(cfg.device)  # "cuda" -> this process's GPU (LOCAL_RANK) under torchrun
     if cfg.threads:
@@ -298,10 +291,16 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     ema = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
+    # nft/awm: the lagged weight copy that anchors the loss (and samples nft's rollouts; old_policy.py).
+    objective = get_objective(cfg.parts.objective)
+    old_policy = OldPolicy(params) if objective.uses_old_policy else None
     if resume:
         load_optimizer(out, optimizer, params)
         if ema is not None:
             load_ema(out, ema)
+        if old_policy is not None:
+            old_policy.load_state(*load_extra(out, "old_policy"))
+    hooks = hooks or TrainHooks()
     if dist.is_main():
         write_config(out, cfg)
     log = MetricsLog(out, start) if dist.is_main() else None
@@ -310,12 +309,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
         base_evals = run_eval(cfg, model, world, test_prompts, out, "epoch_0000", reward_fn)
         if dist.is_main():
             log.write(0, {f"eval/{k}": v for k, v in base_evals.items()})
-    bar = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc=f"train {cfg.algorithm}",
+    bar = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc=f"train {describe(cfg.parts)}",
                dynamic_ncols=True, disable=not dist.is_main())
     for epoch in bar:
         reward_fn.epoch = epoch + 1  # named by the reward checks
         t0 = time.perf_counter()
-        batch = sample_epoch(cfg, model, train_prompts, epoch, sigmas)
+        with old_policy.active() if objective.samples_with_old_policy else nullcontext():
+            batch = sample_epoch(cfg, model, train_prompts, epoch, sigmas)
         t1 = time.perf_counter()
         scores = score_epoch(cfg, model, reward_fn, batch)
         t2 = time.perf_counter()
@@ -324,12 +324,19 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
         all_values = dist.all_gather_cat(scores.values)
         all_groups = dist.all_gather_cat(batch.group_ids)
         adv_all, omega_all = compute_advantages(cfg, all_final, all_values, all_groups)
+        if hooks.on_advantages is not None:
+            adv_all, omega_all = hooks.on_advantages(epoch, adv_all, omega_all)
         zero_std_all = zero_std_groups(all_final, all_groups)
         keep_all = ~zero_std_all if cfg.drops_zero_std else torch.ones_like(zero_std_all)
         mine = slice(dist.rank() * len(batch.metadata), (dist.rank() + 1) * len(batch.metadata))
-        advantages, keep = adv_all[mine], keep_all[mine]
+        # (rewards and advantages live on the CPU; the trajectories on the model's device)
+        advantages, keep = adv_all[mine].to(model.device), keep_all[mine]
         t3 = time.perf_counter()
-        stats = update(cfg, model, params, optimizer, ema, batch, advantages, keep, epoch)
+        stats = update(cfg, model, params, optimizer, ema, batch, advantages, keep, epoch, old_policy)
+        old_decay = None
+        if old_policy is not None:
+            old_decay = old_policy.step(stats.optimizer_steps, cfg.old_policy_decay_rate, cfg.old_policy_decay_max,
+                                        cfg.old_policy_decay_flat)
         t4 = time.perf_counter()
 
         n_samples = len(all_final)
@@ -340,10 +347,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
             "reward/zero_std_frac": zero_std_all.float().mean().item(),
             "adv/abs_mean": adv_all[keep_all].abs().mean().item() if keep_all.any() else 0.0,
             "adv/kept_frac": keep_all.float().mean().item(),
-            "losses/policy": stats.policy,
-            "losses/kl": stats.kl,
-            "losses/clipfrac": stats.clipfrac,
-            "losses/approx_kl": stats.approx_kl,
+            **{f"losses/{k}": v for k, v in stats.losses.items()},
             "losses/ratio_dev_first": stats.ratio_dev_first,
             "losses/grad_norm": stats.grad_norm,
             "charts/samples_per_s": n_samples / (t4 - t0),
@@ -359,6 +363,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
             # Trainable elements held by rank 0 (a shard of them under FSDP).
             "perf/trainable_params_local": sum(dist.local_numel(p) for p in params),
         }
+        if old_decay is not None:
+            metrics["charts/old_policy_decay"] = old_decay
         for name, values in scores.components.items():
             metrics[f"reward/{name}"] = dist.all_gather_cat(values).mean().item()
         if cfg.dense_rewards:
@@ -374,7 +380,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
         if dist.is_main():
             log.write(done, metrics)
         if done % cfg.save_every == 0 or done == cfg.epochs:
-            state = gather_training_state(model, optimizer, ema) if (dist.is_main() or sharded) else None
+            extra = {"old_policy": old_policy.state()} if old_policy is not None and (dist.is_main() or sharded) else {}
+            state = gather_training_state(model, optimizer, ema, extra) if (dist.is_main() or sharded) else None
             if dist.is_main():
                 save_checkpoint(out, state, done, cfg)
         dist.barrier()
