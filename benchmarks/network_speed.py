@@ -1,12 +1,12 @@
 """The tiny U-Net alone, variant against variant, interleaved in one process: a rollout-shaped forward
 (no grad) and an update-shaped forward+backward, per precision and option (channels-last memory,
-SDPA's math kernel instead of the fused one), with wall and process CPU time per call.
+SDPA's math kernel instead of the fused one, attention in float32 under bf16), with wall and process CPU time per call.
 
     python benchmarks/network_speed.py [--variants fp32 bf16 bf16-cl bf16-math] [--batch 128 32]
         [--repeats 7] [--threads 2] [--no-keep-freed-memory]
 
 Variants: ``fp32``, ``bf16`` (autocast, as ``model_options.precision: bf16``), ``-cl`` channels-last
-weights and inputs, ``-math`` attention through ``SDPBackend.MATH``. ``--batch F B``: the forward's
+weights and inputs, ``-math`` attention through ``SDPBackend.MATH``, ``-a32`` attention in float32. ``--batch F B``: the forward's
 batch (128 = a rollout chunk of 64 with CFG) and the forward+backward's (32 = a micro-batch of 16 with
 CFG). ``--no-keep-freed-memory`` leaves glibc's default (freed big blocks go back to the OS), to be
 compared in a second process. The velocities of each variant are compared with fp32's (relative L2).
@@ -25,6 +25,22 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import vgpo.models.tiny as tiny
 from vgpo.perf import count_flops
+
+
+@contextlib.contextmanager
+def float32_attention():
+    """The tiny model's attention computed in float32 whatever autocast says (the ``-a32`` variants)."""
+    fused = torch.nn.functional.scaled_dot_product_attention
+
+    def upcast(q, k, v, attn_mask=None):
+        with torch.autocast("cpu", enabled=False):
+            return fused(q.float(), k.float(), v.float(), attn_mask=attn_mask)
+
+    tiny.F.scaled_dot_product_attention = upcast
+    try:
+        yield
+    finally:
+        tiny.F.scaled_dot_product_attention = fused
 
 
 def main() -> None:
@@ -57,6 +73,8 @@ def main() -> None:
         if channels_last:
             model.net = copy.deepcopy(base.net).to(memory_format=torch.channels_last)
         attention = (lambda: sdpa_kernel(SDPBackend.MATH)) if "math" in parts else contextlib.nullcontext
+        if "a32" in parts:
+            attention = float32_attention
         fwd_in, bwd_in = inputs(args.batch[0], channels_last), inputs(args.batch[1], channels_last)
 
         def forward():

@@ -120,6 +120,14 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.conv2(F.silu(h))
 
 
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    # In float32 under bf16 autocast too: with 16-32 wide heads the fused CPU kernel's bf16 backward was
+    # half of a bf16 forward+backward and slower than its float32 one (docs/speed.md). The projections
+    # around it stay in bf16.
+    with torch.autocast(q.device.type, enabled=False):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+
+
 class AttnBlock(nn.Module):
     """Self-attention over pixels, then cross-attention from pixels to the prompt tokens."""
 
@@ -149,13 +157,12 @@ class AttnBlock(nn.Module):
         b, c, hh, ww = x.shape
         h = self.norm1(x).flatten(2).transpose(1, 2)
         q, k, v = self.qkv(h).chunk(3, dim=-1)
-        a = F.scaled_dot_product_attention(self._split(q), self._split(k), self._split(v))
+        a = _attention(self._split(q), self._split(k), self._split(v))
         x = x + self.out1(self._merge(a)).transpose(1, 2).view(b, c, hh, ww)
         h = self.norm2(x).flatten(2).transpose(1, 2)
         k, v = self.kv(cond["tokens"]).chunk(2, dim=-1)
         mask = cond["mask"] | (~cond["mask"].any(dim=1, keepdim=True))  # empty prompt: attend to padding
-        a = F.scaled_dot_product_attention(self._split(self.q(h)), self._split(k), self._split(v),
-                                           attn_mask=mask[:, None, None, :])
+        a = _attention(self._split(self.q(h)), self._split(k), self._split(v), mask[:, None, None, :])
         return x + self.out2(self._merge(a)).transpose(1, 2).view(b, c, hh, ww)
 
 
