@@ -1,12 +1,13 @@
 """The tiny U-Net alone, variant against variant, interleaved in one process: a rollout-shaped forward
 (no grad) and an update-shaped forward+backward, per precision and option (channels-last memory,
-SDPA's math kernel instead of the fused one, attention in float32 under bf16), with wall and process CPU time per call.
+SDPA's math kernel instead of the fused one, attention in bf16, threads), with wall and process CPU time per call.
 
     python benchmarks/network_speed.py [--variants fp32 bf16 bf16-cl bf16-math] [--batch 128 32]
         [--repeats 7] [--threads 2] [--no-keep-freed-memory]
 
 Variants: ``fp32``, ``bf16`` (autocast, as ``model_options.precision: bf16``), ``-cl`` channels-last
-weights and inputs, ``-math`` attention through ``SDPBackend.MATH``, ``-a32`` attention in float32. ``--batch F B``: the forward's
+weights and inputs, ``-math`` attention through ``SDPBackend.MATH``, ``-a16`` attention in the autocast dtype (the model computes it in float32), ``-t1``/``-t2`` torch threads for
+that variant (CPU seconds then add up both threads' time). ``--batch F B``: the forward's
 batch (128 = a rollout chunk of 64 with CFG) and the forward+backward's (32 = a micro-batch of 16 with
 CFG). ``--no-keep-freed-memory`` leaves glibc's default (freed big blocks go back to the OS), to be
 compared in a second process. The velocities of each variant are compared with fp32's (relative L2).
@@ -23,24 +24,23 @@ import time
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import vgpo.models.tiny as tiny
+from vgpo.models import tiny
 from vgpo.perf import count_flops
 
 
 @contextlib.contextmanager
-def float32_attention():
-    """The tiny model's attention computed in float32 whatever autocast says (the ``-a32`` variants)."""
-    fused = torch.nn.functional.scaled_dot_product_attention
+def autocast_attention():
+    """The tiny model's attention left to autocast (bf16 under bf16) instead of float32 (``-a16``)."""
+    own = tiny._attention
 
-    def upcast(q, k, v, attn_mask=None):
-        with torch.autocast("cpu", enabled=False):
-            return fused(q.float(), k.float(), v.float(), attn_mask=attn_mask)
+    def as_autocast_says(q, k, v, mask=None):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
-    tiny.F.scaled_dot_product_attention = upcast
+    tiny._attention = as_autocast_says
     try:
         yield
     finally:
-        tiny.F.scaled_dot_product_attention = fused
+        tiny._attention = own
 
 
 def main() -> None:
@@ -73,15 +73,18 @@ def main() -> None:
         if channels_last:
             model.net = copy.deepcopy(base.net).to(memory_format=torch.channels_last)
         attention = (lambda: sdpa_kernel(SDPBackend.MATH)) if "math" in parts else contextlib.nullcontext
-        if "a32" in parts:
-            attention = float32_attention
+        if "a16" in parts:
+            attention = autocast_attention
+        threads = next((int(p[1:]) for p in parts if p[0] == "t" and p[1:].isdigit()), args.threads)
         fwd_in, bwd_in = inputs(args.batch[0], channels_last), inputs(args.batch[1], channels_last)
 
         def forward():
+            torch.set_num_threads(threads)
             with torch.no_grad(), attention():
                 return model.velocity(*fwd_in)
 
         def backward():
+            torch.set_num_threads(threads)
             with attention():
                 v = model.velocity(*bwd_in)
             v.square().mean().backward()

@@ -27,9 +27,9 @@ _KEEP_FREED_MEMORY_DONE = False
 def keep_freed_memory() -> None:
     """Keep freed memory in the process instead of handing it back to the OS (glibc only; a no-op
     elsewhere). By default glibc serves allocations above a few MB with mmap and unmaps them on free,
-    so every forward pass of the tiny model page-faults its activations in again; on a KVM guest that
-    took 40% of a Shapes forward pass in float32 (docs/speed.md). The cost: the process keeps its
-    peak memory."""
+    so every forward pass of the tiny model page-faults its activations in again: on our KVM guest a
+    Shapes rollout forward (batch 128, fp32, 2 threads) took 0.83 s with that and 0.47 s without
+    (docs/speed.md). The cost: the process keeps its peak memory."""
     global _KEEP_FREED_MEMORY_DONE
     if _KEEP_FREED_MEMORY_DONE or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return
