@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import time
@@ -143,7 +144,9 @@ def main() -> None:
     test_prompts = world.load_prompts(world.test_file)[: args.eval_prompts]
     reward_fn = build_reward(cfg0.reward_spec(world.reward))
     ceilings = {p: matmul_ceiling(torch.float32 if p == "fp32" else torch.bfloat16) for p in ("fp32", "bf16")}
-    peaks = {p: cpu_peak(p, clock_ghz=args.clock_ghz, fma_units=args.fma_units) for p in ("fp32", "bf16")}
+    # The peak of the cores the run may use: one per thread.
+    cores = min(args.threads, len(os.sched_getaffinity(0)))
+    peaks = {p: cpu_peak(p, cores=cores, clock_ghz=args.clock_ghz, fma_units=args.fma_units) for p in ("fp32", "bf16")}
 
     for epoch in range(args.epochs):
         for v in variants:
