@@ -1,16 +1,17 @@
 """The tiny U-Net alone, variant against variant, interleaved in one process: a rollout-shaped forward
 (no grad) and an update-shaped forward+backward, per precision and option (channels-last memory,
-SDPA's math kernel instead of the fused one, attention in bf16, threads), with wall and process CPU time per call.
+SDPA's math kernel, attention in bf16, threads), with wall and process CPU time per call.
 
     python benchmarks/network_speed.py [--variants fp32 bf16 bf16-cl bf16-math] [--batch 128 32]
         [--repeats 7] [--threads 2] [--no-keep-freed-memory]
 
-Variants: ``fp32``, ``bf16`` (autocast, as ``model_options.precision: bf16``), ``-cl`` channels-last
-weights and inputs, ``-math`` attention through ``SDPBackend.MATH``, ``-a16`` attention in the autocast dtype (the model computes it in float32), ``-t1``/``-t2`` torch threads for
-that variant (CPU seconds then add up both threads' time). ``--batch F B``: the forward's
-batch (128 = a rollout chunk of 64 with CFG) and the forward+backward's (32 = a micro-batch of 16 with
-CFG). ``--no-keep-freed-memory`` leaves glibc's default (freed big blocks go back to the OS), to be
-compared in a second process. The velocities of each variant are compared with fp32's (relative L2).
+Variants: ``fp32``, ``bf16`` (autocast, as ``model_options.precision: bf16``), with suffixes: ``-cl``
+channels-last weights and inputs; ``-math`` attention through ``SDPBackend.MATH``; ``-a16`` attention
+in the autocast dtype (the model computes it in float32); ``-t1``/``-t2`` torch threads for that
+variant (CPU seconds then add up both threads' time). ``--batch F B``: the forward's batch (128 = a
+rollout chunk of 64 with CFG) and the forward+backward's (32 = a micro-batch of 16 with CFG).
+``--no-keep-freed-memory`` leaves glibc's default (freed big blocks go back to the OS), to be compared
+in a second process. Each variant's velocity is compared with fp32's (relative L2, worst sample).
 """
 
 from __future__ import annotations
