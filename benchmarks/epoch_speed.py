@@ -14,7 +14,8 @@ preset's eval steps and CFG). The first epoch is a warm-up: it is not timed but 
 multiply-add), giving FLOPs per rollout sample, per kept update sample and per evaluation image.
 Reported: median seconds over the timed epochs (min-max), samples/s, GFLOP/s, and that as a share of
 the theoretical peak (``vgpo.perf.cpu_peak``: cores x clock x flops/cycle) and of a measured ceiling
-(a 2048^3 matmul in the same precision). ``--algorithms grpo vgpo`` compares algorithms as well;
+(a 2048^3 matmul in the same precision). ``--algorithms grpo grpo-keep vgpo`` compares algorithms as
+well (``grpo-keep``: GRPO without dropping zero-std groups, the same update work as VGPO);
 ``--tcrm-every 1 2 5`` adds VGPO variants scoring every k-th projection.
 """
 
@@ -116,7 +117,8 @@ def count_epoch(v: Variant, epoch: int, train_prompts: list, test_prompts: list,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", default="shapes", choices=("shapes", "text"), help="presets configs/<world>-*.yaml")
-    parser.add_argument("--algorithms", nargs="+", default=["vgpo"], help="presets configs/<world>-<algo>.yaml")
+    parser.add_argument("--algorithms", nargs="+", default=["vgpo"],
+                        help="presets configs/<world>-<algo>.yaml; grpo-keep: GRPO keeping zero-std groups")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16", "auto"))
     parser.add_argument("--tcrm-every", type=int, nargs="+", default=[1], help="VGPO variants, one per value")
     parser.add_argument("--epochs", type=int, default=4, help="per variant, the first one untimed (FLOP count)")
@@ -138,7 +140,10 @@ def main() -> None:
             for prec in args.precision:
                 name = f"{algo}{'' if k == 1 else f'-tcrm{k}'}-{prec}"
                 extra = {"tcrm_every": k} if algo == "vgpo" else {}
-                variants.append(build(name, f"configs/{args.world}-{algo}.yaml", prec, out, **extra))
+                if algo == "grpo-keep":  # GRPO on every sample: the same update work as VGPO
+                    extra = {"drop_zero_std_groups": False}
+                preset = f"configs/{args.world}-{algo.removesuffix('-keep')}.yaml"
+                variants.append(build(name, preset, prec, out, **extra))
     cfg0 = variants[0].cfg
     train_prompts = world.load_prompts(world.train_file)
     test_prompts = world.load_prompts(world.test_file)[: args.eval_prompts]
