@@ -209,8 +209,8 @@ def main() -> None:
               f"{statistics.median(epoch_cpu):8.2f}")
     # Speed-ups epoch by epoch (the same epoch of both variants ran back to back): median and range.
     for base in (v for v in variants if v.precision == "fp32"):
-        for other in (v for v in variants if v.name != base.name and v.cfg.algorithm == base.cfg.algorithm
-                      and v.cfg.tcrm_every == base.cfg.tcrm_every):
+        stem = base.name.removesuffix("-fp32")
+        for other in (v for v in variants if v.name != base.name and v.name.rsplit("-", 1)[0] == stem):
             for p in ("rollout", "update", "eval", "epoch"):
                 for what, key in (("wall", "times"), ("CPU", "cpu")):
                     a = results[base.name][f"epoch_{'' if key == 'times' else 'cpu_'}seconds"] if p == "epoch" else getattr(base, key)[p]
