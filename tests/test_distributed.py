@@ -86,6 +86,8 @@ def config(out: Path, ckpt: Path, **kw) -> dict:
                 clip_range=0.2, beta=0.04, ema_decay=0.5, eval_every=0, eval_num_steps=1, eval_images_per_prompt=1,
                 eval_limit=1, save_every=1, threads=1)
     data.update(kw)
+    # fp32: 1 and 2 processes are compared to 1e-5, and bf16's gradient sums follow the batch split.
+    data["model_options"] = {"precision": "fp32", **data.get("model_options", {})}
     return data
 
 

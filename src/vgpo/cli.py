@@ -39,7 +39,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         model, train_cfg, _ = load_trained_model(args.run)
         default_world, source = train_cfg.world, args.run
     else:
-        model = TinyFlowModel.load(args.checkpoint)
+        model = TinyFlowModel.load(args.checkpoint, precision=args.precision)
         default_world, source = model.cfg.world, args.checkpoint
     world = get_world(args.world or default_world)
     metas = world.load_prompts(Path(args.prompts) if args.prompts else world.prompt_file(args.split))
@@ -55,7 +55,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     print(f"{len(result.metadata)} images, {ec.num_steps} ODE steps, cfg {ec.guidance_scale}, {wall:.1f} s")
     if args.json:
         payload = {"checkpoint": str(source), "world": world.name, "steps": ec.num_steps, "cfg": ec.guidance_scale,
-                   "images": len(result.metadata), "seed": ec.seed, "wall_s": round(wall, 1), "metrics": result.metrics}
+                   "images": len(result.metadata), "seed": ec.seed, "precision": getattr(model, "precision", None),
+                   "wall_s": round(wall, 1), "metrics": result.metrics}
         atomic_write_text(json.dumps(payload, indent=2) + "\n", args.json)
         print(f"wrote {args.json}")
     if args.grid:
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", default=None, help="write a PNG grid of samples with their prompts here")
     p.add_argument("--grid-size", type=int, default=48, help="images in the grid")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="the network's precision with --checkpoint (auto: bf16 where native; a --run uses its model_options)")
     p.set_defaults(func=_cmd_eval)
 
     from vgpo.bench.cli import add_commands as add_bench_commands

@@ -16,9 +16,10 @@ def load_model(kind: str, checkpoint: str, options: dict | None = None, device: 
         from vgpo.models.tiny import TINY_LORA_TARGETS, TinyFlowModel
 
         lora = options.pop("lora", None)
+        precision = options.pop("precision", "auto")
         if options:
-            raise VgpoError(f"model_options.{sorted(options)[0]}: unknown tiny-model option; expected: lora")
-        model = TinyFlowModel.load(checkpoint, device=device)
+            raise VgpoError(f"model_options.{sorted(options)[0]}: unknown tiny-model option; expected: lora, precision")
+        model = TinyFlowModel.load(checkpoint, device=device, precision=precision)
         if lora is not None:
             if not isinstance(lora, dict):
                 raise VgpoError(f"model_options.lora: expected a map of LoRA options, got {lora!r}")

@@ -27,6 +27,7 @@ from vgpo.errors import VgpoError
 from vgpo.models.lora import LoraOptions, adapters_disabled, add_lora, load_lora_state_dict, lora_parameters, lora_state_dict
 from vgpo.models.protocol import Condition
 from vgpo.models.tokenizer import PromptTokenizer
+from vgpo.perf import keep_freed_memory
 from vgpo.sampling.schedule import flow_schedule
 from vgpo.utils import atomic_save_safetensors, atomic_write_text, load_safetensors
 
@@ -50,6 +51,24 @@ class TinyConfig:
 #: LoRA targets on the tiny U-Net: the attention projections (Flow-GRPO's choice on SD3) plus the
 #: ResBlocks' convolutions and FiLM, since a pixel U-Net of this size draws its layout in convolutions.
 TINY_LORA_TARGETS: tuple[str, ...] = ("qkv", "out1", "q", "kv", "out2", "film", "conv1", "conv2")
+
+
+#: ``precision`` values: the network's forward (and so its backward) in float32, or under bfloat16
+#: autocast (weights stay float32; matmuls and convolutions run in bf16, norms and softmax in float32).
+#: ``auto`` is bf16 where the device computes bf16 natively (CUDA; a CPU with AVX512_BF16 or AMX, as
+#: oneDNN reports), else fp32: on our 2-core AVX512_BF16 CPU bf16 ran a Shapes epoch faster (docs/speed.md).
+TINY_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``precision`` with ``auto`` replaced by what this device runs fastest (fp32 or bf16)."""
+    if precision not in TINY_PRECISIONS:
+        raise VgpoError(f"model_options.precision: expected one of {', '.join(TINY_PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
 def _timestep_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
@@ -100,6 +119,14 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.conv2(F.silu(h))
 
 
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    # In float32 under bf16 autocast too: with 16-32 wide heads the fused CPU kernel's bf16 backward was
+    # half of a bf16 forward+backward and slower than its float32 one (docs/speed.md). The projections
+    # around it stay in bf16.
+    with torch.autocast(q.device.type, enabled=False):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+
+
 class AttnBlock(nn.Module):
     """Self-attention over pixels, then cross-attention from pixels to the prompt tokens."""
 
@@ -129,13 +156,12 @@ class AttnBlock(nn.Module):
         b, c, hh, ww = x.shape
         h = self.norm1(x).flatten(2).transpose(1, 2)
         q, k, v = self.qkv(h).chunk(3, dim=-1)
-        a = F.scaled_dot_product_attention(self._split(q), self._split(k), self._split(v))
+        a = _attention(self._split(q), self._split(k), self._split(v))
         x = x + self.out1(self._merge(a)).transpose(1, 2).view(b, c, hh, ww)
         h = self.norm2(x).flatten(2).transpose(1, 2)
         k, v = self.kv(cond["tokens"]).chunk(2, dim=-1)
         mask = cond["mask"] | (~cond["mask"].any(dim=1, keepdim=True))  # empty prompt: attend to padding
-        a = F.scaled_dot_product_attention(self._split(self.q(h)), self._split(k), self._split(v),
-                                           attn_mask=mask[:, None, None, :])
+        a = _attention(self._split(self.q(h)), self._split(k), self._split(v), mask[:, None, None, :])
         return x + self.out2(self._merge(a)).transpose(1, 2).view(b, c, hh, ww)
 
 
@@ -184,13 +210,21 @@ class TinyUNet(nn.Module):
 
 
 class TinyFlowModel:
-    """FlowModel protocol around ``TinyUNet``. Latents are pixels scaled to [-1, 1]."""
+    """FlowModel protocol around ``TinyUNet``. Latents are pixels scaled to [-1, 1].
 
-    def __init__(self, cfg: TinyConfig, net: TinyUNet | None = None, device: str | torch.device = "cpu"):
+    ``precision`` (``TINY_PRECISIONS``) sets how ``velocity`` runs the network; velocities come back in
+    the latents' dtype (float32), so step maths, log-probs and losses stay float32. The text encoder
+    (frozen in RL, run once per batch) always runs in float32."""
+
+    def __init__(self, cfg: TinyConfig, net: TinyUNet | None = None, device: str | torch.device = "cpu",
+                 precision: str = "auto"):
         self.cfg = cfg
         self.lora_options: LoraOptions | None = None
         self.tokenizer = PromptTokenizer(cfg.vocab, cfg.max_tokens)
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.net = (net or TinyUNet(cfg, self.tokenizer.vocab_size)).to(self.device)
         self.latent_shape = (3, *cfg.image_size)
         self._reference_net: TinyUNet | None = None
@@ -214,7 +248,9 @@ class TinyFlowModel:
         return {k: v.expand(batch_size, *v.shape[1:]) for k, v in self._null.items()}
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Condition) -> torch.Tensor:
-        return self.net(x, sigma, cond)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            v = self.net(x, sigma, cond)
+        return v.to(x.dtype)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
@@ -284,7 +320,7 @@ class TinyFlowModel:
         atomic_write_text(json.dumps(meta, indent=2) + "\n", directory / "config.json")
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "TinyFlowModel":
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu", precision: str = "auto") -> "TinyFlowModel":
         directory = Path(directory)
         cfg_path, weights = directory / "config.json", directory / "model.safetensors"
         for path in (cfg_path, weights):
@@ -297,7 +333,7 @@ class TinyFlowModel:
             cfg = TinyConfig(**arch)
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise VgpoError(f"{cfg_path}: not a tiny-model config ({err})") from None
-        model = cls(cfg, device=device)
+        model = cls(cfg, device=device, precision=precision)
         model.load_trainable_state_dict(load_safetensors(weights, device=str(model.device)))
         model.net.text.requires_grad_(False)  # RL keeps the text encoder frozen (pretraining builds its own)
         model.snapshot_reference()
