@@ -91,7 +91,7 @@ def test_ppo_cfg_gradient_matches_a_hand_written_reference(tmp_path, tiny_checkp
     from vgpo.worlds import get_world
 
     cfg = _cfg(tmp_path, tiny_checkpoint, guidance_scale=3.0, cfg_uncond_grad=uncond_grad)
-    model = TinyFlowModel.load(tiny_checkpoint)
+    model = TinyFlowModel.load(tiny_checkpoint, precision="fp32")  # an exact reference
     prompts = get_world("shapes").load_prompts(get_world("shapes").train_file)
     batch = sample_epoch(cfg, model, prompts, 0, model.schedule(cfg.num_steps))
     idx = torch.arange(3)
@@ -183,7 +183,9 @@ def test_a_neutral_sample_gives_no_gradient_at_the_old_policy(tmp_path, tiny_che
 
 
 def test_flow_matching_batch_8_x_accumulation_1_equals_batch_2_x_accumulation_4(tmp_path, tiny_checkpoint):
-    kw = dict(algorithm="nft", tcrm=True, max_grad_norm=1e6, adam_eps=1.0, lr=1.0, **FM)
+    # fp32: in bf16 the gradient's sums depend on how the batch is split (about 1e-4 relative)
+    kw = dict(algorithm="nft", tcrm=True, max_grad_norm=1e6, adam_eps=1.0, lr=1.0, model_options={"precision": "fp32"},
+              **FM)
     a = train(_cfg(tmp_path / "a", tiny_checkpoint, train_batch_size=8, gradient_accumulation=1, **kw))
     b = train(_cfg(tmp_path / "b", tiny_checkpoint, train_batch_size=2, gradient_accumulation=4, **kw))
     ga, gb = _metrics(a)[-1]["losses/grad_norm"], _metrics(b)[-1]["losses/grad_norm"]

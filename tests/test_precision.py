@@ -94,7 +94,7 @@ def test_first_inner_step_ratio_is_one_to_tolerance(precision):
     worst = 0.0
     for mb in torch.arange(len(prompts)).split(2):
         cond, uncond = model.encode_prompts([prompts[i] for i in mb]), model.negative_condition(len(mb))
-        for j in range(traj.num_steps):
+        for j in range(traj.log_probs.shape[1]):
             v = guided_velocity(model, traj.states[mb, j], sigmas[j], cond, uncond, 4.5)
             out = sde_step(traj.states[mb, j], v, sigmas, j, 0.7, prev_sample=traj.states[mb, j + 1])
             _, ratio = ppo_clip_loss(out.log_prob, traj.log_probs[mb, j], torch.ones(len(mb)), 1e-3)
