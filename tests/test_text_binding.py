@@ -186,3 +186,8 @@ if __name__ == "__main__":  # the figures quoted in docs/learning-study.md: pyth
     at = loaded.tokenizer.split(RED_CIRCLE_BLUE_SQUARE).index("circle")
     circle = cond["tokens"][:, at]
     print(f"'circle' token feature, red/blue swap: {((circle[0] - circle[1]).norm() / circle[0].norm()).item():.3f}")
+    for seed in range(3):
+        untrained = ordered_model(seed)
+        for a, b in BINDING_PAIRS + controls:
+            print(f"ordered, untrained, seed {seed}: {a} | {b} | "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in separations(untrained, a, b).items()))
