@@ -19,8 +19,12 @@ measures see a difference when the encoding has one. The binding pairs are not s
 and 0.017, token set 0.012 and 0.010): the encoder's learned position
 embeddings have a norm of 0.3-0.5 against 11.3 for the word embeddings (PyTorch's N(0, 1) embedding
 initialisation against 0.02 for positions), so after the first LayerNorm the token features are close to
-a bag of words, and its mean pooling discards order altogether. The binding tests are strict xfails
-that document the gap; an encoder that keeps order and binds attributes makes them pass (remove the mark).
+a bag of words, and its mean pooling discards order altogether. The binding tests on the shipped base are
+strict xfails that document the gap.
+
+The ``ordered`` encoder (``TinyConfig.text_encoder``, ``models/text_encoder.py``: sinusoidal positions
+on the word embeddings' scale, attention pooling) separates both pairs already at initialisation, before
+any training; ``mean``, the default, must still reproduce the shipped base exactly.
 """
 
 from __future__ import annotations
@@ -29,11 +33,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from vgpo.models.tiny import TinyFlowModel
+from vgpo.errors import VgpoError
+from vgpo.models.text_encoder import sinusoidal_positions
+from vgpo.models.tiny import TinyConfig, TinyFlowModel
+from vgpo.worlds import get_world
 from vgpo.worlds.shapes.prompts import phrase
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes-base"
+#: The shipped base's encodings and a velocity as computed before the text-encoder option existed
+#: (tests/data/make_shapes_base_reference.py, run on that code).
+REFERENCE = Path(__file__).resolve().parent / "data" / "shapes_base_reference.safetensors"
 SEPARATION = 0.1
 
 
@@ -96,6 +107,72 @@ def test_condition_separates_bindings(model, a, b):
     assert max(found.values()) > SEPARATION, (a, b, found)
 
 
+def ordered_model(seed: int) -> TinyFlowModel:
+    torch.manual_seed(seed)
+    return TinyFlowModel(TinyConfig(vocab=get_world("shapes").vocabulary(), text_encoder="ordered"))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ordered_encoder_separates_bindings_at_init(seed):
+    # Untrained, seeded: the order-aware encoder already tells each binding pair apart by the measure the
+    # xfail above uses, and by the token set alone (cross-attention's channel), so pretraining starts
+    # from a condition that contains the binding.
+    model = ordered_model(seed)
+    for a, b in BINDING_PAIRS:
+        found = separations(model, a, b)
+        assert max(found.values()) > SEPARATION, (seed, a, b, found)
+        assert found["token_set"] > SEPARATION, (seed, a, b, found)
+        assert max(separations(model, a, a).values()) < 1e-5
+
+
+def test_ordered_positions_are_on_the_words_scale():
+    model = ordered_model(0)
+    text = model.net.text
+    words = text.embed.weight[3:].norm(dim=1).mean()
+    positions = text.pos.norm(dim=1)
+    assert torch.allclose(positions, torch.full_like(positions, 128 ** 0.5))
+    assert 0.8 < (positions.mean() / words).item() < 1.25
+    # Sin/cos codes: position 0 is (0, ..., 0, 1, ..., 1) * sqrt(2).
+    codes = sinusoidal_positions(3, 4)
+    assert torch.allclose(codes[0], torch.tensor([0.0, 0.0, 1.0, 1.0]) * 2 ** 0.5)
+    # Not saved: a fixed code, rebuilt from the config.
+    assert not any(k.startswith("text.pos") for k in model.net.state_dict())
+
+
+def test_ordered_encoder_round_trips(tmp_path):
+    model = ordered_model(0)
+    model.save(tmp_path)
+    loaded = TinyFlowModel.load(tmp_path)
+    assert loaded.cfg.text_encoder == "ordered"
+    a, b = BINDING_PAIRS[0]
+    # Loading freezes the encoder, which lets PyTorch take its fused attention path: equal up to rounding.
+    torch.testing.assert_close(loaded.encode_prompts([a, b])["pooled"], model.encode_prompts([a, b])["pooled"])
+
+
+def test_unknown_text_encoder_is_one_line_error():
+    with pytest.raises(VgpoError, match="^text_encoder: unknown text encoder 'bag'"):
+        TinyFlowModel(TinyConfig(vocab=["a"], text_encoder="bag"))
+
+
+def test_mean_encoder_reproduces_the_shipped_base(model):
+    # The shipped config.json has no text_encoder field: it loads as "mean" and computes what it did.
+    assert "text_encoder" not in (CHECKPOINT / "config.json").read_text()
+    assert model.cfg.text_encoder == "mean"
+    ref = load_file(str(REFERENCE))
+    prompts = ["a photo of a red circle and a blue square", "a photo of a square left of a circle", ""]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the reference's thread count: CPU reductions split by thread round differently
+    try:
+        cond = model.encode_prompts(prompts)
+        with torch.no_grad():
+            velocity = model.velocity(ref["x"], ref["sigma"], cond)
+    finally:
+        torch.set_num_threads(threads)
+    for key in ("tokens", "pooled", "mask"):
+        assert torch.equal(cond[key], ref[key]), key
+    assert torch.equal(velocity, ref["velocity"])
+
+
 if __name__ == "__main__":  # the figures quoted in docs/learning-study.md: python tests/test_text_binding.py
     loaded = TinyFlowModel.load(CHECKPOINT)
     controls = [(RED_CIRCLE_BLUE_SQUARE, GREEN_CIRCLE_BLUE_SQUARE), (CIRCLE_LEFT_OF_SQUARE, CIRCLE_RIGHT_OF_SQUARE)]
@@ -109,3 +186,8 @@ if __name__ == "__main__":  # the figures quoted in docs/learning-study.md: pyth
     at = loaded.tokenizer.split(RED_CIRCLE_BLUE_SQUARE).index("circle")
     circle = cond["tokens"][:, at]
     print(f"'circle' token feature, red/blue swap: {((circle[0] - circle[1]).norm() / circle[0].norm()).item():.3f}")
+    for seed in range(3):
+        untrained = ordered_model(seed)
+        for a, b in BINDING_PAIRS + controls:
+            print(f"ordered, untrained, seed {seed}: {a} | {b} | "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in separations(untrained, a, b).items()))

@@ -22,6 +22,15 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     print(f"wrote {out}/model.safetensors and {out}/config.json")
 
 
+def _cmd_pretrain_ae(args: argparse.Namespace) -> None:
+    from vgpo.config import config_from_args
+    from vgpo.pretrain_ae import AutoencoderTrainConfig, pretrain_autoencoder
+
+    cfg = config_from_args(AutoencoderTrainConfig, args)
+    out = pretrain_autoencoder(cfg)
+    print(f"wrote {out}/autoencoder.safetensors and {out}/config.json")
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     import torch
 
@@ -76,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="train a tiny base model on a world's renders")
     add_config_args(p, PretrainConfig)
     p.set_defaults(func=_cmd_pretrain)
+
+    from vgpo.pretrain_ae import AutoencoderTrainConfig
+
+    p = sub.add_parser("pretrain-ae", help="train the latent autoencoder a tiny model can work in (--latent)")
+    add_config_args(p, AutoencoderTrainConfig)
+    p.set_defaults(func=_cmd_pretrain_ae)
 
     p = sub.add_parser("eval", help="sample the held-out prompts with the ODE and print the world's table")
     p.add_argument("--checkpoint", default="checkpoints/shapes-base", help="folder with model.safetensors + config.json")

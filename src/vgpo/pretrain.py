@@ -42,6 +42,8 @@ class PretrainConfig:
     logit_normal_std: float = doc(1.0, "std of logit(t) for timestep sampling (SD3: 1)")
     channels: list[int] = doc([32, 64, 128], "U-Net widths at full, 1/2 and 1/4 resolution")
     shift: float = doc(3.0, "schedule shift stored with the model (SD3.5-M uses 3)")
+    text_encoder: str = doc("mean", "text encoder: mean (the shipped bases) or ordered (keeps word order)")
+    latent: str = doc("", "autoencoder folder (`vgpo pretrain-ae`) to work in its latent space; empty: pixels")
     seed: int = doc(0, "seed of initialisation and of every batch")
     save_every: int = doc(100, "steps between checkpoints")
     grad_clip: float = doc(1.0, "gradient-norm clip")
@@ -62,7 +64,7 @@ class PretrainConfig:
             raise VgpoError(f"channels: expected 3 widths, got {self.channels}")
 
 
-def _batch(world, prompts: list[dict], cfg: PretrainConfig, step: int):
+def _batch(world, prompts: list[dict], cfg: PretrainConfig, step: int, latent_shape: tuple[int, ...]):
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step))
     metas = [prompts[i] for i in balanced_choice(prompts, cfg.batch_size, gen)]
     seeds = torch.randint(2**31, (cfg.batch_size,), generator=gen).tolist()
@@ -70,7 +72,7 @@ def _batch(world, prompts: list[dict], cfg: PretrainConfig, step: int):
     drop = (torch.rand(cfg.batch_size, generator=gen) < cfg.prompt_dropout).tolist()
     texts = ["" if d else m["prompt"] for m, d in zip(metas, drop)]
     t = torch.sigmoid(torch.randn(cfg.batch_size, generator=gen) * cfg.logit_normal_std + cfg.logit_normal_mean)
-    noise = torch.randn(images.shape, generator=gen)
+    noise = torch.randn((cfg.batch_size, *latent_shape), generator=gen)
     return images, texts, t, noise
 
 
@@ -83,7 +85,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     arch = TinyConfig(vocab=world.vocabulary(), image_size=tuple(world.image_size), channels=tuple(cfg.channels),
-                      shift=cfg.shift, world=cfg.world)
+                      shift=cfg.shift, world=cfg.world, text_encoder=cfg.text_encoder, latent=cfg.latent)
     model = TinyFlowModel(arch)
     net = model.net
     ema = copy.deepcopy(net).requires_grad_(False)
@@ -93,7 +95,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     resume_path = out / "resume.pt"
     if resume_path.is_file():
         state = load_torch(resume_path)  # tensors and plain containers only: a crafted file cannot run code
-        if not isinstance(state, dict) or state.get("arch") != to_dict(arch):
+        # Resume files written before the text_encoder/latent options hold neither: they were mean/pixels.
+        if not isinstance(state, dict) or {"text_encoder": "mean", "latent": "", **state.get("arch", {})} != to_dict(arch):
             raise VgpoError(f"{resume_path}: written for another architecture/world; use a new --out")
         net.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
@@ -108,8 +111,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
     started = time.time()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", dynamic_ncols=True)
     for step in bar:
-        images, texts, t, noise = _batch(world, prompts, cfg, step)
-        x0 = model.encode_images(images)
+        images, texts, t, noise = _batch(world, prompts, cfg, step, model.latent_shape)
+        with torch.no_grad():  # the autoencoder, when there is one, is frozen
+            x0 = model.encode_images(images)
         tb = t.view(-1, 1, 1, 1)
         xt = (1 - tb) * x0 + tb * noise
         ids, mask = model.tokenize(texts)

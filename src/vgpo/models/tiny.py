@@ -24,8 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from vgpo.errors import VgpoError
+from vgpo.models.autoencoder import Autoencoder, load_autoencoder
 from vgpo.models.lora import LoraOptions, adapters_disabled, add_lora, load_lora_state_dict, lora_parameters, lora_state_dict
 from vgpo.models.protocol import Condition
+from vgpo.models.text_encoder import build_text_encoder
 from vgpo.models.tokenizer import PromptTokenizer
 from vgpo.perf import keep_freed_memory
 from vgpo.sampling.schedule import flow_schedule
@@ -46,6 +48,8 @@ class TinyConfig:
     emb_dim: int = 256  # FiLM embedding (time + pooled text)
     shift: float = 3.0  # schedule shift, as SD3.5-M (the quirk of flow_schedule included)
     world: str = "shapes"
+    text_encoder: str = "mean"  # models/text_encoder.py: "mean" (the shipped bases) or "ordered" (keeps word order)
+    latent: str = ""  # autoencoder folder (`vgpo pretrain-ae`) whose latents the U-Net works in; "" = pixels
 
 
 #: LoRA targets on the tiny U-Net: the attention projections (Flow-GRPO's choice on SD3) plus the
@@ -77,27 +81,6 @@ def _timestep_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
     args = 1000.0 * sigma.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-
-class TextEncoder(nn.Module):
-    def __init__(self, vocab_size: int, cfg: TinyConfig):
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, cfg.text_dim)
-        self.pos = nn.Parameter(torch.randn(cfg.max_tokens, cfg.text_dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(
-            cfg.text_dim, cfg.heads, 2 * cfg.text_dim, dropout=0.0, batch_first=True, norm_first=True
-        )
-        self.layers = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(cfg.text_dim)
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> Condition:
-        h = self.embed(ids) + self.pos[: ids.shape[1]]
-        # The empty prompt has no valid token; let it attend to padding rather than produce NaNs.
-        attend = mask | (~mask.any(dim=1, keepdim=True))
-        h = self.norm(self.layers(h, src_key_padding_mask=~attend))
-        w = mask.float().unsqueeze(-1)
-        pooled = (h * w).sum(1) / w.sum(1).clamp(min=1.0)
-        return {"tokens": h, "mask": mask, "pooled": pooled}
 
 
 class ResBlock(nn.Module):
@@ -166,17 +149,17 @@ class AttnBlock(nn.Module):
 
 
 class TinyUNet(nn.Module):
-    """Velocity network v(x, sigma, text) on (B, 3, H, W) pixels in [-1, 1]."""
+    """Velocity network v(x, sigma, text) on (B, 3, H, W) pixels in [-1, 1], or on autoencoder latents."""
 
-    def __init__(self, cfg: TinyConfig, vocab_size: int):
+    def __init__(self, cfg: TinyConfig, vocab_size: int, in_channels: int = 3):
         super().__init__()
         c0, c1, c2 = cfg.channels
         e = cfg.emb_dim
         self.cfg = cfg
-        self.text = TextEncoder(vocab_size, cfg)
+        self.text = build_text_encoder(vocab_size, cfg)
         self.time_mlp = nn.Sequential(nn.Linear(128, e), nn.SiLU(), nn.Linear(e, e))
         self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, e), nn.SiLU(), nn.Linear(e, e))
-        self.conv_in = nn.Conv2d(3, c0, 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels, c0, 3, padding=1)
         self.down0 = ResBlock(c0, c0, e)
         self.pool0 = nn.Conv2d(c0, c0, 3, stride=2, padding=1)
         self.down1, self.attn_d1 = ResBlock(c0, c1, e), AttnBlock(c1, cfg.text_dim, cfg.heads)
@@ -187,7 +170,7 @@ class TinyUNet(nn.Module):
         self.up1, self.attn_u1 = ResBlock(c2 + c1, c1, e), AttnBlock(c1, cfg.text_dim, cfg.heads)
         self.up0 = ResBlock(c1 + c0, c0, e)
         self.norm_out = nn.GroupNorm(8, c0)
-        self.conv_out = nn.Conv2d(c0, 3, 3, padding=1)
+        self.conv_out = nn.Conv2d(c0, in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
@@ -210,7 +193,8 @@ class TinyUNet(nn.Module):
 
 
 class TinyFlowModel:
-    """FlowModel protocol around ``TinyUNet``. Latents are pixels scaled to [-1, 1].
+    """FlowModel protocol around ``TinyUNet``. Latents are pixels scaled to [-1, 1], or the scaled latents of
+    the autoencoder ``cfg.latent`` names (decoded before every reward).
 
     ``precision`` (``TINY_PRECISIONS``) sets how ``velocity`` runs the network; velocities come back in
     the latents' dtype (float32), so step maths, log-probs and losses stay float32. The text encoder
@@ -225,8 +209,11 @@ class TinyFlowModel:
         self.precision = resolve_precision(precision, self.device)
         if self.device.type == "cpu":
             keep_freed_memory()
-        self.net = (net or TinyUNet(cfg, self.tokenizer.vocab_size)).to(self.device)
-        self.latent_shape = (3, *cfg.image_size)
+        # Frozen pixel codec when the model works in an autoencoder's latent space (as SD3 on its VAE).
+        self.autoencoder: Autoencoder | None = (
+            load_autoencoder(cfg.latent, cfg.image_size, self.device) if cfg.latent else None)
+        self.latent_shape = self.autoencoder.latent_shape if self.autoencoder else (3, *cfg.image_size)
+        self.net = (net or TinyUNet(cfg, self.tokenizer.vocab_size, self.latent_shape[0])).to(self.device)
         self._reference_net: TinyUNet | None = None
         self._null: Condition | None = None
 
@@ -253,10 +240,14 @@ class TinyFlowModel:
         return v.to(x.dtype)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.autoencoder:
+            return self.autoencoder.decode_latents(x)
         return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] to latents (pretraining data)."""
+        if self.autoencoder:
+            return self.autoencoder.encode_latents(images.to(self.device))
         return images.to(self.device) * 2.0 - 1.0
 
     def add_lora(self, options: LoraOptions) -> None:
