@@ -42,8 +42,10 @@ def main() -> None:
     codec_ms = (time.perf_counter() - start) / args.scenes * 1e3
     err = (recon - images).abs()
     print(f"scenes: {args.scenes} of the {world.name} test split's metadata")
-    print(f"reconstruction: MSE {err.pow(2).mean().item():.5f}, mean |error| {err.mean().item():.4f}, "
-          f"pixels off by > 0.1: {(err.amax(1) > 0.1).float().mean().item():.3%}")
+    print(
+        f"reconstruction: MSE {err.pow(2).mean().item():.5f}, mean |error| {err.mean().item():.4f}, "
+        f"pixels off by > 0.1: {(err.amax(1) > 0.1).float().mean().item():.3%}"
+    )
     print(f"encode + decode: {codec_ms:.3f} ms/image")
     on_renders, on_recon = (world.evaluate(x, metas)[world.headline] for x in (images, recon))
     print(f"{world.headline} on renders: {on_renders:.4f}; on reconstructions: {on_recon:.4f}")
@@ -53,8 +55,10 @@ def main() -> None:
 
         strict, _ = score(recon, metas)
         rejected, _ = score(recon, [perturb(m, rng) for m in metas])
-        print(f"strict = 1 on reconstructions: {strict.mean().item():.2%}; "
-              f"strict = 0 on violated metadata: {(rejected == 0).float().mean().item():.2%}")
+        print(
+            f"strict = 1 on reconstructions: {strict.mean().item():.2%}; "
+            f"strict = 0 on violated metadata: {(rejected == 0).float().mean().item():.2%}"
+        )
 
 
 if __name__ == "__main__":

@@ -62,8 +62,13 @@ class Variant:
 
 
 def build(name: str, preset: str, precision: str, out: Path, **overrides) -> Variant:
-    data = {**load_yaml(preset), "out": str(out / name), "eval_base": False,
-            "model_options": {**load_yaml(preset).get("model_options", {}), "precision": precision}, **overrides}
+    data = {
+        **load_yaml(preset),
+        "out": str(out / name),
+        "eval_base": False,
+        "model_options": {**load_yaml(preset).get("model_options", {}), "precision": precision},
+        **overrides,
+    }
     cfg = from_dict(TrainConfig, data)
     torch.manual_seed(0)
     model = load_model(cfg.model, cfg.checkpoint, cfg.model_options, "cpu")
@@ -88,8 +93,16 @@ def run_epoch(v: Variant, epoch: int, train_prompts: list, test_prompts: list, w
     marks.append((time.perf_counter(), time.process_time()))
     update(cfg, v.model, v.params, v.optimizer, v.ema, batch, advantages, keep, epoch)
     marks.append((time.perf_counter(), time.process_time()))
-    evaluate_world(model, world, test_prompts, num_steps=cfg.eval_num_steps, guidance_scale=cfg.eval_guidance,
-                   images_per_prompt=1, seed=cfg.seed, batch_size=cfg.eval_batch_size)
+    evaluate_world(
+        model,
+        world,
+        test_prompts,
+        num_steps=cfg.eval_num_steps,
+        guidance_scale=cfg.eval_guidance,
+        images_per_prompt=1,
+        seed=cfg.seed,
+        batch_size=cfg.eval_batch_size,
+    )
     marks.append((time.perf_counter(), time.process_time()))
     n = len(batch.metadata)
     counts = [n, scores.images_scored, n, int(keep.sum()) * cfg.inner_epochs, len(test_prompts)]
@@ -107,9 +120,18 @@ def count_epoch(v: Variant, epoch: int, train_prompts: list, test_prompts: list,
     advantages, _ = compute_advantages(cfg, scores.final, scores.values, batch.group_ids)
     keep = torch.ones(len(batch.metadata), dtype=torch.bool)  # every sample: the count per sample is exact
     upd = count_flops(lambda: update(cfg, v.model, v.params, v.optimizer, v.ema, batch, advantages, keep, epoch))
-    evl = count_flops(lambda: evaluate_world(model, world, test_prompts, num_steps=cfg.eval_num_steps,
-                                             guidance_scale=cfg.eval_guidance, images_per_prompt=1, seed=cfg.seed,
-                                             batch_size=cfg.eval_batch_size))
+    evl = count_flops(
+        lambda: evaluate_world(
+            model,
+            world,
+            test_prompts,
+            num_steps=cfg.eval_num_steps,
+            guidance_scale=cfg.eval_guidance,
+            images_per_prompt=1,
+            seed=cfg.seed,
+            batch_size=cfg.eval_batch_size,
+        )
+    )
     n = len(batch.metadata)
     v.flops = {"rollout": rollout / n, "update": upd / (n * cfg.inner_epochs), "eval": evl / len(test_prompts)}
 
@@ -117,8 +139,12 @@ def count_epoch(v: Variant, epoch: int, train_prompts: list, test_prompts: list,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", default="shapes", choices=("shapes", "text"), help="presets configs/<world>-*.yaml")
-    parser.add_argument("--algorithms", nargs="+", default=["vgpo"],
-                        help="presets configs/<world>-<algo>.yaml; grpo-keep: GRPO keeping zero-std groups")
+    parser.add_argument(
+        "--algorithms",
+        nargs="+",
+        default=["vgpo"],
+        help="presets configs/<world>-<algo>.yaml; grpo-keep: GRPO keeping zero-std groups",
+    )
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16", "auto"))
     parser.add_argument("--tcrm-every", type=int, nargs="+", default=[1], help="VGPO variants, one per value")
     parser.add_argument("--epochs", type=int, default=4, help="per variant, the first one untimed (FLOP count)")
@@ -136,7 +162,7 @@ def main() -> None:
 
     variants = []
     for algo in args.algorithms:
-        for k in (args.tcrm_every if algo == "vgpo" else [1]):
+        for k in args.tcrm_every if algo == "vgpo" else [1]:
             for prec in args.precision:
                 name = f"{algo}{'' if k == 1 else f'-tcrm{k}'}-{prec}"
                 extra = {"tcrm_every": k} if algo == "vgpo" else {}
@@ -167,12 +193,16 @@ def main() -> None:
     resolved = {v.name: v.model.precision for v in variants}
     print(f"\n{torch.get_num_threads()} threads; timed epochs {args.epochs - 1}; median (min-max) seconds per phase")
     for p in ("fp32", "bf16"):
-        print(f"peak {peaks[p].describe()}; measured 2048^3 matmul {ceilings[p][0]:.0f} GFLOP/s "
-              f"({ceilings[p][1]:.0f} per CPU-second x threads)")
+        print(
+            f"peak {peaks[p].describe()}; measured 2048^3 matmul {ceilings[p][0]:.0f} GFLOP/s "
+            f"({ceilings[p][1]:.0f} per CPU-second x threads)"
+        )
     # GFLOP/s by wall time, and by CPU time / threads (what the cores did while this process had them:
     # on a shared machine the wall-time figure mostly measures the other processes).
-    header = (f"{'variant':22}{'phase':10}{'seconds':>22}{'CPU s':>8}{'samples/s':>11}{'GFLOP/sample':>13}"
-              f"{'GFLOP/s':>9}{'%peak':>7}{'%matmul':>8}{'GFLOP/CPU-s':>12}{'%peak':>7}{'%matmul':>8}")
+    header = (
+        f"{'variant':22}{'phase':10}{'seconds':>22}{'CPU s':>8}{'samples/s':>11}{'GFLOP/sample':>13}"
+        f"{'GFLOP/s':>9}{'%peak':>7}{'%matmul':>8}{'GFLOP/CPU-s':>12}{'%peak':>7}{'%matmul':>8}"
+    )
     print(header)
     results = {}
     for v in variants:
@@ -187,41 +217,72 @@ def main() -> None:
             per = v.flops.get(p, 0.0)
             gflops = statistics.median([per * n / t / 1e9 for n, t in zip(ns, ts) if t > 0]) if per else 0.0
             threads = torch.get_num_threads()
-            gcpu = statistics.median([per * n / (c / threads) / 1e9 for n, c in zip(ns, v.cpu[p]) if c > 0]) if per else 0.0
-            row = {"seconds_median": med, "seconds_min": min(ts), "seconds_max": max(ts),
-                   "cpu_seconds_median": statistics.median(v.cpu[p]), "samples_per_s": rate,
-                   "gflop_per_sample": per / 1e9, "gflop_per_s": gflops,
-                   "peak_fraction": gflops / peaks[prec].gflops if per else None,
-                   "matmul_fraction": gflops / ceilings[prec][0] if per else None,
-                   "gflop_per_cpu_s": gcpu, "cpu_peak_fraction": gcpu / peaks[prec].gflops if per else None,
-                   "cpu_matmul_fraction": gcpu / ceilings[prec][1] if per else None}
+            gcpu = (
+                statistics.median([per * n / (c / threads) / 1e9 for n, c in zip(ns, v.cpu[p]) if c > 0])
+                if per
+                else 0.0
+            )
+            row = {
+                "seconds_median": med,
+                "seconds_min": min(ts),
+                "seconds_max": max(ts),
+                "cpu_seconds_median": statistics.median(v.cpu[p]),
+                "samples_per_s": rate,
+                "gflop_per_sample": per / 1e9,
+                "gflop_per_s": gflops,
+                "peak_fraction": gflops / peaks[prec].gflops if per else None,
+                "matmul_fraction": gflops / ceilings[prec][0] if per else None,
+                "gflop_per_cpu_s": gcpu,
+                "cpu_peak_fraction": gcpu / peaks[prec].gflops if per else None,
+                "cpu_matmul_fraction": gcpu / ceilings[prec][1] if per else None,
+            }
             results[v.name]["phases"][p] = row
-            flop_cols = (f"{per / 1e9:13.2f}{gflops:9.1f}{row['peak_fraction']:7.1%}{row['matmul_fraction']:8.1%}"
-                         f"{gcpu:12.1f}{row['cpu_peak_fraction']:7.1%}{row['cpu_matmul_fraction']:8.1%}"
-                         if per else f"{'-':>13}{'-':>9}{'-':>7}{'-':>8}{'-':>12}{'-':>7}{'-':>8}")
-            print(f"{v.name:22}{p:10}{med:9.2f} ({min(ts):5.2f}-{max(ts):5.2f}){row['cpu_seconds_median']:8.2f}{rate:11.1f}"
-                  + flop_cols)
+            flop_cols = (
+                f"{per / 1e9:13.2f}{gflops:9.1f}{row['peak_fraction']:7.1%}{row['matmul_fraction']:8.1%}"
+                f"{gcpu:12.1f}{row['cpu_peak_fraction']:7.1%}{row['cpu_matmul_fraction']:8.1%}"
+                if per
+                else f"{'-':>13}{'-':>9}{'-':>7}{'-':>8}{'-':>12}{'-':>7}{'-':>8}"
+            )
+            print(
+                f"{v.name:22}{p:10}{med:9.2f} ({min(ts):5.2f}-{max(ts):5.2f}){row['cpu_seconds_median']:8.2f}{rate:11.1f}"
+                + flop_cols
+            )
         train_phases = ("rollout", "reward", "advantage", "update")
         epoch_times = [sum(v.times[p][i] for p in train_phases) for i in range(len(v.times["update"]))]
         epoch_cpu = [sum(v.cpu[p][i] for p in train_phases) for i in range(len(v.cpu["update"]))]
         results[v.name]["epoch_seconds"], results[v.name]["epoch_cpu_seconds"] = epoch_times, epoch_cpu
-        print(f"{v.name:22}{'epoch':10}{statistics.median(epoch_times):9.2f} ({min(epoch_times):5.2f}-{max(epoch_times):5.2f})"
-              f"{statistics.median(epoch_cpu):8.2f}")
+        print(
+            f"{v.name:22}{'epoch':10}{statistics.median(epoch_times):9.2f} ({min(epoch_times):5.2f}-{max(epoch_times):5.2f})"
+            f"{statistics.median(epoch_cpu):8.2f}"
+        )
     # Speed-ups epoch by epoch (the same epoch of both variants ran back to back): median and range.
     for base in (v for v in variants if v.precision == "fp32"):
         stem = base.name.removesuffix("-fp32")
         for other in (v for v in variants if v.name != base.name and v.name.rsplit("-", 1)[0] == stem):
             for p in ("rollout", "update", "eval", "epoch"):
                 for what, key in (("wall", "times"), ("CPU", "cpu")):
-                    a = results[base.name][f"epoch_{'' if key == 'times' else 'cpu_'}seconds"] if p == "epoch" else getattr(base, key)[p]
-                    b = results[other.name][f"epoch_{'' if key == 'times' else 'cpu_'}seconds"] if p == "epoch" else getattr(other, key)[p]
+                    a = (
+                        results[base.name][f"epoch_{'' if key == 'times' else 'cpu_'}seconds"]
+                        if p == "epoch"
+                        else getattr(base, key)[p]
+                    )
+                    b = (
+                        results[other.name][f"epoch_{'' if key == 'times' else 'cpu_'}seconds"]
+                        if p == "epoch"
+                        else getattr(other, key)[p]
+                    )
                     r = [x / y for x, y in zip(a, b) if y > 0]
                     if r:
-                        print(f"speed-up {other.name} over {base.name}, {p} ({what}): {statistics.median(r):.2f}x "
-                              f"({min(r):.2f}-{max(r):.2f})")
-    results["_machine"] = {"threads": torch.get_num_threads(), "peaks": {p: peaks[p].describe() for p in peaks},
-                           "matmul_gflops": ceilings,
-                           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                        print(
+                            f"speed-up {other.name} over {base.name}, {p} ({what}): {statistics.median(r):.2f}x "
+                            f"({min(r):.2f}-{max(r):.2f})"
+                        )
+    results["_machine"] = {
+        "threads": torch.get_num_threads(),
+        "peaks": {p: peaks[p].describe() for p in peaks},
+        "matmul_gflops": ceilings,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
     (out / "speed.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out / 'speed.json'}")
 

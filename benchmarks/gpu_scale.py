@@ -42,16 +42,20 @@ import signal  # noqa: E402
 import string  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass, field, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Iterator, Sequence  # noqa: E402
+from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "gpu"
-PRESETS = {"grpo": ROOT / "configs" / "sd35m-pickscore-grpo.yaml", "vgpo": ROOT / "configs" / "sd35m-pickscore-vgpo.yaml"}
+PRESETS = {
+    "grpo": ROOT / "configs" / "sd35m-pickscore-grpo.yaml",
+    "vgpo": ROOT / "configs" / "sd35m-pickscore-vgpo.yaml",
+}
 RESULT_NAME = "gpu_scale.json"
 CLIP_TOKENS = 77  # SD3's CLIP encoders' sequence length, ahead of the T5 tokens in prompt_embeds
 
@@ -88,17 +92,43 @@ SCALES = {
     # the presets, small enough that the six runs fit the 8-minute device budget.
     "sd35m": Scale(resolution=512, device="cuda", precision=None, prompts=2, group_size=16),
     "tiny": Scale(
-        resolution=64, device="cpu", precision="fp32", prompts=2, group_size=2, sample_batch_size=4,
-        train_batch_size=2, gradient_accumulation=2, num_steps=4, clip_tokens=8, t5_tokens=8,
-        transformer=dict(num_layers=2, num_attention_heads=2, attention_head_dim=8, caption_projection_dim=16,
-                         joint_attention_dim=32, pooled_projection_dim=32, dual_attention_layers=[0],
-                         sample_size=8, pos_embed_max_size=16),
+        resolution=64,
+        device="cpu",
+        precision="fp32",
+        prompts=2,
+        group_size=2,
+        sample_batch_size=4,
+        train_batch_size=2,
+        gradient_accumulation=2,
+        num_steps=4,
+        clip_tokens=8,
+        t5_tokens=8,
+        transformer=dict(
+            num_layers=2,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            caption_projection_dim=16,
+            joint_attention_dim=32,
+            pooled_projection_dim=32,
+            dual_attention_layers=[0],
+            sample_size=8,
+            pos_embed_max_size=16,
+        ),
         vae=dict(block_out_channels=[8, 8, 8, 8], layers_per_block=1, norm_num_groups=4, sample_size=64),
-        clip_text=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                       projection_dim=16),
-        clip_vision=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                         patch_size=8, image_size=32, projection_dim=16),
-        clip_projection_dim=16, threads=1,
+        clip_text=dict(
+            hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=16
+        ),
+        clip_vision=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            patch_size=8,
+            image_size=32,
+            projection_dim=16,
+        ),
+        clip_projection_dim=16,
+        threads=1,
     ),
 }
 
@@ -119,9 +149,12 @@ def vae_config(scale: Scale) -> dict:
 
 def clip_architecture(scale: Scale) -> dict:
     arch = load_architecture("pickscore-clip-h14.json")
-    return {**arch, "text_config": {**arch["text_config"], **scale.clip_text},
-            "vision_config": {**arch["vision_config"], **scale.clip_vision},
-            "projection_dim": scale.clip_projection_dim or arch["projection_dim"]}
+    return {
+        **arch,
+        "text_config": {**arch["text_config"], **scale.clip_text},
+        "vision_config": {**arch["vision_config"], **scale.clip_vision},
+        "projection_dim": scale.clip_projection_dim or arch["projection_dim"],
+    }
 
 
 def clip_config(scale: Scale, vocab_size: int | None = None):
@@ -131,8 +164,12 @@ def clip_config(scale: Scale, vocab_size: int | None = None):
     text = {**arch["text_config"], "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}
     if vocab_size is not None and scale.clip_text:  # toy scale: the toy tokenizer's vocabulary
         text["vocab_size"] = vocab_size
-    return CLIPConfig(text_config=text, vision_config=arch["vision_config"], projection_dim=arch["projection_dim"],
-                      logit_scale_init_value=arch["logit_scale_init_value"])
+    return CLIPConfig(
+        text_config=text,
+        vision_config=arch["vision_config"],
+        projection_dim=arch["projection_dim"],
+        logit_scale_init_value=arch["logit_scale_init_value"],
+    )
 
 
 def meta_parameter_counts(scale: Scale) -> dict[str, int]:
@@ -261,8 +298,10 @@ def _sd3_adapter_class():
                 gen = torch.Generator(self.device).manual_seed(derive_seed("prompt", text))
                 embeds.append(torch.randn(self.text_tokens, self.joint_dim, generator=gen, device=self.device))
                 pooled.append(torch.randn(self.pooled_dim, generator=gen, device=self.device))
-            return {"prompt_embeds": torch.stack(embeds).to(self.dtype),
-                    "pooled_prompt_embeds": torch.stack(pooled).to(self.dtype)}
+            return {
+                "prompt_embeds": torch.stack(embeds).to(self.dtype),
+                "pooled_prompt_embeds": torch.stack(pooled).to(self.dtype),
+            }
 
         def velocity(self, x, sigma, cond):
             self.clock.count(x.shape[0])
@@ -278,20 +317,39 @@ def _sd3_adapter_class():
 
 def build_model(scale: Scale, model_options: dict, clock: Clock, device: torch.device):
     """The random-weight SD3.5-M pipeline behind the project's adapter (LoRA, precision from the preset)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
 
     scheduler = FlowMatchEulerDiscreteScheduler(**load_architecture("sd35m-scheduler.json"))
     with torch.device(device):  # initialise on the device: a CPU init of 2.2B weights takes minutes
         transformer = SD3Transformer2DModel(**transformer_config(scale))
         vae = AutoencoderKL(**vae_config(scale))
-    pipeline = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=None,
-                                        tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None,
-                                        tokenizer_3=None)
+    pipeline = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
     t5_tokens = scale.t5_tokens or int(model_options.get("max_sequence_length", 256))
     return _sd3_adapter_class()(
-        pipeline, scale.resolution, clock=clock, text_tokens=scale.clip_tokens + t5_tokens, device=device,
-        precision=scale.precision or model_options.get("precision"), lora=model_options.get("lora"),
-        gradient_checkpointing=False, max_sequence_length=t5_tokens,
+        pipeline,
+        scale.resolution,
+        clock=clock,
+        text_tokens=scale.clip_tokens + t5_tokens,
+        device=device,
+        precision=scale.precision or model_options.get("precision"),
+        lora=model_options.get("lora"),
+        gradient_checkpointing=False,
+        max_sequence_length=t5_tokens,
     )
 
 
@@ -319,9 +377,10 @@ def build_reward(scale: Scale, reward_spec: Any, device: torch.device):
     tokenizer = _clip_tokenizer()
     config = clip_config(scale, vocab_size=len(tokenizer))
     size = config.vision_config.image_size
-    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": size},
-                                                                 crop_size={"height": size, "width": size}),
-                              tokenizer=tokenizer)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}),
+        tokenizer=tokenizer,
+    )
     folder = tempfile.mkdtemp(prefix="gpu_scale_clip_")
     try:
         with torch.device(device):
@@ -353,8 +412,9 @@ class TimedReward:
 # --------------------------------------------------------------------------------------------------
 # The trainer's phases (the one place that calls vgpo.train.trainer; adapt here if it is refactored)
 # --------------------------------------------------------------------------------------------------
-def run_epoch(cfg, model, reward_fn, prompts: list[dict], epoch: int, sigmas: torch.Tensor, params, optimizer,
-              ema, clock: Clock) -> dict:
+def run_epoch(
+    cfg, model, reward_fn, prompts: list[dict], epoch: int, sigmas: torch.Tensor, params, optimizer, ema, clock: Clock
+) -> dict:
     """One training epoch as ``vgpo.train.trainer.train`` runs it on one process: sample, score,
     advantages, update (no evaluation, no checkpoint)."""
     from vgpo.train import trainer
@@ -372,9 +432,14 @@ def run_epoch(cfg, model, reward_fn, prompts: list[dict], epoch: int, sigmas: to
         advantages = advantages.to(model.device)
     with clock.phase("update"):
         stats = trainer.update(cfg, model, params, optimizer, ema, batch, advantages, keep, epoch)
-    return {"samples": len(batch.metadata), "images_scored": scores.images_scored, "kept_samples": int(keep.sum()),
-            "optimizer_steps": stats.optimizer_steps, "trainer_fwd_bwd_s": stats.fwd_bwd_s,
-            "reward_mean": float(scores.final.float().mean())}
+    return {
+        "samples": len(batch.metadata),
+        "images_scored": scores.images_scored,
+        "kept_samples": int(keep.sum()),
+        "optimizer_steps": stats.optimizer_steps,
+        "trainer_fwd_bwd_s": stats.fwd_bwd_s,
+        "reward_mean": float(scores.final.float().mean()),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -386,12 +451,18 @@ def _count_cpu_attention() -> None:
     from torch.utils import flop_counter as fc
 
     aten = torch.ops.aten
-    forward, backward = aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention_for_cpu_backward
+    forward, backward = (
+        aten._scaled_dot_product_flash_attention_for_cpu,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward,
+    )
     if forward not in fc.flop_registry and forward.default not in fc.flop_registry:
+
         @fc.register_flop_formula(forward)
         def _forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
             return fc.sdpa_flop_count(query_shape, key_shape, value_shape)
+
     if backward not in fc.flop_registry and backward.default not in fc.flop_registry:
+
         @fc.register_flop_formula(backward)
         def _backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
             return fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
@@ -435,8 +506,13 @@ def count_flops(model, reward_fn, rollout_seqs: int, update_seqs: int) -> dict:
     # FlopCounterMode knows only some attention kernels: say whether the one this device picks counted.
     q = torch.randn(1, 2, 64, 64, device=model.device, dtype=model.dtype)
     attention_counted = _flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)) > 0
-    return {"transformer_fwd_per_seq": fwd, "transformer_fwd_bwd_per_seq": fwd_bwd_flops,
-            "vae_decode_per_image": decode, "reward_per_image": reward, "attention_counted": attention_counted}
+    return {
+        "transformer_fwd_per_seq": fwd,
+        "transformer_fwd_bwd_per_seq": fwd_bwd_flops,
+        "vae_decode_per_image": decode,
+        "reward_per_image": reward,
+        "attention_counted": attention_counted,
+    }
 
 
 def meta_flops(scale: Scale, model_options: dict, t5_tokens: int | None = None) -> dict:
@@ -448,7 +524,9 @@ def meta_flops(scale: Scale, model_options: dict, t5_tokens: int | None = None) 
 
     from vgpo.models.lora import LoraOptions, add_lora
 
-    text_tokens = scale.clip_tokens + (t5_tokens or scale.t5_tokens or int(model_options.get("max_sequence_length", 256)))
+    text_tokens = scale.clip_tokens + (
+        t5_tokens or scale.t5_tokens or int(model_options.get("max_sequence_length", 256))
+    )
     with torch.device("meta"):
         transformer = SD3Transformer2DModel(**transformer_config(scale))
         add_lora(transformer, LoraOptions.from_spec(model_options.get("lora")))
@@ -463,16 +541,22 @@ def meta_flops(scale: Scale, model_options: dict, t5_tokens: int | None = None) 
         pixels, ids = torch.randn(1, 3, size, size), torch.ones(1, 22, dtype=torch.long)
 
     def forward():
-        return transformer(hidden_states=x, timestep=t, encoder_hidden_states=c, pooled_projections=pooled,
-                           return_dict=False)[0]
+        return transformer(
+            hidden_states=x, timestep=t, encoder_hidden_states=c, pooled_projections=pooled, return_dict=False
+        )[0]
 
     with torch.no_grad():
         fwd = _flops(forward)
         decode = _flops(lambda: vae.decode(x))
         reward = _flops(lambda: (clip.get_image_features(pixel_values=pixels), clip.get_text_features(input_ids=ids)))
     fwd_bwd = _flops(lambda: forward().float().square().mean().backward())
-    return {"transformer_fwd_per_seq": fwd, "transformer_fwd_bwd_per_seq": fwd_bwd, "vae_decode_per_image": decode,
-            "reward_per_image": reward, "text_tokens": text_tokens}
+    return {
+        "transformer_fwd_per_seq": fwd,
+        "transformer_fwd_bwd_per_seq": fwd_bwd,
+        "vae_decode_per_image": decode,
+        "reward_per_image": reward,
+        "text_tokens": text_tokens,
+    }
 
 
 def flops_per_sample(flops: dict, cfg) -> dict:
@@ -483,13 +567,21 @@ def flops_per_sample(flops: dict, cfg) -> dict:
     from vgpo.train.advantages import scored_steps
 
     cfg_factor = 1 if cfg.guidance_scale == 1.0 else 2
-    images = 1 + (sum(1 for i in scored_steps(cfg.num_steps, cfg.tcrm_every) if i < cfg.num_steps - 1)
-                  if cfg.dense_rewards else 0)
-    update = cfg.trained_steps * cfg_factor * (flops["transformer_fwd_bwd_per_seq"]
-                                               + (flops["transformer_fwd_per_seq"] if cfg.beta > 0 else 0))
-    out = {"rollout": cfg.num_steps * cfg_factor * flops["transformer_fwd_per_seq"],
-           "decode": images * flops["vae_decode_per_image"], "reward": images * flops["reward_per_image"],
-           "update": update, "images_scored": images}
+    images = 1 + (
+        sum(1 for i in scored_steps(cfg.num_steps, cfg.tcrm_every) if i < cfg.num_steps - 1) if cfg.dense_rewards else 0
+    )
+    update = (
+        cfg.trained_steps
+        * cfg_factor
+        * (flops["transformer_fwd_bwd_per_seq"] + (flops["transformer_fwd_per_seq"] if cfg.beta > 0 else 0))
+    )
+    out = {
+        "rollout": cfg.num_steps * cfg_factor * flops["transformer_fwd_per_seq"],
+        "decode": images * flops["vae_decode_per_image"],
+        "reward": images * flops["reward_per_image"],
+        "update": update,
+        "images_scored": images,
+    }
     out["total"] = out["rollout"] + out["decode"] + out["reward"] + out["update"]
     return out
 
@@ -518,9 +610,11 @@ def time_network(model, clock: Clock, rollout_seqs: int, update_seqs: int, reps:
     def fwd_bwd():
         model.velocity(xu, su, cu).float().square().mean().backward()
 
-    result = {"fwd_s_per_seq_rollout_batch": per_seq(lambda: fwd(xr, sr, cr), rollout_seqs),
-              "fwd_s_per_seq_update_batch": per_seq(lambda: fwd(xu, su, cu), update_seqs),
-              "fwd_bwd_s_per_seq": per_seq(fwd_bwd, update_seqs)}
+    result = {
+        "fwd_s_per_seq_rollout_batch": per_seq(lambda: fwd(xr, sr, cr), rollout_seqs),
+        "fwd_s_per_seq_update_batch": per_seq(lambda: fwd(xu, su, cu), update_seqs),
+        "fwd_bwd_s_per_seq": per_seq(fwd_bwd, update_seqs),
+    }
     for p in model.trainable_parameters():
         p.grad = None
     return result
@@ -564,12 +658,16 @@ def epoch_summary(raw: dict, clock: Clock, flops: dict, network: dict, peak_tflo
         "update": s["update"],
     }
     epoch_s = s["sample"] + s["score"] + s["advantages"] + s["update"]
-    seqs = {"rollout": clock.sequences.get("sample:nograd", 0),
-            "update_grad": clock.sequences.get("update:grad", 0),
-            "update_nograd": clock.sequences.get("update:nograd", 0)}
+    seqs = {
+        "rollout": clock.sequences.get("sample:nograd", 0),
+        "update_grad": clock.sequences.get("update:grad", 0),
+        "update_nograd": clock.sequences.get("update:nograd", 0),
+    }
     images_decoded = clock.images_decoded
-    update_flops = (flops["transformer_fwd_bwd_per_seq"] * seqs["update_grad"]
-                    + flops["transformer_fwd_per_seq"] * seqs["update_nograd"])
+    update_flops = (
+        flops["transformer_fwd_bwd_per_seq"] * seqs["update_grad"]
+        + flops["transformer_fwd_per_seq"] * seqs["update_nograd"]
+    )
     phase_flops = {
         "rollout": flops["transformer_fwd_per_seq"] * seqs["rollout"],
         "decode": flops["vae_decode_per_image"] * images_decoded,
@@ -578,8 +676,10 @@ def epoch_summary(raw: dict, clock: Clock, flops: dict, network: dict, peak_tflo
     }
     tflops = {k: (v / phases[k] / 1e12 if phases[k] > 0 else None) for k, v in phase_flops.items()}
     tflops["epoch"] = sum(phase_flops.values()) / epoch_s / 1e12
-    network_s = (network["fwd_bwd_s_per_seq"] * seqs["update_grad"]
-                 + network["fwd_s_per_seq_update_batch"] * seqs["update_nograd"])
+    network_s = (
+        network["fwd_bwd_s_per_seq"] * seqs["update_grad"]
+        + network["fwd_s_per_seq_update_batch"] * seqs["update_nograd"]
+    )
     out = {
         **raw,
         "phases_s": phases,
@@ -589,8 +689,10 @@ def epoch_summary(raw: dict, clock: Clock, flops: dict, network: dict, peak_tflo
         "images_per_s": raw["samples"] / epoch_s,
         "scored_images_per_s": raw["images_scored"] / epoch_s,
         "transformer_sequences": seqs,
-        "peak_memory_gb": {**{k: clock.peak_gb[k] for k in ("sample", "score", "advantages", "update")},
-                           "max": max(clock.peak_gb.values())},
+        "peak_memory_gb": {
+            **{k: clock.peak_gb[k] for k in ("sample", "score", "advantages", "update")},
+            "max": max(clock.peak_gb.values()),
+        },
         "network_s_in_update": network_s,
         "network_share_of_update": network_s / phases["update"] if phases["update"] > 0 else None,
         "achieved_tflops": tflops,
@@ -623,16 +725,23 @@ def comparisons(runs: dict) -> dict:
         grpo = runs.get("grpo-ckpt" if run["gradient_checkpointing"] else "grpo")
         if grpo and grpo.get("summary"):
             out[f"{name}/{'grpo-ckpt' if run['gradient_checkpointing'] else 'grpo'}"] = (
-                run["summary"]["epoch_s"] / grpo["summary"]["epoch_s"])
+                run["summary"]["epoch_s"] / grpo["summary"]["epoch_s"]
+            )
     return out
 
 
 def machine() -> dict:
     import importlib.metadata as md
 
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "torch": torch.__version__, "cuda": torch.version.cuda,
-            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32}
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+    }
     for pkg in ("diffusers", "transformers", "peft", "accelerate"):
         try:
             info[pkg] = md.version(pkg)
@@ -651,24 +760,46 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=sorted(SCALES), required=True, help="sd35m: the real sizes (GPU); tiny: CI")
     parser.add_argument("--out", required=True, help=f"folder for {RESULT_NAME}")
-    parser.add_argument("--budget-s", type=float, default=420.0,
-                        help="seconds from process start after which the work stops and the JSON is written")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=420.0,
+        help="seconds from process start after which the work stops and the JSON is written",
+    )
     parser.add_argument("--epochs", type=int, default=1, help="measured epochs per run (a warm-up precedes all runs)")
     parser.add_argument("--tcrm-every", type=int, nargs="+", default=[1, 2, 5], help="VGPO runs, one per value")
-    parser.add_argument("--checkpointing", nargs="+", choices=("off", "on"), default=["off", "on"],
-                        help="gradient checkpointing settings to run")
+    parser.add_argument(
+        "--checkpointing",
+        nargs="+",
+        choices=("off", "on"),
+        default=["off", "on"],
+        help="gradient checkpointing settings to run",
+    )
     parser.add_argument("--prompts", type=int, default=None, help="prompts per measured epoch (default: the scale's)")
     parser.add_argument("--group-size", type=int, default=None, help="images per prompt (default: the scale's)")
-    parser.add_argument("--t5-tokens", type=int, default=None,
-                        help="T5 tokens of the random prompt embeddings (default: the preset's max_sequence_length)")
+    parser.add_argument(
+        "--t5-tokens",
+        type=int,
+        default=None,
+        help="T5 tokens of the random prompt embeddings (default: the preset's max_sequence_length)",
+    )
     parser.add_argument("--device", default=None, help="default: the scale's (sd35m: cuda, tiny: cpu)")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's peak (H200 bf16 matrix products: 790 measured); fractions of it are reported")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak (H200 bf16 matrix products: 790 measured); fractions of it are reported",
+    )
     parser.add_argument("--network-reps", type=int, default=3, help="timed calls per shape of the network-alone timing")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the scale's; 0: torch's)")
-    parser.add_argument("--flops-only", action="store_true",
-                        help="count model FLOPs on the meta device and plan them per sample and run (no device, no timing)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: the scale's; 0: torch's)"
+    )
+    parser.add_argument(
+        "--flops-only",
+        action="store_true",
+        help="count model FLOPs on the meta device and plan them per sample and run (no device, no timing)",
+    )
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.budget_s <= 0 or any(k < 1 for k in args.tcrm_every):
         parser.error("--epochs and --tcrm-every must be >= 1 and --budget-s > 0")
@@ -680,8 +811,14 @@ def training_config(run: Run, scale: Scale, args: argparse.Namespace, device: to
     from vgpo.train import TrainConfig
 
     data = load_yaml(PRESETS[run.algorithm])
-    data.update(out=str(Path(args.out) / "unused"), epochs=args.epochs, device=str(device), seed=args.seed,
-                prompts_per_epoch=args.prompts or scale.prompts, group_size=args.group_size or scale.group_size)
+    data.update(
+        out=str(Path(args.out) / "unused"),
+        epochs=args.epochs,
+        device=str(device),
+        seed=args.seed,
+        prompts_per_epoch=args.prompts or scale.prompts,
+        group_size=args.group_size or scale.group_size,
+    )
     for name in ("sample_batch_size", "train_batch_size", "gradient_accumulation", "num_steps"):
         if getattr(scale, name) is not None:
             data[name] = getattr(scale, name)
@@ -703,11 +840,19 @@ def main(argv: Sequence[str] | None = None, started: float | None = None) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     runs = plan_runs(args.tcrm_every, args.checkpointing)
     result: dict[str, Any] = {
-        "status": "running", "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "scale": args.scale, "budget_s": args.budget_s, "peak_tflops": args.peak_tflops, "machine": machine(),
-        "architecture": {"transformer": transformer_config(scale), "vae": vae_config(scale),
-                         "reward_clip": clip_architecture(scale)},
-        "runs": {}, "not_run": [r.name for r in runs],
+        "status": "running",
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "scale": args.scale,
+        "budget_s": args.budget_s,
+        "peak_tflops": args.peak_tflops,
+        "machine": machine(),
+        "architecture": {
+            "transformer": transformer_config(scale),
+            "vae": vae_config(scale),
+            "reward_clip": clip_architecture(scale),
+        },
+        "runs": {},
+        "not_run": [r.name for r in runs],
     }
 
     # Heavy imports before the budget alarm is armed: an import interrupted half-way can leave a
@@ -739,7 +884,9 @@ def main(argv: Sequence[str] | None = None, started: float | None = None) -> Pat
     except BudgetExceeded:
         result["status"] = "stopped_by_budget"
     write()
-    print(f"gpu_scale: {result['status']}, {len(result['runs'])} runs, {result['elapsed_s']:.0f} s -> {out / RESULT_NAME}")
+    print(
+        f"gpu_scale: {result['status']}, {len(result['runs'])} runs, {result['elapsed_s']:.0f} s -> {out / RESULT_NAME}"
+    )
     return out / RESULT_NAME
 
 
@@ -748,12 +895,20 @@ def training_settings(cfg, args: argparse.Namespace, preset: dict) -> dict:
     cfg_factor = 1 if cfg.guidance_scale == 1.0 else 2
     return {
         "presets": {k: str(v.relative_to(ROOT)) for k, v in PRESETS.items()},
-        "samples_per_epoch": cfg.prompts_per_epoch * cfg.group_size, "prompts_per_epoch": cfg.prompts_per_epoch,
-        "group_size": cfg.group_size, "sample_batch_size": cfg.sample_batch_size,
-        "train_batch_size": cfg.train_batch_size, "gradient_accumulation": cfg.gradient_accumulation,
-        "num_steps": cfg.num_steps, "trained_steps": cfg.trained_steps, "guidance_scale": cfg.guidance_scale,
-        "beta": cfg.beta, "epochs": args.epochs, "rollout_batch_sequences": cfg_factor * cfg.sample_batch_size,
-        "update_batch_sequences": cfg_factor * cfg.train_batch_size, "reward": preset["reward"],
+        "samples_per_epoch": cfg.prompts_per_epoch * cfg.group_size,
+        "prompts_per_epoch": cfg.prompts_per_epoch,
+        "group_size": cfg.group_size,
+        "sample_batch_size": cfg.sample_batch_size,
+        "train_batch_size": cfg.train_batch_size,
+        "gradient_accumulation": cfg.gradient_accumulation,
+        "num_steps": cfg.num_steps,
+        "trained_steps": cfg.trained_steps,
+        "guidance_scale": cfg.guidance_scale,
+        "beta": cfg.beta,
+        "epochs": args.epochs,
+        "rollout_batch_sequences": cfg_factor * cfg.sample_batch_size,
+        "update_batch_sequences": cfg_factor * cfg.train_batch_size,
+        "reward": preset["reward"],
         "model_options": preset.get("model_options", {}),
     }
 
@@ -765,11 +920,15 @@ def _plan_flops(args, scale: Scale, runs: list[Run], result: dict) -> None:
     preset = load_yaml(PRESETS["vgpo"])
     result["settings"] = training_settings(training_config(runs[0], scale, args, torch.device("cpu")), args, preset)
     result["flops"] = meta_flops(scale, dict(preset.get("model_options", {})), args.t5_tokens)
-    plan = {run.name: flops_per_sample(result["flops"], training_config(run, scale, args, torch.device("cpu")))
-            for run in runs if not run.checkpointing}
+    plan = {
+        run.name: flops_per_sample(result["flops"], training_config(run, scale, args, torch.device("cpu")))
+        for run in runs
+        if not run.checkpointing
+    }
     result["flops_per_sample"] = plan
-    result["flops_ratio"] = {f"{name}/grpo": p["total"] / plan["grpo"]["total"] for name, p in plan.items()
-                             if name != "grpo"}
+    result["flops_ratio"] = {
+        f"{name}/grpo": p["total"] / plan["grpo"]["total"] for name, p in plan.items() if name != "grpo"
+    }
     result["not_run"] = [r.name for r in runs]
 
 
@@ -795,18 +954,26 @@ def _measure(args, scale: Scale, device: torch.device, runs: list[Run], result: 
     result["model"] = {
         "transformer_params": sum(p.numel() for p in model.transformer.parameters()) - sum(p.numel() for p in params),
         "transformer_buffers": sum(b.numel() for b in model.transformer.buffers()),
-        "lora_params": sum(p.numel() for p in params), "lora": vars(model.lora_options) | {
-            "target_modules": list(model.lora_options.target_modules)},
-        "vae_params": sum(p.numel() for p in model.vae.parameters()), "reward_params": reward_params,
-        "precision": str(model.dtype), "resolution": list(model.resolution), "latent_shape": list(model.latent_shape),
-        "text_tokens": model.text_tokens, "joint_attention_dim": model.joint_dim, "pooled_dim": model.pooled_dim,
+        "lora_params": sum(p.numel() for p in params),
+        "lora": vars(model.lora_options) | {"target_modules": list(model.lora_options.target_modules)},
+        "vae_params": sum(p.numel() for p in model.vae.parameters()),
+        "reward_params": reward_params,
+        "precision": str(model.dtype),
+        "resolution": list(model.resolution),
+        "latent_shape": list(model.latent_shape),
+        "text_tokens": model.text_tokens,
+        "joint_attention_dim": model.joint_dim,
+        "pooled_dim": model.pooled_dim,
     }
     result["setup_s"] = {"build": time.perf_counter() - started}
     write()
 
     cfg0 = training_config(runs[0], scale, args, device)
     result["settings"] = training_settings(cfg0, args, preset)
-    rollout_seqs, update_seqs = result["settings"]["rollout_batch_sequences"], result["settings"]["update_batch_sequences"]
+    rollout_seqs, update_seqs = (
+        result["settings"]["rollout_batch_sequences"],
+        result["settings"]["update_batch_sequences"],
+    )
     started = time.perf_counter()
     with clock.phase("flops"):
         result["flops"] = count_flops(model, reward, rollout_seqs, update_seqs)
@@ -819,22 +986,29 @@ def _measure(args, scale: Scale, device: torch.device, runs: list[Run], result: 
         with clock.phase(f"network_{label}"):
             network[setting] = time_network(model, clock, rollout_seqs, update_seqs, args.network_reps)
         f = result["flops"]
-        network[setting]["fwd_tflops"] = f["transformer_fwd_per_seq"] / network[setting]["fwd_s_per_seq_rollout_batch"] / 1e12
-        network[setting]["fwd_bwd_tflops"] = f["transformer_fwd_bwd_per_seq"] / network[setting]["fwd_bwd_s_per_seq"] / 1e12
+        network[setting]["fwd_tflops"] = (
+            f["transformer_fwd_per_seq"] / network[setting]["fwd_s_per_seq_rollout_batch"] / 1e12
+        )
+        network[setting]["fwd_bwd_tflops"] = (
+            f["transformer_fwd_bwd_per_seq"] / network[setting]["fwd_bwd_s_per_seq"] / 1e12
+        )
         network[setting]["peak_memory_gb"] = clock.peak_gb[f"network_{label}"]
         result.setdefault("network", {})[label] = network[setting]
         result["setup_s"][f"network_{label}"] = time.perf_counter() - started
         write()
 
-    prompts = [{"prompt": " ".join(string.ascii_lowercase[(i + j) % 26] for j in range(20)), "tag": ""}
-               for i in range(max(64, cfg0.prompts_per_epoch))]
+    prompts = [
+        {"prompt": " ".join(string.ascii_lowercase[(i + j) % 26] for j in range(20)), "tag": ""}
+        for i in range(max(64, cfg0.prompts_per_epoch))
+    ]
     # One small unmeasured epoch through every phase first (lazy initialisation, allocator growth,
     # optimizer state), so that the first measured run does not pay for it alone.
     started = time.perf_counter()
     warm = next((r for r in runs if r.algorithm == "vgpo"), runs[0])
     _set_checkpointing(model, warm.checkpointing)
-    cfg = replace(training_config(warm, scale, args, device), prompts_per_epoch=1,
-                  group_size=max(2, cfg0.train_batch_size))
+    cfg = replace(
+        training_config(warm, scale, args, device), prompts_per_epoch=1, group_size=max(2, cfg0.train_batch_size)
+    )
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
     run_epoch(cfg, model, reward_fn, prompts, 0, model.schedule(cfg.num_steps), params, optimizer, None, clock)
     del optimizer
@@ -847,15 +1021,21 @@ def _measure(args, scale: Scale, device: torch.device, runs: list[Run], result: 
         sigmas = model.schedule(cfg.num_steps)
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
         ema = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
-        entry = {"algorithm": run.algorithm, "tcrm_every": cfg.tcrm_every if run.algorithm == "vgpo" else None,
-                 "gradient_checkpointing": run.checkpointing, "complete": False,
-                 "flops_per_sample": flops_per_sample(result["flops"], cfg), "epochs": []}
+        entry = {
+            "algorithm": run.algorithm,
+            "tcrm_every": cfg.tcrm_every if run.algorithm == "vgpo" else None,
+            "gradient_checkpointing": run.checkpointing,
+            "complete": False,
+            "flops_per_sample": flops_per_sample(result["flops"], cfg),
+            "epochs": [],
+        }
         result["runs"][run.name] = entry
         for epoch in range(args.epochs):
             clock.reset()
             raw = run_epoch(cfg, model, reward_fn, prompts, epoch, sigmas, params, optimizer, ema, clock)
-            entry["epochs"].append(epoch_summary(raw, clock, result["flops"], network[run.checkpointing],
-                                                 args.peak_tflops))
+            entry["epochs"].append(
+                epoch_summary(raw, clock, result["flops"], network[run.checkpointing], args.peak_tflops)
+            )
             entry["summary"] = mean_summary(entry["epochs"])
             write()
         entry["complete"] = True

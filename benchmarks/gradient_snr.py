@@ -37,8 +37,11 @@ class GradientRecorder(torch.optim.Optimizer):
         self.grads: list[torch.Tensor] = []
 
     def step(self, closure=None):
-        flat = [p.grad.flatten() if p.grad is not None else torch.zeros(p.numel())
-                for group in self.param_groups for p in group["params"]]
+        flat = [
+            p.grad.flatten() if p.grad is not None else torch.zeros(p.numel())
+            for group in self.param_groups
+            for p in group["params"]
+        ]
         self.grads.append(torch.cat(flat).double())
 
 
@@ -47,8 +50,10 @@ def report(name: str, stats: dict[str, float], samples: int) -> str:
         return f"{name:>30}: no noise to measure against (every gradient is zero or identical: |g|^2 {stats['signal']:.3e})"
     ratio, bound = stats["snr"], (max(stats["signal"], 0) + 2 * stats["signal_se"]) / stats["noise"]
     need = f"{samples / bound:,.0f}" if bound > 0 else "inf"
-    return (f"{name:>30}: signal {stats['signal']:+.3e} +- {stats['signal_se']:.1e}  noise/epoch {stats['noise']:.3e}  "
-            f"SNR/epoch {ratio:+.4f} (2-SE bound {bound:.4f}: >= {need} samples for SNR 1)  pairwise cos {stats['cos']:+.4f}")
+    return (
+        f"{name:>30}: signal {stats['signal']:+.3e} +- {stats['signal_se']:.1e}  noise/epoch {stats['noise']:.3e}  "
+        f"SNR/epoch {ratio:+.4f} (2-SE bound {bound:.4f}: >= {need} samples for SNR 1)  pairwise cos {stats['cos']:+.4f}"
+    )
 
 
 def main() -> None:
@@ -87,6 +92,7 @@ def main() -> None:
         print(report(name, gradient_signal_noise([g.numpy() for g in grads]), samples))
     if args.save:
         torch.save({"true": true_grads, "shuffled": shuffled_grads, "samples_per_epoch": samples}, args.save)
+
 
 if __name__ == "__main__":
     main()

@@ -39,19 +39,37 @@ def main() -> None:
     rows = {}
     for i, (name, (channels, latent)) in enumerate(MODELS.items()):
         torch.manual_seed(0)
-        cfg = TinyConfig(vocab=world.vocabulary(), image_size=world.image_size, channels=channels,
-                         text_encoder="ordered", latent=args.ae if latent else "")
+        cfg = TinyConfig(
+            vocab=world.vocabulary(),
+            image_size=world.image_size,
+            channels=channels,
+            text_encoder="ordered",
+            latent=args.ae if latent else "",
+        )
         model = TinyFlowModel(cfg)
         model.save(out / f"model-{i}")
-        summary = timed_run(f"run-{i}", "configs/shapes-grpo.yaml", out, args.epochs,
-                            checkpoint=str(out / f"model-{i}"), drop_zero_std_groups=False, threads=args.threads)
+        summary = timed_run(
+            f"run-{i}",
+            "configs/shapes-grpo.yaml",
+            out,
+            args.epochs,
+            checkpoint=str(out / f"model-{i}"),
+            drop_zero_std_groups=False,
+            threads=args.threads,
+        )
         samples = 8 * 8  # the preset's prompts_per_epoch x group_size
-        rows[name] = {"params_M": round(model.num_parameters() / 1e6, 2),
-                      "samples_per_s": samples / summary["time/epoch_s"], **summary}
-        print(f"{name}: {rows[name]['samples_per_s']:.1f} samples/s "
-              f"(epoch {summary['time/epoch_s']:.2f} s: rollout {summary['time/rollout_s']:.2f}, "
-              f"reward {summary['time/reward_s']:.2f}, update {summary['time/update_s']:.2f}), "
-              f"{rows[name]['params_M']} M parameters, peak RSS {summary['peak_rss_mb']:.0f} MB", flush=True)
+        rows[name] = {
+            "params_M": round(model.num_parameters() / 1e6, 2),
+            "samples_per_s": samples / summary["time/epoch_s"],
+            **summary,
+        }
+        print(
+            f"{name}: {rows[name]['samples_per_s']:.1f} samples/s "
+            f"(epoch {summary['time/epoch_s']:.2f} s: rollout {summary['time/rollout_s']:.2f}, "
+            f"reward {summary['time/reward_s']:.2f}, update {summary['time/update_s']:.2f}), "
+            f"{rows[name]['params_M']} M parameters, peak RSS {summary['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
     (out / "speed.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 

@@ -62,11 +62,17 @@ def main() -> None:
     prompts = [m["prompt"] for m in world.load_prompts(world.train_file)[: args.batch]]
     for name, (channels, latent) in MODELS.items():
         torch.manual_seed(0)
-        model = TinyFlowModel(TinyConfig(vocab=world.vocabulary(), channels=channels, text_encoder="ordered",
-                                         latent=args.ae if latent else ""))
+        model = TinyFlowModel(
+            TinyConfig(
+                vocab=world.vocabulary(), channels=channels, text_encoder="ordered", latent=args.ae if latent else ""
+            )
+        )
         f, fb, d = measure(model, prompts, args.repeats)
-        print(f"{name}: forward {f:.2f} ms/sample, forward+backward {fb:.2f} ms/sample, decode {d:.2f} ms/sample "
-              f"({model.num_parameters() / 1e6:.2f} M parameters, {args.threads} thread(s))", flush=True)
+        print(
+            f"{name}: forward {f:.2f} ms/sample, forward+backward {fb:.2f} ms/sample, decode {d:.2f} ms/sample "
+            f"({model.num_parameters() / 1e6:.2f} M parameters, {args.threads} thread(s))",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ DATA = Path(__file__).resolve().parents[1] / "src" / "vgpo" / "worlds" / "text" 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--data", type=Path, default=DATA, help="folder with train_words.txt; the lists are written here")
+    parser.add_argument(
+        "--data", type=Path, default=DATA, help="folder with train_words.txt; the lists are written here"
+    )
     args = parser.parse_args()
     train = [w.strip() for w in (args.data / "train_words.txt").read_text(encoding="utf-8").splitlines() if w.strip()]
     rest, val = make_val_split(train, args.seed)

@@ -94,8 +94,10 @@ def main() -> None:
         return {"forward": forward, "backward": backward}
 
     runs = {name: make(name) for name in args.variants}
-    flops = {"forward": count_flops(runs[args.variants[0]]["forward"]),
-             "backward": count_flops(runs[args.variants[0]]["backward"])}
+    flops = {
+        "forward": count_flops(runs[args.variants[0]]["forward"]),
+        "backward": count_flops(runs[args.variants[0]]["backward"]),
+    }
     reference = make("fp32")["forward"]()
     times = {(n, k): [] for n in runs for k in ("forward", "backward")}
     cpu = {key: [] for key in times}
@@ -108,9 +110,13 @@ def main() -> None:
                 runs[name][kind]()
                 times[name, kind].append(time.perf_counter() - w)
                 cpu[name, kind].append(time.process_time() - c)
-    print(f"{torch.get_num_threads()} threads, keep freed memory: {not args.no_keep_freed_memory}, "
-          f"{args.repeats} interleaved repeats; forward batch {args.batch[0]} (no grad), forward+backward batch {args.batch[1]}")
-    print(f"{'variant':14}{'pass':10}{'wall s median (min-max)':>27}{'CPU s':>8}{'GFLOP/s':>9}{'vs fp32':>9}{'rel. err':>10}")
+    print(
+        f"{torch.get_num_threads()} threads, keep freed memory: {not args.no_keep_freed_memory}, "
+        f"{args.repeats} interleaved repeats; forward batch {args.batch[0]} (no grad), forward+backward batch {args.batch[1]}"
+    )
+    print(
+        f"{'variant':14}{'pass':10}{'wall s median (min-max)':>27}{'CPU s':>8}{'GFLOP/s':>9}{'vs fp32':>9}{'rel. err':>10}"
+    )
     for name in runs:
         v = runs[name]["forward"]()
         err = ((v - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1)).max().item()
@@ -119,8 +125,10 @@ def main() -> None:
             med = statistics.median(ts)
             ratios = [a / b for a, b in zip(times["fp32", kind], ts)] if ("fp32", kind) in times else []
             speed = f"{statistics.median(ratios):8.2f}x" if ratios else f"{'-':>9}"
-            print(f"{name:14}{kind:10}{med:12.3f} ({min(ts):.3f}-{max(ts):.3f}){statistics.median(cpu[name, kind]):8.3f}"
-                  f"{flops[kind] / med / 1e9:9.1f}{speed}{err:10.1e}")
+            print(
+                f"{name:14}{kind:10}{med:12.3f} ({min(ts):.3f}-{max(ts):.3f}){statistics.median(cpu[name, kind]):8.3f}"
+                f"{flops[kind] / med / 1e9:9.1f}{speed}{err:10.1e}"
+            )
 
 
 if __name__ == "__main__":

@@ -37,18 +37,24 @@ def main() -> None:
 
     scores, texts, elapsed = [], [], 0.0
     for start in range(0, len(items), args.batch):
-        chunk = items[start:start + args.batch]
+        chunk = items[start : start + args.batch]
         t0 = time.perf_counter()
-        scores.append(reward(images[start:start + args.batch], [m["prompt"] for m, _ in chunk], [m for m, _ in chunk]))
+        scores.append(
+            reward(images[start : start + args.batch], [m["prompt"] for m, _ in chunk], [m for m, _ in chunk])
+        )
         elapsed += time.perf_counter() - t0
         texts += reward.last_texts
     scores_t = torch.cat(scores)
     misread = [(m["text"], t) for (m, _), t in zip(items, texts) if normalize(t) != normalize(m["text"])]
     exact = 1 - len(misread) / len(items)
-    print(f"split={args.split} renders={len(items)} canvas={world.image_size[0]}x{world.image_size[1]} "
-          f"mode={reward.resolve_mode(*world.image_size)}")
-    print(f"exact={exact:.4f} mean_reward={scores_t.mean().item():.4f} "
-          f"ms_per_image={1000 * elapsed / len(items):.1f} (batch {args.batch}, threads {args.threads or 'all'})")
+    print(
+        f"split={args.split} renders={len(items)} canvas={world.image_size[0]}x{world.image_size[1]} "
+        f"mode={reward.resolve_mode(*world.image_size)}"
+    )
+    print(
+        f"exact={exact:.4f} mean_reward={scores_t.mean().item():.4f} "
+        f"ms_per_image={1000 * elapsed / len(items):.1f} (batch {args.batch}, threads {args.threads or 'all'})"
+    )
     if misread:
         print("misread (target, read):", ", ".join(f"{a}->{b!r}" for a, b in misread[:30]))
 

@@ -57,9 +57,13 @@ def main() -> None:
             gens = [torch.Generator().manual_seed(derive_seed(args.seed, epoch, k)) for k in range(len(metas))]
             images = model.decode(rollout(model, cond, uncond, sigmas, level, args.cfg, generator=gens).final)
             for name, reward in rewards.items():
-                values.setdefault((name, sampler), []).append(reward(images, texts, metas).view(args.prompts, args.group))
-    print(f"{args.epochs} epochs x {args.prompts} prompts x {args.group} images, {args.steps} steps, cfg {args.cfg}, "
-          f"SDE noise {args.noise_level}; {time.time() - started:.0f} s")
+                values.setdefault((name, sampler), []).append(
+                    reward(images, texts, metas).view(args.prompts, args.group)
+                )
+    print(
+        f"{args.epochs} epochs x {args.prompts} prompts x {args.group} images, {args.steps} steps, cfg {args.cfg}, "
+        f"SDE noise {args.noise_level}; {time.time() - started:.0f} s"
+    )
     print(f"{'reward':<24}{'sampler':>8}{'mean':>8}{'zero-std groups':>17}{'mean group std':>16}")
     for (name, sampler), groups in values.items():
         g = torch.cat(groups)

@@ -24,8 +24,9 @@ from vgpo.worlds import get_world
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sampler", nargs="+", default=["sde"], choices=["sde", "cps", "ode"],
-                        help="rollout samplers to measure")
+    parser.add_argument(
+        "--sampler", nargs="+", default=["sde"], choices=["sde", "cps", "ode"], help="rollout samplers to measure"
+    )
     parser.add_argument("--noise-levels", type=float, nargs="+", default=[0.7, 0.3])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="preset overrides")
@@ -42,12 +43,19 @@ def main() -> None:
             model = load_model(cfg.model, cfg.checkpoint, cfg.model_options)
             reward = build(cfg.reward_spec(world.reward))
             sigmas = model.schedule(cfg.num_steps)
-            means = [score_epoch(cfg, model, reward, sample_epoch(cfg, model, prompts, e, sigmas)).final.mean().item()
-                     for e in range(args.epochs)]
+            means = [
+                score_epoch(cfg, model, reward, sample_epoch(cfg, model, prompts, e, sigmas)).final.mean().item()
+                for e in range(args.epochs)
+            ]
             tail = means[-10:]
             label = sampler if sampler == "ode" else f"{sampler} noise level {level}"
-            print(f"{label}: " + " ".join(f"{m:.2f}" for m in means)
-                  + f" | mean {sum(means) / len(means):.3f}, last 10 {sum(tail) / len(tail):.3f}", flush=True)
+            print(
+                f"{label}: "
+                + " ".join(f"{m:.2f}" for m in means)
+                + f" | mean {sum(means) / len(means):.3f}, last 10 {sum(tail) / len(tail):.3f}",
+                flush=True,
+            )
+
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)

@@ -45,7 +45,9 @@ def main() -> None:
     print(f"strict = 0 on violated metadata:   {(rejected == 0).float().mean().item():.2%}")
     print(f"render:                            {render_ms:.3f} ms/image")
     for i in torch.nonzero(strict < 1).flatten()[:5].tolist():
-        print(f"  missed: {metas[i]['prompt']!r} -> {[(d.cls, d.color, d.center) for d in detect(images[i:i + 1])[0]]}")
+        print(
+            f"  missed: {metas[i]['prompt']!r} -> {[(d.cls, d.color, d.center) for d in detect(images[i : i + 1])[0]]}"
+        )
     for i in torch.nonzero(rejected > 0).flatten()[:5].tolist():
         print(f"  accepted violation: {violated[i]['prompt']!r} on a render of {metas[i]['prompt']!r}")
 

@@ -55,9 +55,11 @@ def main() -> None:
         control = Path(train(cfg, hooks=shuffling_hooks(cfg.seed), overwrite=True))  # a rerun redoes the control
         headline = get_world(cfg.world).headline
         real, shuffled = headline_curve(run, headline), headline_curve(control, headline)
-        print(f"{run}: {headline} {real[0][1]:.3f} -> {real[-1][1]:.3f} ({real[-1][1] - real[0][1]:+.3f}); "
-              f"shuffled advantages {shuffled[0][1]:.3f} -> {shuffled[-1][1]:.3f} ({shuffled[-1][1] - shuffled[0][1]:+.3f})",
-              flush=True)
+        print(
+            f"{run}: {headline} {real[0][1]:.3f} -> {real[-1][1]:.3f} ({real[-1][1] - real[0][1]:+.3f}); "
+            f"shuffled advantages {shuffled[0][1]:.3f} -> {shuffled[-1][1]:.3f} ({shuffled[-1][1] - shuffled[0][1]:+.3f})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

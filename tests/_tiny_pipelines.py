@@ -17,6 +17,7 @@ import string
 import pytest
 import torch
 
+
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """Import into a test module to run it on one intra-op thread, restored afterwards. The tiny

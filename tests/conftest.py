@@ -8,8 +8,16 @@ from vgpo.worlds import get_world
 def _random_tiny(world_name: str, image_size: tuple[int, int], path):
     torch.manual_seed(0)
     world = get_world(world_name)
-    cfg = TinyConfig(vocab=world.vocabulary(), image_size=image_size, channels=(8, 16, 16), text_dim=16,
-                     text_layers=1, heads=2, emb_dim=32, world=world_name)
+    cfg = TinyConfig(
+        vocab=world.vocabulary(),
+        image_size=image_size,
+        channels=(8, 16, 16),
+        text_dim=16,
+        text_layers=1,
+        heads=2,
+        emb_dim=32,
+        world=world_name,
+    )
     model = TinyFlowModel(cfg)
     with torch.no_grad():
         for p in model.net.parameters():

@@ -3,8 +3,17 @@
 import pytest
 import torch
 
-from vgpo.train.advantages import (EPS, group_mean_std, grpo_advantages, interpolate_steps, reward_to_go,
-                                   scored_steps, step_weights, vgpo_advantages, zero_std_groups)
+from vgpo.train.advantages import (
+    EPS,
+    group_mean_std,
+    grpo_advantages,
+    interpolate_steps,
+    reward_to_go,
+    scored_steps,
+    step_weights,
+    vgpo_advantages,
+    zero_std_groups,
+)
 from vgpo.train.losses import gaussian_kl, ppo_clip_loss
 
 
@@ -47,7 +56,9 @@ def test_group_mean_std_per_step():
 def test_reward_to_go_by_hand():
     r = torch.tensor([[1.0, 2.0, 4.0], [0.0, -1.0, 1.0]])
     q = reward_to_go(r, gamma=0.5)
-    torch.testing.assert_close(q, torch.tensor([[1 + 0.5 * 2 + 0.25 * 4, 2 + 0.5 * 4, 4.0], [0 - 0.5 + 0.25, -1 + 0.5, 1.0]]))
+    torch.testing.assert_close(
+        q, torch.tensor([[1 + 0.5 * 2 + 0.25 * 4, 2 + 0.5 * 4, 4.0], [0 - 0.5 + 0.25, -1 + 0.5, 1.0]])
+    )
     torch.testing.assert_close(reward_to_go(r, 1.0)[:, 0], r.sum(1))
 
 
@@ -69,8 +80,14 @@ def test_vgpo_advantages_by_hand_including_zero_std_group():
     omega_expected = torch.tensor([[1.5, 1.0, 0.5], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
     torch.testing.assert_close(omega, omega_expected)
     # group 0, step 0: mean 2, std 1; step 1: mean 1.5, std 0.5; step 2: mean 1, std 0.
-    norm = torch.tensor([[1 / (1 + EPS), 0.5 / (0.5 + EPS), 0.0], [-1 / (1 + EPS), -0.5 / (0.5 + EPS), 0.0],
-                         [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    norm = torch.tensor(
+        [
+            [1 / (1 + EPS), 0.5 / (0.5 + EPS), 0.0],
+            [-1 / (1 + EPS), -0.5 / (0.5 + EPS), 0.0],
+            [0.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0],
+        ]
+    )
     kq = q * torch.tensor([k, k, 0.0])  # absolute term only on the first adae_steps = 2 steps
     torch.testing.assert_close(adv, omega_expected * (norm + kq))
     # The zero-std group keeps a signal k*Q on the first steps (ADAE's point) ...

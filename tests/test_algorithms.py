@@ -16,11 +16,29 @@ from vgpo.train.losses import ppo_clip_loss
 
 
 def _cfg(tmp_path, ckpt, **kw):
-    base = dict(out=str(tmp_path / "run"), checkpoint=str(ckpt), reward="brightness", epochs=1,
-                prompts_per_epoch=2, group_size=4, sample_batch_size=8, train_batch_size=4,
-                gradient_accumulation=2, num_steps=4, guidance_scale=2.0, lr=1e-3, clip_range=0.2,
-                eval_every=0, eval_base=False, eval_num_steps=2, eval_images_per_prompt=1, eval_limit=2,
-                save_every=1, ema_decay=0.0, threads=1)
+    base = dict(
+        out=str(tmp_path / "run"),
+        checkpoint=str(ckpt),
+        reward="brightness",
+        epochs=1,
+        prompts_per_epoch=2,
+        group_size=4,
+        sample_batch_size=8,
+        train_batch_size=4,
+        gradient_accumulation=2,
+        num_steps=4,
+        guidance_scale=2.0,
+        lr=1e-3,
+        clip_range=0.2,
+        eval_every=0,
+        eval_base=False,
+        eval_num_steps=2,
+        eval_images_per_prompt=1,
+        eval_limit=2,
+        save_every=1,
+        ema_decay=0.0,
+        threads=1,
+    )
     base.update(kw)
     return from_dict(TrainConfig, base)
 
@@ -30,14 +48,17 @@ def _metrics(out):
 
 
 # --- presets and explicit parts ---------------------------------------------------------------------
-@pytest.mark.parametrize("algorithm, parts", [
-    ("grpo", Parts("sde", "ppo", False, False, True)),
-    ("vgpo", Parts("sde", "ppo", True, True, False)),
-    ("tcrm", Parts("sde", "ppo", True, False, False)),
-    ("adae", Parts("sde", "ppo", False, True, False)),
-    ("nft", Parts("ode", "nft", False, False, False)),
-    ("awm", Parts("ode", "awm", False, False, False)),
-])
+@pytest.mark.parametrize(
+    "algorithm, parts",
+    [
+        ("grpo", Parts("sde", "ppo", False, False, True)),
+        ("vgpo", Parts("sde", "ppo", True, True, False)),
+        ("tcrm", Parts("sde", "ppo", True, False, False)),
+        ("adae", Parts("sde", "ppo", False, True, False)),
+        ("nft", Parts("ode", "nft", False, False, False)),
+        ("awm", Parts("ode", "awm", False, False, False)),
+    ],
+)
 def test_presets_name_their_parts(algorithm, parts):
     cfg = TrainConfig(algorithm=algorithm)
     assert cfg.parts == parts == PRESETS[algorithm]
@@ -56,19 +77,28 @@ def test_explicit_fields_override_only_their_part():
     assert TrainConfig(sampler="cps", noise_level=0.8, num_steps=4, sde_steps=2).noise_levels == [0.8, 0.8, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"algorithm": "grpo", "sampler": "ode"}, "objective: ppo needs the step log-probs"),
-    ({"algorithm": "nft", "sde_steps": 2}, "sde_steps: 2 with sampler ode"),
-    ({"algorithm": "awm", "shared_init_noise": True}, "shared_init_noise"),
-    ({"algorithm": "grpo", "noise_level": 0.0}, "noise_level: expected > 0 for sampler sde"),
-    ({"sampler": "cps", "noise_level": 1.5, "timestep_fraction": 0.5}, "noise_level: expected in \\(0, 1\\] for sampler cps"),
-    ({"sampler": "cps", "noise_level": 0.8, "timestep_fraction": 1.0}, "timestep_fraction: sampler cps's last step"),
-    ({"objective": "dpo"}, "objective"),
-    ({"sampler": "euler"}, "sampler"),
-    ({"fm_advantage_interp": "cubic"}, "fm_advantage_interp"),
-    ({"nft_beta": 0.0}, "nft_beta"),
-    ({"old_policy_decay_max": 1.0}, "old_policy_decay_max"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"algorithm": "grpo", "sampler": "ode"}, "objective: ppo needs the step log-probs"),
+        ({"algorithm": "nft", "sde_steps": 2}, "sde_steps: 2 with sampler ode"),
+        ({"algorithm": "awm", "shared_init_noise": True}, "shared_init_noise"),
+        ({"algorithm": "grpo", "noise_level": 0.0}, "noise_level: expected > 0 for sampler sde"),
+        (
+            {"sampler": "cps", "noise_level": 1.5, "timestep_fraction": 0.5},
+            "noise_level: expected in \\(0, 1\\] for sampler cps",
+        ),
+        (
+            {"sampler": "cps", "noise_level": 0.8, "timestep_fraction": 1.0},
+            "timestep_fraction: sampler cps's last step",
+        ),
+        ({"objective": "dpo"}, "objective"),
+        ({"sampler": "euler"}, "sampler"),
+        ({"fm_advantage_interp": "cubic"}, "fm_advantage_interp"),
+        ({"nft_beta": 0.0}, "nft_beta"),
+        ({"old_policy_decay_max": 1.0}, "old_policy_decay_max"),
+    ],
+)
 def test_impossible_combinations_are_refused_in_one_line(data, message):
     with pytest.raises(VgpoError, match=message) as info:
         from_dict(TrainConfig, data)
@@ -146,17 +176,25 @@ def test_on_advantages_hook_sees_every_epoch_and_its_result_is_trained(tmp_path,
     out = train(_cfg(tmp_path, tiny_checkpoint, epochs=2, algorithm="vgpo"), hooks=TrainHooks(on_advantages=zero))
     assert seen == [(0, (8, 4), (8, 4)), (1, (8, 4), (8, 4))]
     # Zero advantages and no KL: a PPO loss with no gradient, and nothing logged as the advantage.
-    assert all(m["losses/grad_norm"] == 0.0 and m["adv/abs_mean"] == 0.0 for m in _metrics(out) if "losses/grad_norm" in m)
+    assert all(
+        m["losses/grad_norm"] == 0.0 and m["adv/abs_mean"] == 0.0 for m in _metrics(out) if "losses/grad_norm" in m
+    )
 
 
 # --- the flow-matching objectives in the trainer -----------------------------------------------------
 FM = dict(guidance_scale=1.0, eval_guidance_scale=2.0)
 
 
-@pytest.mark.parametrize("extra", [dict(algorithm="nft"), dict(algorithm="awm"),
-                                   dict(algorithm="nft", tcrm=True, adae=True, fm_timesteps=3, beta=0.01),
-                                   dict(algorithm="awm", sampler="cps", noise_level=0.8, tcrm=True, adae=True)],
-                         ids=["nft", "awm", "nft-tcrm-adae", "awm-cps-tcrm-adae"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        dict(algorithm="nft"),
+        dict(algorithm="awm"),
+        dict(algorithm="nft", tcrm=True, adae=True, fm_timesteps=3, beta=0.01),
+        dict(algorithm="awm", sampler="cps", noise_level=0.8, tcrm=True, adae=True),
+    ],
+    ids=["nft", "awm", "nft-tcrm-adae", "awm-cps-tcrm-adae"],
+)
 def test_flow_matching_objectives_train(tmp_path, tiny_checkpoint, extra):
     from safetensors.torch import load_file
 
@@ -184,8 +222,9 @@ def test_a_neutral_sample_gives_no_gradient_at_the_old_policy(tmp_path, tiny_che
 
 def test_flow_matching_batch_8_x_accumulation_1_equals_batch_2_x_accumulation_4(tmp_path, tiny_checkpoint):
     # fp32: in bf16 the gradient's sums depend on how the batch is split (about 1e-4 relative)
-    kw = dict(algorithm="nft", tcrm=True, max_grad_norm=1e6, adam_eps=1.0, lr=1.0, model_options={"precision": "fp32"},
-              **FM)
+    kw = dict(
+        algorithm="nft", tcrm=True, max_grad_norm=1e6, adam_eps=1.0, lr=1.0, model_options={"precision": "fp32"}, **FM
+    )
     a = train(_cfg(tmp_path / "a", tiny_checkpoint, train_batch_size=8, gradient_accumulation=1, **kw))
     b = train(_cfg(tmp_path / "b", tiny_checkpoint, train_batch_size=2, gradient_accumulation=4, **kw))
     ga, gb = _metrics(a)[-1]["losses/grad_norm"], _metrics(b)[-1]["losses/grad_norm"]
@@ -203,8 +242,10 @@ def test_flow_matching_resume_is_bit_identical(tmp_path, tiny_checkpoint):
     for name in ("checkpoint/trainable.safetensors", "checkpoint/old_policy.safetensors"):
         wf, wr = load_file(str(full / name)), load_file(str(resumed / name))
         assert wf.keys() == wr.keys() and all(torch.equal(wf[k], wr[k]) for k in wf)
-    assert _metrics(resumed)[-1] == {**_metrics(full)[-1], **{k: v for k, v in _metrics(resumed)[-1].items()
-                                                               if k.startswith(("time/", "charts/samples", "perf/peak"))}}
+    assert _metrics(resumed)[-1] == {
+        **_metrics(full)[-1],
+        **{k: v for k, v in _metrics(resumed)[-1].items() if k.startswith(("time/", "charts/samples", "perf/peak"))},
+    }
 
 
 def test_old_policy_lags_and_swaps_in_and_out():
@@ -248,7 +289,9 @@ def test_tcrm_advantage_at_the_training_time_is_the_interpolated_step_value(tmp_
             assert s[cfg.trained_steps] <= t <= s[0]
             i = max(j for j in range(4) if s[j] >= t)  # the step interval [s_(i+1), s_i] holding t
             a = adv[b, i] if i == 3 else adv[b, i] + (s[i] - t) / (s[i] - s[i + 1]) * (adv[b, i + 1] - adv[b, i])
-            assert rs[b, k].item() == pytest.approx(0.5 + 0.5 * max(-1.0, min(1.0, float(a) / cfg.adv_clip_max)), abs=1e-6)
+            assert rs[b, k].item() == pytest.approx(
+                0.5 + 0.5 * max(-1.0, min(1.0, float(a) / cfg.adv_clip_max)), abs=1e-6
+            )
     # The draws do not depend on which other samples share the micro-batch.
     alone, _ = training_times(cfg, batch.traj.sigmas, batch.sample_ids[idx[1:]], 0, 0, model.latent_shape)
     assert torch.equal(alone[0], times[1])

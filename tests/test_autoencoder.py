@@ -85,8 +85,12 @@ def test_save_load_round_trip(tmp_path):
     assert not any(p.requires_grad for p in loaded.parameters())
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.decode_latents(loaded.encode_latents(images)),
-                                   ae.decode_latents(ae.encode_latents(images)), rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded.decode_latents(loaded.encode_latents(images)),
+            ae.decode_latents(ae.encode_latents(images)),
+            rtol=0,
+            atol=0,
+        )
     with pytest.raises(VgpoError, match="trained on 32x32 images, the model draws 32x96"):
         load_autoencoder(tmp_path / "ae", image_size=(32, 96))
     with pytest.raises(VgpoError, match="missing config.json"):
@@ -94,8 +98,17 @@ def test_save_load_round_trip(tmp_path):
 
 
 def _train_cfg(tmp_path, **kw) -> AutoencoderTrainConfig:
-    base = dict(out=str(tmp_path), steps=24, batch_size=8, lr=3e-3, warmup_steps=2, channels=[8, 16],
-                stats_images=16, save_every=12, threads=1)
+    base = dict(
+        out=str(tmp_path),
+        steps=24,
+        batch_size=8,
+        lr=3e-3,
+        warmup_steps=2,
+        channels=[8, 16],
+        stats_images=16,
+        save_every=12,
+        threads=1,
+    )
     return AutoencoderTrainConfig(**{**base, **kw})
 
 
@@ -131,8 +144,17 @@ def latent_model(tmp_path, **extra) -> TinyFlowModel:
     small_ae(scaling_factor=1.5, shift_factor=0.1).save(tmp_path / "ae")
     world = get_world("shapes")
     torch.manual_seed(0)
-    cfg = TinyConfig(vocab=world.vocabulary(), image_size=(32, 32), channels=(8, 16, 16), text_dim=16, text_layers=1,
-                     heads=2, emb_dim=32, latent=str(tmp_path / "ae"), **extra)
+    cfg = TinyConfig(
+        vocab=world.vocabulary(),
+        image_size=(32, 32),
+        channels=(8, 16, 16),
+        text_dim=16,
+        text_layers=1,
+        heads=2,
+        emb_dim=32,
+        latent=str(tmp_path / "ae"),
+        **extra,
+    )
     model = TinyFlowModel(cfg)
     with torch.no_grad():  # the zero-initialised output layer would make the policy the zero velocity
         model.net.conv_out.weight.normal_(0, 0.02)
@@ -144,8 +166,15 @@ def test_latent_model_rolls_out_decodes_and_is_rewarded(tmp_path):
     assert model.latent_shape == (4, 8, 8)
     metas = get_world("shapes").load_prompts(get_world("shapes").train_file)[:3]
     cond = model.encode_prompts([m["prompt"] for m in metas])
-    traj = rollout(model, cond, model.negative_condition(3), model.schedule(4), 0.7, 4.5,
-                   generator=torch.Generator().manual_seed(0))
+    traj = rollout(
+        model,
+        cond,
+        model.negative_condition(3),
+        model.schedule(4),
+        0.7,
+        4.5,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert traj.final.shape == (3, 4, 8, 8)
     images = model.decode(traj.final)
     assert images.shape == (3, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
@@ -174,8 +203,17 @@ def test_latent_model_round_trips_and_reports_a_bad_folder(tmp_path):
 
 def test_pretraining_in_latent_space(tmp_path):
     small_ae().save(tmp_path / "ae")
-    cfg = PretrainConfig(out=str(tmp_path / "base"), steps=2, batch_size=4, warmup_steps=1, channels=[8, 16, 16],
-                         save_every=2, threads=1, latent=str(tmp_path / "ae"), text_encoder="ordered")
+    cfg = PretrainConfig(
+        out=str(tmp_path / "base"),
+        steps=2,
+        batch_size=4,
+        warmup_steps=1,
+        channels=[8, 16, 16],
+        save_every=2,
+        threads=1,
+        latent=str(tmp_path / "ae"),
+        text_encoder="ordered",
+    )
     out = pretrain(cfg)
     model = TinyFlowModel.load(out)
     assert model.latent_shape == (4, 8, 8) and model.cfg.text_encoder == "ordered"

@@ -16,10 +16,10 @@ from vgpo.bench.quality import projection_accuracy, train_encoder
 from vgpo.bench.runner import run_suite, stratified_subset
 from vgpo.bench.schema import field_names, validate
 from vgpo.bench.stats import (
-    gradient_signal_noise,
     efficiency_ratio,
     epochs_to_reach,
     frechet_distance,
+    gradient_signal_noise,
     rankdata,
     spearman,
     within_group_diversity,
@@ -30,22 +30,50 @@ from vgpo.sampling import Trajectory
 from vgpo.worlds import get_world
 
 SCHEMA_DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "SCHEMA.md"
-MICRO = dict(reward="brightness", epochs=2, prompts_per_epoch=2, group_size=4, sample_batch_size=8, train_batch_size=4,
-             gradient_accumulation=2, num_steps=3, guidance_scale=2.0, lr=1e-3, clip_range=0.2, eval_every=1,
-             eval_num_steps=2, eval_images_per_prompt=1, save_every=1, ema_decay=0.5)
+MICRO = dict(
+    reward="brightness",
+    epochs=2,
+    prompts_per_epoch=2,
+    group_size=4,
+    sample_batch_size=8,
+    train_batch_size=4,
+    gradient_accumulation=2,
+    num_steps=3,
+    guidance_scale=2.0,
+    lr=1e-3,
+    clip_range=0.2,
+    eval_every=1,
+    eval_num_steps=2,
+    eval_images_per_prompt=1,
+    save_every=1,
+    ema_decay=0.5,
+)
 
 
 def _micro_suite(ckpt, encoder) -> Suite:
-    task = TaskSpec(name="shapes", world="shapes", checkpoint=str(ckpt), overrides=dict(MICRO), encoder=str(encoder),
-                    eval_prompts=6, metrics=("overall/partial",), algorithms=("grpo", "vgpo"), seeds=(0,),
-                    sweeps=(Sweep("tcrm_every", (1, 2), "vgpo", (0,), "cost"),), projection_prompts=3, projection_group=2)
+    task = TaskSpec(
+        name="shapes",
+        world="shapes",
+        checkpoint=str(ckpt),
+        overrides=dict(MICRO),
+        encoder=str(encoder),
+        eval_prompts=6,
+        metrics=("overall/partial",),
+        algorithms=("grpo", "vgpo"),
+        seeds=(0,),
+        sweeps=(Sweep("tcrm_every", (1, 2), "vgpo", (0,), "cost"),),
+        projection_prompts=3,
+        projection_group=2,
+    )
     return Suite("micro", "test suite", 1.0, (task,), "nothing tuned")
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory, tiny_checkpoint):
     root = tmp_path_factory.mktemp("bench")
-    encoder = train_encoder("shapes", root / "encoder", steps=5, batch_size=16, renders=48, threads=1, log=lambda s: None)
+    encoder = train_encoder(
+        "shapes", root / "encoder", steps=5, batch_size=16, renders=48, threads=1, log=lambda s: None
+    )
     suite = _micro_suite(tiny_checkpoint, encoder)
     out = root / "out"
     first = run_suite(suite, out, threads=1, command="vgpo bench --suite micro", log=lambda s: None)
@@ -70,11 +98,23 @@ def test_micro_suite_writes_schema_conforming_results_report_and_plots(bench):
     assert task["algorithms"]["grpo"]["tcrm_profile"] is None
     assert task["comparisons"]["vgpo"]["reward_images_ratio"] == pytest.approx(3.0)
     assert task["base"]["quality"]["fd"] >= 0 and task["base"]["reference"]["fd_floor"] >= 0
-    assert "overall/strict" in task["algorithms"]["grpo"]["final"] and "counting/partial" in task["algorithms"]["grpo"]["final"]
+    assert (
+        "overall/strict" in task["algorithms"]["grpo"]["final"]
+        and "counting/partial" in task["algorithms"]["grpo"]["final"]
+    )
 
     md = (out / "BENCHMARKS.md").read_text()
-    for needle in ("vgpo bench --suite micro", "Commit:", "Machine:", "Wall time:", "Where VGPO does not beat Flow-GRPO",
-                   "Sample efficiency", "Overhead", "Projection accuracy", "Sweep `tcrm_every`"):
+    for needle in (
+        "vgpo bench --suite micro",
+        "Commit:",
+        "Machine:",
+        "Wall time:",
+        "Where VGPO does not beat Flow-GRPO",
+        "Sample efficiency",
+        "Overhead",
+        "Projection accuracy",
+        "Sweep `tcrm_every`",
+    ):
         assert needle in md, needle
     for name in ("heldout", "reward_std", "tcrm_profile", "projection", "overhead", "sweeps", "quality"):
         png = out / f"{name}_shapes.png"
@@ -94,7 +134,9 @@ def test_second_invocation_reruns_nothing_and_a_killed_run_resumes(bench, monkey
 
     calls = []
     real_train = runner.train
-    monkeypatch.setattr(runner, "train", lambda cfg, resume=False: calls.append(resume) or real_train(cfg, resume=resume))
+    monkeypatch.setattr(
+        runner, "train", lambda cfg, resume=False: calls.append(resume) or real_train(cfg, resume=resume)
+    )
     (out / "runs/shapes/grpo/seed0/bench_done.json").unlink()
     third = run_suite(suite, out, threads=1, only=["shapes/grpo"], command="resume", log=lambda s: None)
     assert third.resumed == ["shapes/grpo/seed0"] and third.ran == [] and calls == [True]
@@ -123,10 +165,13 @@ def test_parallel_jobs_give_the_serial_runs_numbers(bench, tmp_path):
     outcome = run_suite(suite, out, threads=1, jobs=2, command="parallel", log=lambda s: None)
     assert sorted(outcome.ran) == ["shapes/grpo/seed0", "shapes/vgpo+tcrm_every=2/seed0", "shapes/vgpo/seed0"]
     assert not outcome.failed
+
     def rows(root, run):
         drop = ("time/", "charts/samples_per_s", "perf/peak_rss")  # wall-clock and memory
-        return [{k: v for k, v in json.loads(ln).items() if not k.startswith(drop)}
-                for ln in (root / "runs/shapes" / run / "metrics.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(ln).items() if not k.startswith(drop)}
+            for ln in (root / "runs/shapes" / run / "metrics.jsonl").read_text().splitlines()
+        ]
 
     for run in ("grpo/seed0", "vgpo/seed0", "vgpo+tcrm_every=2/seed0"):
         assert rows(out, run) == rows(serial_out, run), run
@@ -134,8 +179,9 @@ def test_parallel_jobs_give_the_serial_runs_numbers(bench, tmp_path):
     serial = json.loads((serial_out / "results.json").read_text())
     parallel = json.loads((out / "results.json").read_text())
     assert validate(parallel) == []
-    assert {r["id"]: (r["eval"], r["quality"]) for r in parallel["runs"]} == \
-        {r["id"]: (r["eval"], r["quality"]) for r in serial["runs"]}
+    assert {r["id"]: (r["eval"], r["quality"]) for r in parallel["runs"]} == {
+        r["id"]: (r["eval"], r["quality"]) for r in serial["runs"]
+    }
     assert parallel["tasks"]["shapes"]["projection"] == serial["tasks"]["shapes"]["projection"]
     assert parallel["jobs"] == 2 and parallel["rebuilt"] is None
     md = (out / "BENCHMARKS.md").read_text()
@@ -260,8 +306,12 @@ def test_projection_accuracy_per_step():
     B, T = 6, 2
     final = torch.linspace(-0.9, 0.9, B).view(B, 1, 1, 1).expand(B, 3, 2, 2)
     x0_hat = torch.stack([final.flip(0), final], dim=1)
-    traj = Trajectory(sigmas=torch.tensor([1.0, 0.5, 0.0]), states=torch.stack([final, final, final], dim=1),
-                      log_probs=torch.zeros(B, T), x0_hat=x0_hat)
+    traj = Trajectory(
+        sigmas=torch.tensor([1.0, 0.5, 0.0]),
+        states=torch.stack([final, final, final], dim=1),
+        log_probs=torch.zeros(B, T),
+        x0_hat=x0_hat,
+    )
     brightness = lambda images, prompts, metas: images.mean(dim=(1, 2, 3))
     decode = lambda x: (x + 1) / 2
     res = projection_accuracy(traj, decode, brightness, ["p"] * B, [{}] * B, group_ids=[0, 0, 0, 1, 1, 1])
@@ -347,12 +397,18 @@ def test_full_suite_lists_the_flow_matching_objectives_as_optional_rows(tmp_path
     plain, with_optional = expand(suite, tmp_path), expand(suite, tmp_path, optional=True)
     assert not {r.algorithm for r in plain.runs} & {"nft", "awm"}
     extra = [r for r in with_optional.runs if r.algorithm in ("nft", "awm")]
-    assert sorted({(r.task, r.algorithm) for r in extra}) == [("shapes", "awm"), ("shapes", "nft"), ("text", "awm"),
-                                                              ("text", "nft")]
+    assert sorted({(r.task, r.algorithm) for r in extra}) == [
+        ("shapes", "awm"),
+        ("shapes", "nft"),
+        ("text", "awm"),
+        ("text", "nft"),
+    ]
     assert {r.id for r in plain.runs} <= {r.id for r in with_optional.runs}
     grpo = {r.task: r.config for r in plain.runs if r.algorithm == "grpo" and r.seed == 0}
     for r in extra:
         assert describe(r.config.parts) == f"ode+{r.algorithm}" and r.config.guidance_scale == 1.0
-        assert all(getattr(r.config, k) == getattr(grpo[r.task], k)
-                   for k in ("epochs", "prompts_per_epoch", "group_size", "train_batch_size", "lr", "eval_num_steps"))
+        assert all(
+            getattr(r.config, k) == getattr(grpo[r.task], k)
+            for k in ("epochs", "prompts_per_epoch", "group_size", "train_batch_size", "lr", "eval_num_steps")
+        )
     assert not any(r.algorithm in ("nft", "awm") for r in expand(get_suite("quick"), tmp_path, optional=True).runs)

@@ -23,8 +23,10 @@ def test_missing_checkpoint_is_one_line(capsys, tmp_path):
 
 def test_malformed_prompt_file_names_file_and_line(capsys, tmp_path, tiny_checkpoint):
     bad = tmp_path / "prompts.jsonl"
-    bad.write_text('{"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}\n'
-                   '{"tag": "single_object", "include": [{"class": "hexagon", "count": 1}], "prompt": "a photo of a hexagon"}\n')
+    bad.write_text(
+        '{"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}\n'
+        '{"tag": "single_object", "include": [{"class": "hexagon", "count": 1}], "prompt": "a photo of a hexagon"}\n'
+    )
     err = _run_error(capsys, ["eval", "--checkpoint", str(tiny_checkpoint), "--prompts", str(bad)])
     assert "prompts.jsonl:2" in err and "hexagon" in err
 
@@ -61,8 +63,26 @@ def test_pretrain_resume_equals_uninterrupted(tmp_path):
 
 def test_eval_writes_table_json_and_grid(capsys, tmp_path, tiny_checkpoint):
     out_json, grid = tmp_path / "eval.json", tmp_path / "grid.png"
-    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--steps", "2", "--limit", "6",
-                 "--images-per-prompt", "1", "--json", str(out_json), "--grid", str(grid)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--steps",
+                "2",
+                "--limit",
+                "6",
+                "--images-per-prompt",
+                "1",
+                "--json",
+                str(out_json),
+                "--grid",
+                str(grid),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "overall" in printed and "single_object" in printed
     payload = json.loads(out_json.read_text())

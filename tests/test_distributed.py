@@ -27,8 +27,20 @@ from vgpo.models.tiny import TinyFlowModel
 from vgpo.train import TrainConfig, train
 
 EPOCHS = 2
-COMPARED = ("reward/mean", "reward/std", "reward/group_std", "adv/abs_mean", "adv/kept_frac", "losses/policy",
-            "losses/kl", "losses/approx_kl", "losses/clipfrac", "losses/grad_norm", "tcrm/q_0", "tcrm/omega_1")
+COMPARED = (
+    "reward/mean",
+    "reward/std",
+    "reward/group_std",
+    "adv/abs_mean",
+    "adv/kept_frac",
+    "losses/policy",
+    "losses/kl",
+    "losses/approx_kl",
+    "losses/clipfrac",
+    "losses/grad_norm",
+    "tcrm/q_0",
+    "tcrm/omega_1",
+)
 
 # Runs `vgpo train` after installing an audit hook that records every file-system write under the run
 # folder, per rank (written outside the run folder, at exit). Rank 1 loads perturbed weights, as a random
@@ -80,11 +92,32 @@ def free_port() -> int:
 
 
 def config(out: Path, ckpt: Path, **kw) -> dict:
-    data = dict(out=str(out), checkpoint=str(ckpt), reward="brightness", algorithm="vgpo", epochs=EPOCHS,
-                prompts_per_epoch=2, group_size=4, sample_batch_size=4, train_batch_size=4,
-                gradient_accumulation=1, num_steps=2, guidance_scale=2.0, lr=1.0, adam_eps=1.0, max_grad_norm=1e6,
-                clip_range=0.2, beta=0.04, ema_decay=0.5, eval_every=0, eval_num_steps=1, eval_images_per_prompt=1,
-                eval_limit=1, save_every=1, threads=1)
+    data = dict(
+        out=str(out),
+        checkpoint=str(ckpt),
+        reward="brightness",
+        algorithm="vgpo",
+        epochs=EPOCHS,
+        prompts_per_epoch=2,
+        group_size=4,
+        sample_batch_size=4,
+        train_batch_size=4,
+        gradient_accumulation=1,
+        num_steps=2,
+        guidance_scale=2.0,
+        lr=1.0,
+        adam_eps=1.0,
+        max_grad_norm=1e6,
+        clip_range=0.2,
+        beta=0.04,
+        ema_decay=0.5,
+        eval_every=0,
+        eval_num_steps=1,
+        eval_images_per_prompt=1,
+        eval_limit=1,
+        save_every=1,
+        threads=1,
+    )
     data.update(kw)
     # fp32: 1 and 2 processes are compared to 1e-5, and bf16's gradient sums follow the batch split.
     data["model_options"] = {"precision": "fp32", **data.get("model_options", {})}
@@ -114,21 +147,30 @@ def assert_metrics_close(got: dict[int, dict], want: dict[int, dict], keys, epoc
             assert got[epoch][key] == pytest.approx(want[epoch][key], rel=rel, abs=tol), (epoch, key, tol)
 
 
-def assert_weights_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], base: dict | None = None,
-                         rel: float = 1e-4) -> None:
+def assert_weights_close(
+    got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], base: dict | None = None, rel: float = 1e-4
+) -> None:
     """Weights (or, with ``base``, the training's change to them) equal up to ``rel`` of the largest
     change training made: an element that barely moved carries the same absolute noise as one that moved."""
     assert got.keys() == want.keys()
     ref = base or {k: torch.zeros_like(v) for k, v in want.items()}
-    scale = max(float((want[k] - ref[k]).abs().max()) for k in want) if base else max(
-        float(v.abs().max()) for v in want.values())
+    scale = (
+        max(float((want[k] - ref[k]).abs().max()) for k in want)
+        if base
+        else max(float(v.abs().max()) for v in want.values())
+    )
     for k in want:
         torch.testing.assert_close(got[k] - ref[k], want[k] - ref[k], rtol=rel, atol=rel * scale)
 
 
 def launch(cmd: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     env.pop("WORLD_SIZE", None)
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -157,8 +199,21 @@ def torchrun(tiny_checkpoint, tmp_path_factory):
     out, cfg = tmp / "run", tmp / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(config(out, tiny_checkpoint)))
     (tmp / "launcher.py").write_text(LAUNCHER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(free_port()), str(tmp / "launcher.py"), str(out), str(tmp / "writes"), "train", "--config", str(cfg)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(tmp / "launcher.py"),
+        str(out),
+        str(tmp / "writes"),
+        "train",
+        "--config",
+        str(cfg),
+    ]
     proc = launch(cmd, tmp)
     return dict(out=out, proc=proc, writes={r: json.loads((tmp / f"writes.{r}.json").read_text()) for r in (0, 1)})
 
@@ -194,8 +249,12 @@ def test_only_rank_0_writes_and_processes_exit_cleanly(torchrun):
     written = {Path(p).name for _, p in writes[0]}
     assert {"metrics.jsonl", "config.json", "reward.png"} <= written
     out = torchrun["out"]
-    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["ema.safetensors", "optimizer.pt", "state.json",
-                                                                     "trainable.safetensors"]
+    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == [
+        "ema.safetensors",
+        "optimizer.pt",
+        "state.json",
+        "trainable.safetensors",
+    ]
     assert not list(out.glob(".*"))  # no temp folders or files left behind
     # Each process printed the CLI's closing line, i.e. returned from train() (process group torn down).
     assert torchrun["proc"].stdout.count("metrics: ") == 2
@@ -208,9 +267,27 @@ def test_accelerate_launch_multi_gpu_on_cpu(tiny_checkpoint, tmp_path, torchrun)
     out, cfg = tmp_path / "run", tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(config(out, tiny_checkpoint)))
     # = `accelerate launch ...`, with this interpreter
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           "-m", "vgpo", "train", "--config", str(cfg)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "vgpo",
+        "train",
+        "--config",
+        str(cfg),
+    ]
     proc = launch(cmd, tmp_path)
     assert proc.stdout.count("metrics: ") == 2  # two processes ran
     for name in ("trainable.safetensors", "ema.safetensors"):
@@ -237,8 +314,21 @@ def _torchrun(tmp: Path, cfg_data: dict, resume: bool = False) -> subprocess.Com
     cfg = tmp / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(cfg_data))
     (tmp / "launcher.py").write_text(LAUNCHER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           str(tmp / "launcher.py"), cfg_data["out"], str(tmp / "writes"), "train", "--config", str(cfg)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(tmp / "launcher.py"),
+        cfg_data["out"],
+        str(tmp / "writes"),
+        "train",
+        "--config",
+        str(cfg),
+    ]
     return launch(cmd + (["--resume"] if resume else []), tmp)
 
 
@@ -269,15 +359,35 @@ def test_fsdp_with_a_lora_adapter_trains_like_one_process(tiny_checkpoint, tmp_p
     weights share the sharded units; the trained adapter equals the 1-process one."""
     pytest.importorskip("peft")
     lora = {"lora": {"rank": 4, "alpha": 8}}
-    one = train(from_dict(TrainConfig, config(tmp_path / "one", tiny_checkpoint, train_batch_size=8,
-                                              sample_batch_size=8, model_options=lora)))
+    one = train(
+        from_dict(
+            TrainConfig,
+            config(tmp_path / "one", tiny_checkpoint, train_batch_size=8, sample_batch_size=8, model_options=lora),
+        )
+    )
     two, cfg = tmp_path / "two", tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(config(two, tiny_checkpoint, fsdp=True, model_options=lora)))
-    launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-            "-m", "vgpo", "train", "--config", str(cfg)], tmp_path)
+    launch(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "vgpo",
+            "train",
+            "--config",
+            str(cfg),
+        ],
+        tmp_path,
+    )
     m1, m2 = metrics(one), metrics(two)
-    assert_metrics_close(m2, m1, ("reward/mean", "adv/abs_mean", "losses/policy", "losses/kl", "losses/grad_norm"),
-                         range(1, EPOCHS + 1))
+    assert_metrics_close(
+        m2, m1, ("reward/mean", "adv/abs_mean", "losses/policy", "losses/kl", "losses/grad_norm"), range(1, EPOCHS + 1)
+    )
     assert m2[1]["perf/trainable_params_local"] == m1[1]["perf/trainable_params_local"] // 2
     w1, w2 = weights(one), weights(two)
     assert w1.keys() == w2.keys() and all(".lora_" in k for k in w1)
@@ -294,7 +404,9 @@ UNEVEN_LAUNCHER = textwrap.dedent("""
     @register("brightness-on-rank-0")
     def factory():
         rank = int(os.environ["RANK"])
-        return lambda images, prompts, metadata: images.mean(dim=(1, 2, 3)) if rank == 0 else torch.full((len(images),), 0.5)
+        if rank == 0:
+            return lambda images, prompts, metadata: images.mean(dim=(1, 2, 3))
+        return lambda images, prompts, metadata: torch.full((len(images),), 0.5)
 
     from vgpo.cli import main
     sys.exit(main(sys.argv[1:]))
@@ -309,13 +421,29 @@ def test_fsdp_pads_a_process_with_fewer_kept_samples(tiny_checkpoint, tmp_path):
     outs = {}
     for fsdp in (False, True):
         out, cfg = tmp_path / f"fsdp-{fsdp}", tmp_path / f"fsdp-{fsdp}.yaml"
-        cfg.write_text(yaml.safe_dump(config(out, tiny_checkpoint, algorithm="grpo", reward="brightness-on-rank-0",
-                                             fsdp=fsdp)))
-        launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                str(free_port()), str(tmp_path / "launcher.py"), "train", "--config", str(cfg)], tmp_path)
+        cfg.write_text(
+            yaml.safe_dump(config(out, tiny_checkpoint, algorithm="grpo", reward="brightness-on-rank-0", fsdp=fsdp))
+        )
+        launch(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                "2",
+                "--master_port",
+                str(free_port()),
+                str(tmp_path / "launcher.py"),
+                "train",
+                "--config",
+                str(cfg),
+            ],
+            tmp_path,
+        )
         outs[fsdp] = out
     plain, sharded = metrics(outs[False]), metrics(outs[True])
     assert plain[1]["adv/kept_frac"] == 0.5 and plain[1]["charts/optimizer_steps"] == 1
-    assert_metrics_close(sharded, plain, ("adv/kept_frac", "losses/policy", "losses/kl", "losses/grad_norm"),
-                         range(1, EPOCHS + 1))
+    assert_metrics_close(
+        sharded, plain, ("adv/kept_frac", "losses/policy", "losses/kl", "losses/grad_norm"), range(1, EPOCHS + 1)
+    )
     assert_weights_close(weights(outs[True]), weights(outs[False]))

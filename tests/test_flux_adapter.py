@@ -22,8 +22,9 @@ GUIDANCE = 3.5
 
 def make_model(seed: int = 0, **kwargs) -> FluxFlowModel:
     kwargs.setdefault("lora", LORA)
-    return FluxFlowModel(flux_pipeline(seed), RESOLUTION, device="cpu", max_sequence_length=MAX_TOKENS,
-                         guidance_scale=GUIDANCE, **kwargs)
+    return FluxFlowModel(
+        flux_pipeline(seed), RESOLUTION, device="cpu", max_sequence_length=MAX_TOKENS, guidance_scale=GUIDANCE, **kwargs
+    )
 
 
 def perturb_lora(model, seed: int = 1) -> None:
@@ -45,7 +46,13 @@ def model() -> FluxFlowModel:
 def test_protocol_and_shapes(model):
     assert isinstance(model, FlowModel)
     root, blocks, whole = model.fsdp_units()  # FSDP units: every transformer block, then the transformer
-    assert root is model.transformer and whole == [] and len(blocks) == len(model.transformer.transformer_blocks) + len(model.transformer.single_transformer_blocks) > 0
+    assert (
+        root is model.transformer
+        and whole == []
+        and len(blocks)
+        == len(model.transformer.transformer_blocks) + len(model.transformer.single_transformer_blocks)
+        > 0
+    )
     h = RESOLUTION // 2  # tiny VAE: factor 2
     assert model.latent_shape == ((h // 2) ** 2, 16)
     cond = model.encode_prompts(PROMPTS)
@@ -73,8 +80,9 @@ def test_log_prob_over_packed_equals_unpacked(model):
     sigmas = model.schedule(6)
     for i in (0, 3):
         packed = sde_step(x, v, sigmas, i, noise_level=0.8, generator=torch.Generator().manual_seed(i))
-        unpacked = sde_step(model.unpack(x), model.unpack(v), sigmas, i, noise_level=0.8,
-                            prev_sample=model.unpack(packed.prev_sample))
+        unpacked = sde_step(
+            model.unpack(x), model.unpack(v), sigmas, i, noise_level=0.8, prev_sample=model.unpack(packed.prev_sample)
+        )
         torch.testing.assert_close(unpacked.log_prob, packed.log_prob, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(model.unpack(packed.mean), unpacked.mean)
 
@@ -86,8 +94,11 @@ def test_schedule_equals_pipeline_retrieve_timesteps(steps, resolution):
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift as diffusers_shift
     from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 
-    model = make_model() if resolution == RESOLUTION else FluxFlowModel(
-        flux_pipeline(0), resolution, device="cpu", lora=LORA)
+    model = (
+        make_model()
+        if resolution == RESOLUTION
+        else FluxFlowModel(flux_pipeline(0), resolution, device="cpu", lora=LORA)
+    )
     sched = model.pipeline.scheduler
     seq = model.latent_shape[0]
     c = sched.config
@@ -107,19 +118,33 @@ def test_static_shift_schedule_without_dynamic_shifting():
 def test_ode_rollout_reproduces_the_pipeline(model):
     """Guidance embedding, ids, timestep scale, schedule, packing and decode at once."""
     x0 = noise(2, model, seed=3)
-    kw = dict(latents=x0.clone(), num_inference_steps=3, guidance_scale=GUIDANCE, height=RESOLUTION,
-              width=RESOLUTION, max_sequence_length=MAX_TOKENS)
+    kw = dict(
+        latents=x0.clone(),
+        num_inference_steps=3,
+        guidance_scale=GUIDANCE,
+        height=RESOLUTION,
+        width=RESOLUTION,
+        max_sequence_length=MAX_TOKENS,
+    )
     ref_latents = model.pipeline(PROMPTS, output_type="latent", **kw).images
     ref_images = model.pipeline(PROMPTS, output_type="pt", **kw).images
-    traj = rollout(model, model.encode_prompts(PROMPTS), None, model.schedule(3), noise_level=0.0,
-                   guidance_scale=1.0, x_init=x0)
+    traj = rollout(
+        model, model.encode_prompts(PROMPTS), None, model.schedule(3), noise_level=0.0, guidance_scale=1.0, x_init=x0
+    )
     torch.testing.assert_close(traj.final, ref_latents, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(model.decode(traj.final), ref_images.float(), rtol=1e-4, atol=1e-5)
 
 
 def test_sde_rollout_and_decode(model):
-    traj = rollout(model, model.encode_prompts(PROMPTS), None, model.schedule(4), noise_level=0.7,
-                   guidance_scale=1.0, generator=torch.Generator().manual_seed(0))
+    traj = rollout(
+        model,
+        model.encode_prompts(PROMPTS),
+        None,
+        model.schedule(4),
+        noise_level=0.7,
+        guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert traj.states.shape == (2, 5, *model.latent_shape)
     assert torch.isfinite(traj.log_probs).all()
     images = model.decode(traj.final)
@@ -168,10 +193,16 @@ def test_saved_lora_loads_into_diffusers_pipeline(tmp_path):
     x, s = noise(2, model), torch.tensor([0.9, 0.2])
     with torch.no_grad():
         ours = model.velocity(x, s, cond)
-        theirs = fresh.transformer(hidden_states=x, timestep=s, guidance=cond["guidance"],
-                                   pooled_projections=cond["pooled_prompt_embeds"],
-                                   encoder_hidden_states=cond["prompt_embeds"], txt_ids=torch.zeros(MAX_TOKENS, 3),
-                                   img_ids=model.image_ids, return_dict=False)[0]
+        theirs = fresh.transformer(
+            hidden_states=x,
+            timestep=s,
+            guidance=cond["guidance"],
+            pooled_projections=cond["pooled_prompt_embeds"],
+            encoder_hidden_states=cond["prompt_embeds"],
+            txt_ids=torch.zeros(MAX_TOKENS, 3),
+            img_ids=model.image_ids,
+            return_dict=False,
+        )[0]
     torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-6)
 
 

@@ -122,8 +122,7 @@ def test_awm_loss_on_policy_is_advantage_weighted_matching_with_clip_and_kl_by_h
     # adv 10 clipped at 5 and divided by 5 -> A = 1; on-policy ratio 1 -> policy term -1;
     # velocity penalty to v_old = [0, 3]: ((1-0)^2 + 0)/2 = 0.5, times 0.1 -> loss = -1 + 0.05 = -0.95
     v, target = torch.tensor([[1.0, 3.0]], requires_grad=True), torch.tensor([[0.0, 1.0]])
-    loss, stats = awm_loss(v, target, torch.tensor([10.0]), adv_clip=5.0, v_old=torch.tensor([[0.0, 3.0]]),
-                           kl_beta=0.1)
+    loss, stats = awm_loss(v, target, torch.tensor([10.0]), adv_clip=5.0, v_old=torch.tensor([[0.0, 3.0]]), kl_beta=0.1)
     torch.testing.assert_close(loss, torch.tensor([-0.95]))
     torch.testing.assert_close(stats["kl"], torch.tensor([0.5]))
     torch.testing.assert_close(stats["mse"], torch.tensor([2.5]))
@@ -153,8 +152,18 @@ def _losses(kind, model, x, v_old, target, adv, t):
         return nft_loss(v, v_old, target, optimality_probability(adv, 2.0), 0.7, weighting="none")
     if kind == "awm":
         old = awm_log_likelihood(v_old, target, t, weighting="ghuber")
-        return awm_loss(v, target, adv, t=t, old_log_lik=old, clip_range=0.5, adv_clip=2.0, v_old=v_old,
-                        kl_beta=0.3, weighting="ghuber")[0]
+        return awm_loss(
+            v,
+            target,
+            adv,
+            t=t,
+            old_log_lik=old,
+            clip_range=0.5,
+            adv_clip=2.0,
+            v_old=v_old,
+            kl_beta=0.3,
+            weighting="ghuber",
+        )[0]
     return awm_loss(v, target, adv)[0]
 
 
@@ -189,8 +198,17 @@ def _grad_at_old_policy(kind, signal, t=None):
         loss = nft_loss(v, v_old, target, signal, 0.3, t=t, weighting=weighting)
     else:
         old = awm_log_likelihood(v_old, target, t, weighting="ghuber" if t is not None else "uniform")
-        loss, _ = awm_loss(v, target, signal, t=t, old_log_lik=old, clip_range=0.2, v_old=v_old, kl_beta=0.5,
-                           weighting="ghuber" if t is not None else "uniform")
+        loss, _ = awm_loss(
+            v,
+            target,
+            signal,
+            t=t,
+            old_log_lik=old,
+            clip_range=0.2,
+            v_old=v_old,
+            kl_beta=0.5,
+            weighting="ghuber" if t is not None else "uniform",
+        )
     loss.sum().backward()
     return v.grad, v_old - target
 
@@ -233,8 +251,9 @@ def test_advantage_at_time_by_hand():
     torch.testing.assert_close(advantage_at_time(adv, sigmas, t), torch.tensor([1.5, 3.0, 6.0, 1.0, 8.0, 8.0]))
     # nearest start sigma: 0.9 is 0.1 from both 1 and 0.8 in exact arithmetic, so check off-tie points
     t = torch.tensor([0.95, 0.66, 0.6, 0.3, 0.05, 1.3])
-    torch.testing.assert_close(advantage_at_time(adv, sigmas, t, mode="nearest"),
-                               torch.tensor([1.0, 2.0, 4.0, 8.0, 8.0, 1.0]))
+    torch.testing.assert_close(
+        advantage_at_time(adv, sigmas, t, mode="nearest"), torch.tensor([1.0, 2.0, 4.0, 8.0, 8.0, 1.0])
+    )
     # an exact tie (binary fractions) goes to the earlier, noisier step
     sig = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
     assert advantage_at_time(adv[:1], sig, torch.tensor([0.625]), mode="nearest").item() == 2.0
@@ -262,6 +281,5 @@ def test_losses_are_float32_for_low_precision_inputs():
     t = torch.tensor([0.3, 0.7])
     assert nft_loss(v, v_old, target, torch.tensor([0.2, 0.8]), 1.0, t=t).dtype == torch.float32
     assert awm_loss(v, target, torch.tensor([1.0, -1.0]), t=t, weighting="ghuber")[0].dtype == torch.float32
-    assert advantage_at_time(torch.ones(2, 3).bfloat16(), torch.tensor([1.0, 0.5, 0.2, 0.0]), t).dtype == \
-        torch.float32
+    assert advantage_at_time(torch.ones(2, 3).bfloat16(), torch.tensor([1.0, 0.5, 0.2, 0.0]), t).dtype == torch.float32
     assert math.isfinite(awm_log_likelihood(v_old, v_old, t, weighting="ghuber").sum().item())

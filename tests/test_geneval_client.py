@@ -239,18 +239,21 @@ def test_a_response_cut_short_is_retried():
             r(images_with_red([1.0]), ["x"], META)
 
 
-@pytest.mark.parametrize("body, match", [
-    (b'{"scores": [NaN]}', "non-finite number"),
-    (b'{"scores": [Infinity]}', "non-finite number"),
-    (b'{"scores": [-Infinity]}', "non-finite number"),
-    (b'{"scores": [1e308]}', "finite numbers"),
-    (b'{"scores": ["0.5"]}', "finite numbers"),
-    (b'{"scores": [true]}', "finite numbers"),
-    (b'{"scores": [0.5], "group_rewards": [1, 2]}', "group_rewards"),
-    (b'{"scores": [0.5], "group_rewards": {"counting": 1.0}}', "group_rewards"),
-    (b'{"scores": [0.5], "group_strict_rewards": {"counting": [NaN]}}', "non-finite"),
-    (b'{"scores": [0.5], "group_rewards": {"counting": ["x"]}}', "group_rewards"),
-])
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        (b'{"scores": [NaN]}', "non-finite number"),
+        (b'{"scores": [Infinity]}', "non-finite number"),
+        (b'{"scores": [-Infinity]}', "non-finite number"),
+        (b'{"scores": [1e308]}', "finite numbers"),
+        (b'{"scores": ["0.5"]}', "finite numbers"),
+        (b'{"scores": [true]}', "finite numbers"),
+        (b'{"scores": [0.5], "group_rewards": [1, 2]}', "group_rewards"),
+        (b'{"scores": [0.5], "group_rewards": {"counting": 1.0}}', "group_rewards"),
+        (b'{"scores": [0.5], "group_strict_rewards": {"counting": [NaN]}}', "non-finite"),
+        (b'{"scores": [0.5], "group_rewards": {"counting": ["x"]}}', "group_rewards"),
+    ],
+)
 def test_every_score_must_be_a_finite_number(body, match):
     with FakeGenEval(body=body) as server:
         r = rewards.build("geneval-remote", url=server.url, retries=3, backoff=0.01, timeout=5)

@@ -19,19 +19,49 @@ pytest.importorskip("transformers")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import gpu_scale  # noqa: E402
-
 from _tiny_pipelines import one_torch_thread  # noqa: E402, F401
 
 RUN_FIELDS = {"algorithm", "tcrm_every", "gradient_checkpointing", "complete", "flops_per_sample", "epochs", "summary"}
 SUMMARY_FIELDS = {
-    "samples", "images_scored", "images_decoded", "kept_samples", "optimizer_steps", "trainer_fwd_bwd_s",
-    "reward_mean", "phases_s", "epoch_s", "epoch_s_per_sample", "images_per_s", "scored_images_per_s",
-    "transformer_sequences", "peak_memory_gb", "network_s_in_update", "network_share_of_update",
-    "achieved_tflops", "update_fraction_of_peak", "epochs_averaged",
+    "samples",
+    "images_scored",
+    "images_decoded",
+    "kept_samples",
+    "optimizer_steps",
+    "trainer_fwd_bwd_s",
+    "reward_mean",
+    "phases_s",
+    "epoch_s",
+    "epoch_s_per_sample",
+    "images_per_s",
+    "scored_images_per_s",
+    "transformer_sequences",
+    "peak_memory_gb",
+    "network_s_in_update",
+    "network_share_of_update",
+    "achieved_tflops",
+    "update_fraction_of_peak",
+    "epochs_averaged",
 }
 PHASES = {"rollout", "decode", "reward", "score_other", "advantages", "update"}
-TOP_FIELDS = {"status", "command", "scale", "budget_s", "peak_tflops", "machine", "architecture", "runs", "not_run",
-              "model", "settings", "setup_s", "flops", "network", "comparisons", "elapsed_s"}
+TOP_FIELDS = {
+    "status",
+    "command",
+    "scale",
+    "budget_s",
+    "peak_tflops",
+    "machine",
+    "architecture",
+    "runs",
+    "not_run",
+    "model",
+    "settings",
+    "setup_s",
+    "flops",
+    "network",
+    "comparisons",
+    "elapsed_s",
+}
 # --tcrm-every 1 2 and both checkpointing settings, in run order
 RUNS = ["grpo", "vgpo-tcrm1", "vgpo-tcrm2", "grpo-ckpt", "vgpo-tcrm1-ckpt"]
 TINY_ARGS = ["--scale", "tiny", "--tcrm-every", "1", "2", "--network-reps", "1", "--peak-tflops", "1"]
@@ -74,8 +104,11 @@ def test_json_has_every_field(result):
         assert set(summary["achieved_tflops"]) == {"rollout", "decode", "reward", "update", "epoch"}
         assert summary["peak_memory_gb"]["max"] > 0
     assert set(result["network"]) == {"no_ckpt", "ckpt"}
-    assert set(result["comparisons"]["epoch_s_ratio"]) == {"vgpo-tcrm1/grpo", "vgpo-tcrm2/grpo",
-                                                          "vgpo-tcrm1-ckpt/grpo-ckpt"}
+    assert set(result["comparisons"]["epoch_s_ratio"]) == {
+        "vgpo-tcrm1/grpo",
+        "vgpo-tcrm2/grpo",
+        "vgpo-tcrm1-ckpt/grpo-ckpt",
+    }
 
 
 def test_phases_add_up_to_the_epoch(result):
@@ -110,8 +143,11 @@ def test_transformer_work_is_counted(result):
     # every run: samples x steps x 2 (CFG) in the rollout; x trained steps with and without grad
     # (policy and KL reference) in the update
     for name, run in runs.items():
-        assert run["summary"]["transformer_sequences"] == {"rollout": 4 * 4 * 2, "update_grad": 4 * 3 * 2,
-                                                          "update_nograd": 4 * 3 * 2}, name
+        assert run["summary"]["transformer_sequences"] == {
+            "rollout": 4 * 4 * 2,
+            "update_grad": 4 * 3 * 2,
+            "update_nograd": 4 * 3 * 2,
+        }, name
         assert run["summary"]["achieved_tflops"]["update"] > 0
         assert run["summary"]["update_fraction_of_peak"] == pytest.approx(run["summary"]["achieved_tflops"]["update"])
 
@@ -155,31 +191,47 @@ def test_a_budget_stop_keeps_the_finished_runs(tmp_path, monkeypatch):
 
 def test_epoch_summary_by_hand():
     clock = gpu_scale.Clock(gpu_scale.torch.device("cpu"))
-    clock.seconds = {"sample": 3.0, "decode@sample": 1.0, "score": 2.0, "decode@score": 0.5, "reward@score": 1.0,
-                     "advantages": 0.5, "update": 4.0}
+    clock.seconds = {
+        "sample": 3.0,
+        "decode@sample": 1.0,
+        "score": 2.0,
+        "decode@score": 0.5,
+        "reward@score": 1.0,
+        "advantages": 0.5,
+        "update": 4.0,
+    }
     clock.sequences = {"sample:nograd": 40, "update:grad": 36, "update:nograd": 36}
     clock.images_decoded = 8
     clock.peak_gb = {"sample": 1.0, "score": 2.0, "advantages": 1.0, "update": 3.0}
     raw = {"samples": 4, "images_scored": 8}
-    flops = {"transformer_fwd_per_seq": 1e12, "transformer_fwd_bwd_per_seq": 3e12, "vae_decode_per_image": 2e12,
-             "reward_per_image": 0.5e12}
+    flops = {
+        "transformer_fwd_per_seq": 1e12,
+        "transformer_fwd_bwd_per_seq": 3e12,
+        "vae_decode_per_image": 2e12,
+        "reward_per_image": 0.5e12,
+    }
     network = {"fwd_bwd_s_per_seq": 0.05, "fwd_s_per_seq_update_batch": 0.02}
     s = gpu_scale.epoch_summary(raw, clock, flops, network, peak_tflops=100.0)
-    assert s["phases_s"] == pytest.approx({"rollout": 2.0, "decode": 1.5, "reward": 1.0, "score_other": 0.5,
-                                           "advantages": 0.5, "update": 4.0})
+    assert s["phases_s"] == pytest.approx(
+        {"rollout": 2.0, "decode": 1.5, "reward": 1.0, "score_other": 0.5, "advantages": 0.5, "update": 4.0}
+    )
     assert s["epoch_s"] == pytest.approx(9.5) and s["images_per_s"] == pytest.approx(4 / 9.5)
     assert s["network_s_in_update"] == pytest.approx(0.05 * 36 + 0.02 * 36)
     assert s["network_share_of_update"] == pytest.approx(2.52 / 4.0)
     # rollout 40 x 1 TFLOP in 2 s; decode 8 x 2 in 1.5 s; reward 8 x 0.5 in 1 s; update (36 x 3 + 36 x 1) in 4 s
-    assert s["achieved_tflops"] == pytest.approx({"rollout": 20.0, "decode": 16 / 1.5, "reward": 4.0, "update": 36.0,
-                                                  "epoch": (40 + 16 + 4 + 144) / 9.5})
+    assert s["achieved_tflops"] == pytest.approx(
+        {"rollout": 20.0, "decode": 16 / 1.5, "reward": 4.0, "update": 36.0, "epoch": (40 + 16 + 4 + 144) / 9.5}
+    )
     assert s["update_fraction_of_peak"] == pytest.approx(0.36)
     assert s["peak_memory_gb"]["max"] == 3.0
 
 
 def test_mean_summary_drops_the_first_of_several_epochs():
-    epochs = [{"epoch_s": 10.0, "phases_s": {"update": 6.0}}, {"epoch_s": 4.0, "phases_s": {"update": 2.0}},
-              {"epoch_s": 6.0, "phases_s": {"update": 4.0}}]
+    epochs = [
+        {"epoch_s": 10.0, "phases_s": {"update": 6.0}},
+        {"epoch_s": 4.0, "phases_s": {"update": 2.0}},
+        {"epoch_s": 6.0, "phases_s": {"update": 4.0}},
+    ]
     assert gpu_scale.mean_summary(epochs) == {"epoch_s": 5.0, "phases_s": {"update": 3.0}, "epochs_averaged": 2}
     assert gpu_scale.mean_summary(epochs[:1])["epoch_s"] == 10.0
 
@@ -187,13 +239,21 @@ def test_mean_summary_drops_the_first_of_several_epochs():
 def test_flops_per_sample_by_hand(tmp_path):
     args = gpu_scale.parse_args([*TINY_ARGS, "--out", str(tmp_path)])
     tiny, cpu = gpu_scale.SCALES["tiny"], gpu_scale.torch.device("cpu")
-    flops = {"transformer_fwd_per_seq": 1, "transformer_fwd_bwd_per_seq": 3, "vae_decode_per_image": 10,
-             "reward_per_image": 100}
+    flops = {
+        "transformer_fwd_per_seq": 1,
+        "transformer_fwd_bwd_per_seq": 3,
+        "vae_decode_per_image": 10,
+        "reward_per_image": 100,
+    }
     # tiny: 4 steps, 3 trained, CFG (x2), KL beta 0.01 (a reference forward per trained step)
-    grpo = gpu_scale.flops_per_sample(flops, gpu_scale.training_config(gpu_scale.Run("grpo", 1, False), tiny, args, cpu))
+    grpo = gpu_scale.flops_per_sample(
+        flops, gpu_scale.training_config(gpu_scale.Run("grpo", 1, False), tiny, args, cpu)
+    )
     assert grpo == {"rollout": 8, "update": 24, "decode": 10, "reward": 100, "images_scored": 1, "total": 142}
     # tcrm_every 2 scores steps 0, 2, 3: the final image and the projections after steps 0 and 2
-    vgpo = gpu_scale.flops_per_sample(flops, gpu_scale.training_config(gpu_scale.Run("vgpo", 2, False), tiny, args, cpu))
+    vgpo = gpu_scale.flops_per_sample(
+        flops, gpu_scale.training_config(gpu_scale.Run("vgpo", 2, False), tiny, args, cpu)
+    )
     assert vgpo == {"rollout": 8, "update": 24, "decode": 30, "reward": 300, "images_scored": 3, "total": 362}
 
 
@@ -208,7 +268,9 @@ def test_the_flop_plan_matches_the_run(result):
     meta = gpu_scale.meta_flops(gpu_scale.SCALES["tiny"], load_yaml(gpu_scale.PRESETS["vgpo"])["model_options"])
     for key in ("transformer_fwd_per_seq", "vae_decode_per_image", "reward_per_image"):
         assert meta[key] == result["flops"][key], key
-    assert meta["transformer_fwd_bwd_per_seq"] == pytest.approx(result["flops"]["transformer_fwd_bwd_per_seq"], rel=0.05)
+    assert meta["transformer_fwd_bwd_per_seq"] == pytest.approx(
+        result["flops"]["transformer_fwd_bwd_per_seq"], rel=0.05
+    )
 
 
 def test_flops_only_writes_the_plan(tmp_path):

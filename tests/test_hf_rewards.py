@@ -44,8 +44,14 @@ def reference_logits(path, images, prompts):
 
 
 def test_pickscore_formula_shape_dtype_determinism(clip_dir, images):
-    r = rewards.build("pickscore", model_path=str(clip_dir), processor_path=str(clip_dir), device="cpu",
-                      local_files_only=True, batch_size=2)
+    r = rewards.build(
+        "pickscore",
+        model_path=str(clip_dir),
+        processor_path=str(clip_dir),
+        device="cpu",
+        local_files_only=True,
+        batch_size=2,
+    )
     s = r(images, PROMPTS, [{}] * 3)
     assert s.shape == (3,) and s.dtype == torch.float32 and s.device.type == "cpu"
     torch.testing.assert_close(r(images, PROMPTS, [{}] * 3), s)  # deterministic
@@ -54,21 +60,35 @@ def test_pickscore_formula_shape_dtype_determinism(clip_dir, images):
     assert not model.training and not r.model.training
     assert not any(p.requires_grad for p in r.model.parameters())
     # Flow-GRPO's scaling.
-    r26 = rewards.build("pickscore", model_path=str(clip_dir), processor_path=str(clip_dir), device="cpu",
-                        local_files_only=True, divide_by=26)
+    r26 = rewards.build(
+        "pickscore",
+        model_path=str(clip_dir),
+        processor_path=str(clip_dir),
+        device="cpu",
+        local_files_only=True,
+        divide_by=26,
+    )
     torch.testing.assert_close(r26(images, PROMPTS, [{}] * 3), expected / 26, rtol=1e-4, atol=1e-4)
 
 
 def test_pickscore_prefers_the_matching_prompt(clip_dir, images):
     """Scores depend on the prompt: swapping prompts changes them."""
-    r = rewards.build("pickscore", model_path=str(clip_dir), processor_path=str(clip_dir), device="cpu",
-                      local_files_only=True)
+    r = rewards.build(
+        "pickscore", model_path=str(clip_dir), processor_path=str(clip_dir), device="cpu", local_files_only=True
+    )
     assert not torch.allclose(r(images, PROMPTS, [{}] * 3), r(images, PROMPTS[::-1], [{}] * 3))
 
 
 def test_clipscore_weighted_in_registry(clip_dir, images):
-    spec = {"clipscore": {"weight": 2.0, "model_path": str(clip_dir), "local_files_only": True, "device": "cpu",
-                          "divide_by": 30}}
+    spec = {
+        "clipscore": {
+            "weight": 2.0,
+            "model_path": str(clip_dir),
+            "local_files_only": True,
+            "device": "cpu",
+            "divide_by": 30,
+        }
+    }
     r = rewards.build(spec)
     expected, _, _ = reference_logits(clip_dir, images, PROMPTS)
     torch.testing.assert_close(r(images, PROMPTS, [{}] * 3), 2.0 * expected / 30, rtol=1e-4, atol=1e-4)
@@ -87,8 +107,9 @@ def test_aesthetic_head_formula(clip_dir, images, tmp_path, suffix):
         torch.save(head.state_dict(), path)
     else:
         save_file(head.state_dict(), str(path))
-    r = rewards.build("aesthetic", head_path=str(path), model_path=str(clip_dir), device="cpu",
-                      local_files_only=True, batch_size=2)
+    r = rewards.build(
+        "aesthetic", head_path=str(path), model_path=str(clip_dir), device="cpu", local_files_only=True, batch_size=2
+    )
     s = r(images, PROMPTS, [{}] * 3)
     assert s.shape == (3,) and s.dtype == torch.float32
     _, image_embeds, _ = reference_logits(clip_dir, images, PROMPTS)  # CLIPModel normalises these
@@ -100,8 +121,13 @@ def test_aesthetic_head_formula(clip_dir, images, tmp_path, suffix):
 
 def test_errors_are_one_line(clip_dir, tmp_path):
     with pytest.raises(VgpoError, match="pickscore.processor_path: cannot load") as err:
-        rewards.build("pickscore", model_path=str(clip_dir), processor_path=str(tmp_path / "missing"),
-                      device="cpu", local_files_only=True)
+        rewards.build(
+            "pickscore",
+            model_path=str(clip_dir),
+            processor_path=str(tmp_path / "missing"),
+            device="cpu",
+            local_files_only=True,
+        )
     assert "\n" not in str(err.value)
     with pytest.raises(VgpoError, match="head_path: required"):
         rewards.build("aesthetic", model_path=str(clip_dir), device="cpu")
@@ -111,8 +137,13 @@ def test_errors_are_one_line(clip_dir, tmp_path):
 
     torch.save(AestheticMLP(8).state_dict(), tmp_path / "wrong.pth")
     with pytest.raises(VgpoError, match="16"):
-        rewards.build("aesthetic", head_path=str(tmp_path / "wrong.pth"), model_path=str(clip_dir), device="cpu",
-                      local_files_only=True)
+        rewards.build(
+            "aesthetic",
+            head_path=str(tmp_path / "wrong.pth"),
+            model_path=str(clip_dir),
+            device="cpu",
+            local_files_only=True,
+        )
     r = rewards.build("clipscore", model_path=str(clip_dir), device="cpu", local_files_only=True)
     with pytest.raises(VgpoError, match="expected images"):
         r(torch.rand(2, 1, 8, 8), ["a", "b"], [{}, {}])

@@ -65,9 +65,13 @@ def test_registered_lazily_and_options_validated():
     assert isinstance(vgpo.rewards.build("ocr"), OcrReward)
     combined = vgpo.rewards.build({"ocr": {"weight": 2.0, "mode": "rec"}, "brightness": 0.0})
     assert combined.rewards["ocr"].mode == "rec"
-    for bad, match in [({"mode": "fast"}, "mode"), ({"min_confidence": 2}, "min_confidence"),
-                       ({"threads": 0}, "threads"), ({"det_side_len": 500}, "multiple of 32"),
-                       ({"batch_size": -1}, "batch_size")]:
+    for bad, match in [
+        ({"mode": "fast"}, "mode"),
+        ({"min_confidence": 2}, "min_confidence"),
+        ({"threads": 0}, "threads"),
+        ({"det_side_len": 500}, "multiple of 32"),
+        ({"batch_size": -1}, "batch_size"),
+    ]:
         with pytest.raises(VgpoError, match=match):
             vgpo.rewards.build("ocr", **bad)
     assert OcrReward().resolve_mode(32, 96) == "rec" and OcrReward().resolve_mode(512, 512) == "det"
@@ -86,8 +90,12 @@ def test_blank_and_noise_score_near_zero(reward):
     gen = torch.Generator().manual_seed(0)
     n = 16
     blocky = torch.nn.functional.interpolate(torch.rand(n, 1, 8, 24, generator=gen), size=(32, 96)).repeat(1, 3, 1, 1)
-    for images in (torch.ones(n, 3, 32, 96), torch.zeros(n, 3, 32, 96), torch.rand(n, 3, 32, 96, generator=gen),
-                   blocky):
+    for images in (
+        torch.ones(n, 3, 32, 96),
+        torch.zeros(n, 3, 32, 96),
+        torch.rand(n, 3, 32, 96, generator=gen),
+        blocky,
+    ):
         scores = reward(images, _prompts(["RIVER"] * n), [])
         assert scores.mean().item() <= 0.05
 

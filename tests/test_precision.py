@@ -77,7 +77,7 @@ def test_bf16_sde_log_prob_is_the_float32_formula(tiny_checkpoint):
     std = 0.7 * torch.sqrt(s / (1 - s))
     mean = x.double() * (1 + std**2 * dt / (2 * s)) + v.double() * (1 + std**2 * (1 - s) / (2 * s)) * dt
     scale = std * torch.sqrt(-dt)
-    expected = (-((prev.double() - mean) ** 2) / (2 * scale**2) - torch.log(scale) - 0.5 * math.log(2 * math.pi))
+    expected = -((prev.double() - mean) ** 2) / (2 * scale**2) - torch.log(scale) - 0.5 * math.log(2 * math.pi)
     torch.testing.assert_close(out.log_prob.double(), expected.mean(dim=(1, 2, 3)), rtol=1e-6, atol=1e-5)
 
 
@@ -89,8 +89,9 @@ def test_first_inner_step_ratio_is_one_to_tolerance(precision):
     sigmas = model.schedule(4)
     prompts = PROMPTS * 2
     gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
-    traj = rollout(model, model.encode_prompts(prompts), model.negative_condition(len(prompts)), sigmas, 0.7, 4.5,
-                   generator=gens)
+    traj = rollout(
+        model, model.encode_prompts(prompts), model.negative_condition(len(prompts)), sigmas, 0.7, 4.5, generator=gens
+    )
     worst = 0.0
     for mb in torch.arange(len(prompts)).split(2):
         cond, uncond = model.encode_prompts([prompts[i] for i in mb]), model.negative_condition(len(mb))

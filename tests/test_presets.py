@@ -98,9 +98,15 @@ def test_accelerate_configs_parse():
 
 # --- prompt-file worlds ----------------------------------------------------------------------------
 def test_geneval_world_reads_geneval_jsonl(tmp_path):
-    rows = [{"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": "a photo of a cat"},
-            {"tag": "counting", "include": [{"class": "dog", "count": 2}], "exclude": [{"class": "dog", "count": 3}],
-             "prompt": "a photo of two dogs"}]
+    rows = [
+        {"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": "a photo of a cat"},
+        {
+            "tag": "counting",
+            "include": [{"class": "dog", "count": 2}],
+            "exclude": [{"class": "dog", "count": 3}],
+            "prompt": "a photo of two dogs",
+        },
+    ]
     path = tmp_path / "test_metadata.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
     world = get_world("geneval")
@@ -143,11 +149,16 @@ def test_prompt_file_world_errors(tmp_path):
 
 # --- the composition presets (sampler + advantage + objective) --------------------------------------
 COMPOSED = {
-    "shapes-nft.yaml": "ode+nft", "shapes-nft-vgpo.yaml": "ode+nft+tcrm+adae",
-    "shapes-awm.yaml": "ode+awm", "shapes-awm-vgpo.yaml": "ode+awm+tcrm+adae",
-    "text-nft.yaml": "ode+nft", "text-nft-vgpo.yaml": "ode+nft+tcrm+adae",
-    "text-awm.yaml": "ode+awm", "text-awm-vgpo.yaml": "ode+awm+tcrm+adae",
-    "shapes-cps-grpo.yaml": "cps+ppo", "shapes-cps-vgpo.yaml": "cps+ppo+tcrm+adae",
+    "shapes-nft.yaml": "ode+nft",
+    "shapes-nft-vgpo.yaml": "ode+nft+tcrm+adae",
+    "shapes-awm.yaml": "ode+awm",
+    "shapes-awm-vgpo.yaml": "ode+awm+tcrm+adae",
+    "text-nft.yaml": "ode+nft",
+    "text-nft-vgpo.yaml": "ode+nft+tcrm+adae",
+    "text-awm.yaml": "ode+awm",
+    "text-awm-vgpo.yaml": "ode+awm+tcrm+adae",
+    "shapes-cps-grpo.yaml": "cps+ppo",
+    "shapes-cps-vgpo.yaml": "cps+ppo+tcrm+adae",
 }
 
 
@@ -173,10 +184,22 @@ def test_composed_presets_name_their_parts(name):
 def test_composed_presets_run_an_epoch_on_a_tiny_model(tmp_path, tiny_checkpoint, name):
     from vgpo.train import train
 
-    data = {**load_yaml(CONFIGS / name), "checkpoint": str(tiny_checkpoint), "out": str(tmp_path / "run"),
-            "epochs": 1, "prompts_per_epoch": 2, "group_size": 4, "sample_batch_size": 8, "train_batch_size": 8,
-            "num_steps": 6, "eval_base": False, "eval_num_steps": 2, "eval_limit": 2, "reward": "brightness",
-            "threads": 1}
+    data = {
+        **load_yaml(CONFIGS / name),
+        "checkpoint": str(tiny_checkpoint),
+        "out": str(tmp_path / "run"),
+        "epochs": 1,
+        "prompts_per_epoch": 2,
+        "group_size": 4,
+        "sample_batch_size": 8,
+        "train_batch_size": 8,
+        "num_steps": 6,
+        "eval_base": False,
+        "eval_num_steps": 2,
+        "eval_limit": 2,
+        "reward": "brightness",
+        "threads": 1,
+    }
     out = train(from_dict(TrainConfig, data, f"{name}: "))
     (m,) = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if "losses/grad_norm" in ln]
     assert m["losses/grad_norm"] > 0 and m["charts/optimizer_steps"] == 1

@@ -20,8 +20,14 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from _tiny_pipelines import (MAX_TOKENS, RESOLUTION, clip_model_and_processor, flux_pipeline,  # noqa: E402
-                             one_torch_thread, sd3_pipeline)  # noqa: F401
+from _tiny_pipelines import (  # noqa: E402
+    MAX_TOKENS,
+    RESOLUTION,
+    clip_model_and_processor,
+    flux_pipeline,
+    one_torch_thread,  # noqa: F401
+    sd3_pipeline,
+)
 from vgpo.config import from_dict  # noqa: E402
 from vgpo.models import load_model  # noqa: E402
 from vgpo.train import TrainConfig, train  # noqa: E402
@@ -52,20 +58,47 @@ def prompt_file(tmp_path_factory):
 
 
 def model_options(kind: str) -> dict:
-    opts = {"resolution": RESOLUTION, "local_files_only": True, "max_sequence_length": MAX_TOKENS,
-            "lora": {"rank": 2, "alpha": 4}}
+    opts = {
+        "resolution": RESOLUTION,
+        "local_files_only": True,
+        "max_sequence_length": MAX_TOKENS,
+        "lora": {"rank": 2, "alpha": 4},
+    }
     if kind == "flux":
         opts["guidance_scale"] = 3.5  # FLUX-dev's embedded guidance; no CFG (negative_condition is None)
     return opts
 
 
 def make_cfg(out, kind, ckpt, prompts, **kw):
-    data = dict(out=str(out), model=kind, checkpoint=str(ckpt), model_options=model_options(kind),
-                world="pickscore", train_prompts=str(prompts), test_prompts=str(prompts), reward="brightness",
-                algorithm="vgpo", epochs=2, prompts_per_epoch=2, group_size=2, sample_batch_size=4,
-                train_batch_size=4, gradient_accumulation=1, num_steps=2, guidance_scale=2.0, lr=1e-2,
-                clip_range=0.2, beta=0.04, ema_decay=0.5, eval_every=0, eval_num_steps=1,
-                eval_images_per_prompt=1, eval_limit=1, save_every=1, threads=1)
+    data = dict(
+        out=str(out),
+        model=kind,
+        checkpoint=str(ckpt),
+        model_options=model_options(kind),
+        world="pickscore",
+        train_prompts=str(prompts),
+        test_prompts=str(prompts),
+        reward="brightness",
+        algorithm="vgpo",
+        epochs=2,
+        prompts_per_epoch=2,
+        group_size=2,
+        sample_batch_size=4,
+        train_batch_size=4,
+        gradient_accumulation=1,
+        num_steps=2,
+        guidance_scale=2.0,
+        lr=1e-2,
+        clip_range=0.2,
+        beta=0.04,
+        ema_decay=0.5,
+        eval_every=0,
+        eval_num_steps=1,
+        eval_images_per_prompt=1,
+        eval_limit=1,
+        save_every=1,
+        threads=1,
+    )
     data.update(kw)
     return from_dict(TrainConfig, data)
 
@@ -157,10 +190,28 @@ def test_pickscore_reward_with_a_tiny_clip(tmp_path, prompt_file):
     processor.save_pretrained(clip)
     ckpt = tmp_path / "sd3"
     sd3_pipeline().save_pretrained(ckpt)
-    reward = {"pickscore": {"model_path": str(clip), "processor_path": str(clip), "local_files_only": True,
-                            "device": "cpu", "divide_by": 26}}
-    out = train(make_cfg(tmp_path / "run", "sd3", ckpt, prompt_file, reward=reward, algorithm="grpo", epochs=1,
-                         num_steps=2, group_size=2))
+    reward = {
+        "pickscore": {
+            "model_path": str(clip),
+            "processor_path": str(clip),
+            "local_files_only": True,
+            "device": "cpu",
+            "divide_by": 26,
+        }
+    }
+    out = train(
+        make_cfg(
+            tmp_path / "run",
+            "sd3",
+            ckpt,
+            prompt_file,
+            reward=reward,
+            algorithm="grpo",
+            epochs=1,
+            num_steps=2,
+            group_size=2,
+        )
+    )
     m = metrics(out)[1]
     assert m["reward/pickscore"] == pytest.approx(m["reward/mean"])  # weight 1
     assert 0 < abs(m["reward/mean"]) < 2 and m["reward/std"] > 0  # logit_scale (14.3) x cos / 26
@@ -190,9 +241,26 @@ def test_fsdp_over_two_processes_trains_like_one(kind, tmp_path, prompt_file):
     one = train(make_cfg(tmp_path / "one", kind, ckpt, prompt_file, **kw))
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(asdict(make_cfg(tmp_path / "two", kind, ckpt, prompt_file, fsdp=True, **kw))))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(free_port()), "-m", "vgpo", "train", "--config", str(cfg)],
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "vgpo",
+            "train",
+            "--config",
+            str(cfg),
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m1, m2 = metrics(one), metrics(tmp_path / "two")
     # lr = 1 moves the policy far, so float-order noise in the sharded forward shows in the losses

@@ -27,10 +27,28 @@ from vgpo.errors import VgpoError
 from vgpo.pretrain import PretrainConfig
 from vgpo.train import TrainConfig, objectives, run_folder, train, trainer
 
-SMALL = dict(reward="brightness", epochs=3, prompts_per_epoch=2, group_size=4, sample_batch_size=8,
-             train_batch_size=4, gradient_accumulation=2, num_steps=4, guidance_scale=2.0, lr=1e-3, clip_range=0.2,
-             eval_every=0, eval_base=False, eval_num_steps=2, eval_images_per_prompt=1, eval_limit=2, save_every=1,
-             ema_decay=0.5, threads=1, algorithm="grpo")
+SMALL = dict(
+    reward="brightness",
+    epochs=3,
+    prompts_per_epoch=2,
+    group_size=4,
+    sample_batch_size=8,
+    train_batch_size=4,
+    gradient_accumulation=2,
+    num_steps=4,
+    guidance_scale=2.0,
+    lr=1e-3,
+    clip_range=0.2,
+    eval_every=0,
+    eval_base=False,
+    eval_num_steps=2,
+    eval_images_per_prompt=1,
+    eval_limit=2,
+    save_every=1,
+    ema_decay=0.5,
+    threads=1,
+    algorithm="grpo",
+)
 
 
 def _cfg(out, ckpt, **kw) -> TrainConfig:
@@ -77,9 +95,21 @@ def snapshots(monkeypatch, tmp_path):
 # --------------------------------------------------------------------------------------------------
 # Non-finite values
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("field, value", [("noise_level", "inf"), ("guidance_scale", "nan"), ("adv_clip_max", "nan"),
-                                          ("max_grad_norm", "nan"), ("adae_k", "nan"), ("beta", "nan"),
-                                          ("clip_range", "nan"), ("lr", "nan"), ("gamma", "-inf"), ("ema_decay", "nan")])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("noise_level", "inf"),
+        ("guidance_scale", "nan"),
+        ("adv_clip_max", "nan"),
+        ("max_grad_norm", "nan"),
+        ("adae_k", "nan"),
+        ("beta", "nan"),
+        ("clip_range", "nan"),
+        ("lr", "nan"),
+        ("gamma", "-inf"),
+        ("ema_decay", "nan"),
+    ],
+)
 def test_config_refuses_non_finite_floats(field, value):
     with pytest.raises(VgpoError, match=f"^{field}: expected a finite number"):
         from_dict(TrainConfig, {field: value})
@@ -156,7 +186,9 @@ def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path, tiny_checkpoi
 
     monkeypatch.setattr(objectives, "ppo_clip_loss", loss)
     stepped = []
-    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, real=torch.optim.AdamW.step: stepped.append(1) or real(self, *a))
+    monkeypatch.setattr(
+        torch.optim.AdamW, "step", lambda self, *a, real=torch.optim.AdamW.step: stepped.append(1) or real(self, *a)
+    )
     with pytest.raises(VgpoError, match=r"^epoch 2: non-finite gradient norm nan, policy loss nan"):
         train(_cfg(tmp_path / "run", tiny_checkpoint))
     assert len(stepped) == 1  # epoch 1's step only
@@ -171,9 +203,13 @@ def test_reward_of_the_wrong_shape_is_one_line(capsys, tmp_path, tiny_checkpoint
 
 def test_check_rewards_refuses_what_is_not_one_finite_value_per_image():
     assert rewards.check_rewards(torch.tensor([1.0, 2.0], dtype=torch.float64), 2, "r").dtype == torch.float32
-    for bad, match in [([1.0, 2.0], "list"), (torch.ones(3), r"shape \(3,\)"), (torch.ones(2, 1), r"shape \(2, 1\)"),
-                       (torch.tensor([1.0, math.inf]), "1 of 2 samples"),
-                       (torch.tensor([3e38, 3e38]) * 10, "2 of 2 samples")]:
+    for bad, match in [
+        ([1.0, 2.0], "list"),
+        (torch.ones(3), r"shape \(3,\)"),
+        (torch.ones(2, 1), r"shape \(2, 1\)"),
+        (torch.tensor([1.0, math.inf]), "1 of 2 samples"),
+        (torch.tensor([3e38, 3e38]) * 10, "2 of 2 samples"),
+    ]:
         with pytest.raises(VgpoError, match=match):
             rewards.check_rewards(bad, 2, "r", "epoch 4")
 
@@ -251,8 +287,21 @@ def test_pickle_payload_in_optimizer_pt_is_refused(capsys, tmp_path, tiny_checkp
 
 def test_pickle_payload_in_pretraining_resume_pt_is_refused(capsys, tmp_path):
     out, marker = tmp_path / "pre", tmp_path / "pwned"
-    common = ["pretrain", "--batch-size", "2", "--save-every", "1", "--warmup-steps", "1", "--threads", "1",
-              "--channels", "8,8,8", "--out", str(out)]
+    common = [
+        "pretrain",
+        "--batch-size",
+        "2",
+        "--save-every",
+        "1",
+        "--warmup-steps",
+        "1",
+        "--threads",
+        "1",
+        "--channels",
+        "8,8,8",
+        "--out",
+        str(out),
+    ]
     assert main(common + ["--steps", "1"]) == 0
     state = torch.load(out / "resume.pt", weights_only=True)
     state["payload"] = _Payload(marker)
@@ -272,13 +321,16 @@ def test_corrupt_or_truncated_model_safetensors_names_the_file(capsys, tmp_path,
     assert str(weights) in _cli_error(capsys, ["eval", "--checkpoint", str(base)])
 
 
-@pytest.mark.parametrize("name, damage", [
-    ("state.json", lambda p: p.write_text('{"epoch": 1, "conf')),
-    ("state.json", lambda p: p.write_text('[1, 2]')),
-    ("trainable.safetensors", lambda p: p.write_bytes(p.read_bytes()[:50])),
-    ("ema.safetensors", lambda p: p.write_bytes(b"\xff" * 64)),
-    ("optimizer.pt", lambda p: p.write_bytes(p.read_bytes()[:300])),
-])
+@pytest.mark.parametrize(
+    "name, damage",
+    [
+        ("state.json", lambda p: p.write_text('{"epoch": 1, "conf')),
+        ("state.json", lambda p: p.write_text("[1, 2]")),
+        ("trainable.safetensors", lambda p: p.write_bytes(p.read_bytes()[:50])),
+        ("ema.safetensors", lambda p: p.write_bytes(b"\xff" * 64)),
+        ("optimizer.pt", lambda p: p.write_bytes(p.read_bytes()[:300])),
+    ],
+)
 def test_corrupt_checkpoint_file_is_one_line_naming_it(capsys, tmp_path, tiny_checkpoint, name, damage):
     out = tmp_path / "run"
     train(_cfg(out, tiny_checkpoint, epochs=1))
@@ -301,8 +353,9 @@ def test_binary_yaml_lr_nan_and_unknown_device_are_one_line(capsys, tmp_path, ti
 # --------------------------------------------------------------------------------------------------
 # Full disk
 # --------------------------------------------------------------------------------------------------
-def test_disk_full_during_a_save_is_one_line_and_resume_continues_after(capsys, tmp_path, tiny_checkpoint,
-                                                                         snapshots, monkeypatch):
+def test_disk_full_during_a_save_is_one_line_and_resume_continues_after(
+    capsys, tmp_path, tiny_checkpoint, snapshots, monkeypatch
+):
     """The disk fills while epoch 2's checkpoint is written: one line naming the file and the cause; the
     epoch-1 checkpoint stays; once space is free, --resume finishes the run as an uninterrupted one."""
     out, full, fills = tmp_path / "run", [], []
@@ -338,8 +391,11 @@ def test_disk_full_while_logging_metrics_is_one_line(capsys, tmp_path, tiny_chec
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     real_append = run_folder.append_line
-    monkeypatch.setattr(run_folder, "append_line", lambda path, line: (monkeypatch.setattr(utils, "_os_write", write),
-                                                                        real_append(path, line)))
+    monkeypatch.setattr(
+        run_folder,
+        "append_line",
+        lambda path, line: (monkeypatch.setattr(utils, "_os_write", write), real_append(path, line)),
+    )
     err = _cli_error(capsys, _argv(tmp_path / "run", tiny_checkpoint, epochs=1))
     assert err.endswith("metrics.jsonl: no space left on device")
 
@@ -394,10 +450,17 @@ def uninterrupted(tiny_checkpoint, tmp_path_factory):
 @pytest.mark.parametrize("moment", ["update", "save", "rename"])
 def test_kill_9_then_resume_gives_the_uninterrupted_run(tmp_path, tiny_checkpoint, uninterrupted, moment):
     cfg = _cfg(tmp_path / "killed", tiny_checkpoint, **KILLED)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
-                                                         os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.run([sys.executable, "-c", KILLER, moment, "2", json.dumps(dataclasses.asdict(cfg))], env=env,
-                           capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    child = subprocess.run(
+        [sys.executable, "-c", KILLER, moment, "2", json.dumps(dataclasses.asdict(cfg))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     out = Path(cfg.out)
     if moment == "rename":
@@ -426,8 +489,10 @@ def test_a_prompt_longer_than_the_context_is_reported_once():
         warnings.simplefilter("always")
         ids, _ = tok(["a photo of circle", "a photo " * 5000, "of " * 100])
     assert [str(w.message) for w in caught] == [
-        "prompt of 10000 tokens cut to the model's 4: 'a photo a photo a photo a photo a photo a photo a photo a ph'... "
-        "(reported once; later long prompts are cut too)"]
+        "prompt of 10000 tokens cut to the model's 4: "
+        "'a photo a photo a photo a photo a photo a photo a photo a ph'... "
+        "(reported once; later long prompts are cut too)"
+    ]
     assert ids.shape == (3, 4)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -444,8 +509,19 @@ def test_a_corrupt_metrics_row_before_others_is_named(capsys, tmp_path, tiny_che
     assert "metrics.jsonl:1" in err
 
 
-PRETRAIN = ["pretrain", "--batch-size", "2", "--save-every", "1", "--warmup-steps", "1", "--threads", "1",
-            "--channels", "8,8,8"]
+PRETRAIN = [
+    "pretrain",
+    "--batch-size",
+    "2",
+    "--save-every",
+    "1",
+    "--warmup-steps",
+    "1",
+    "--threads",
+    "1",
+    "--channels",
+    "8,8,8",
+]
 
 
 def test_pretraining_stops_on_a_non_finite_loss_and_a_full_disk(capsys, tmp_path, monkeypatch):

@@ -39,7 +39,8 @@ def test_unknown_option_lists_the_known_ones(registered):
 
     registered("test-scaled", Scaled)
     assert one_line_error("test-scaled", scael=2) == (
-        "reward.test-scaled.scael: unknown option; expected one of: offset, scale")
+        "reward.test-scaled.scael: unknown option; expected one of: offset, scale"
+    )
     assert rewards.build("test-scaled", scale=2).scale == 2  # known options still work
     weighted = rewards.build({"test-scaled": {"weight": 0.5, "offset": 1.0}})
     assert weighted.rewards["test-scaled"].offset == 1.0 and weighted.weights["test-scaled"] == 0.5

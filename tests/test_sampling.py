@@ -10,8 +10,19 @@ from vgpo.sampling.step import sde_std
 
 
 def test_flow_schedule_matches_diffusers_shift3_10_steps():
-    expected = [1.0, 0.96012932, 0.91334897, 0.85769230, 0.79036826, 0.70727849,
-                0.60215056, 0.46487603, 0.27804878, 0.0089285718, 0.0]
+    expected = [
+        1.0,
+        0.96012932,
+        0.91334897,
+        0.85769230,
+        0.79036826,
+        0.70727849,
+        0.60215056,
+        0.46487603,
+        0.27804878,
+        0.0089285718,
+        0.0,
+    ]
     sigmas = flow_schedule(10, 3.0)
     assert sigmas.dtype == torch.float32 and sigmas.shape == (11,)
     torch.testing.assert_close(sigmas, torch.tensor(expected), rtol=0, atol=1e-7)
@@ -36,8 +47,11 @@ def _flow_grpo_oracle(x, v, sigmas, i, a, prev):
     dt = sigma_prev - sigma
     std_dev_t = torch.sqrt(sigma / (1 - torch.where(sigma == 1, sigma_max, sigma))) * a
     mean = x * (1 + std_dev_t**2 / (2 * sigma) * dt) + v * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * dt
-    log_prob = (-((prev.detach() - mean) ** 2) / (2 * ((std_dev_t * torch.sqrt(-1 * dt)) ** 2))
-                - torch.log(std_dev_t * torch.sqrt(-1 * dt)) - torch.log(torch.sqrt(2 * torch.as_tensor(math.pi))))
+    log_prob = (
+        -((prev.detach() - mean) ** 2) / (2 * ((std_dev_t * torch.sqrt(-1 * dt)) ** 2))
+        - torch.log(std_dev_t * torch.sqrt(-1 * dt))
+        - torch.log(torch.sqrt(2 * torch.as_tensor(math.pi)))
+    )
     return mean, log_prob.mean(dim=tuple(range(1, log_prob.ndim))), std_dev_t
 
 
@@ -126,8 +140,8 @@ class GaussianFlow:
 def test_sde_preserves_ode_marginals_on_gaussian_data(noise_level):
     # 100k particles: Monte-Carlo error of a mean/std is ~0.003-0.005 at these scales; 200 Euler steps
     # on shift-1 sigmas keep the discretisation bias of both ODE and SDE under ~0.01 (measured: the
-    # largest deviation over the checked steps is 0.003 for the ODE, 0.009 for a = 0.7). Tolerance 0.03 leaves a 3x margin and still
-    # fails for a wrong drift (dropping the score term moves the final std by > 0.3).
+    # largest deviation over the checked steps is 0.003 for the ODE, 0.009 for a = 0.7). Tolerance 0.03
+    # leaves a 3x margin and still fails for a wrong drift (dropping the score term moves the final std by > 0.3).
     flow = GaussianFlow(mu=1.5, s0=0.5)
     sigmas = flow_schedule(200, 1.0)
     cond = {"dummy": torch.zeros(100_000, 1)}
@@ -148,7 +162,8 @@ def test_sde_without_score_correction_fails_the_marginal_check():
     for i in range(200):
         v = flow.velocity(x, sigmas[i].expand(x.shape[0]), None)
         x = ode_step(x, v, sigmas, i) + sde_std(sigmas, i, 0.7) * torch.sqrt(sigmas[i] - sigmas[i + 1]) * torch.randn(
-            x.shape, generator=g)
+            x.shape, generator=g
+        )
     assert abs(x.std().item() - 0.5) > 0.1
 
 

@@ -43,8 +43,9 @@ def test_cps_step_matches_the_formula_on_every_step_including_the_last(a):
     for i in range(6):
         x, v, prev = (torch.randn(3, 4, generator=g) for _ in range(3))
         out = sde_step(x, v, sigmas, i, a, prev_sample=prev, sde_type="cps")
-        mean, log_prob, std = _cps_oracle(x.tolist(), v.tolist(), float(sigmas[i]), float(sigmas[i + 1]), a,
-                                          prev.tolist())
+        mean, log_prob, std = _cps_oracle(
+            x.tolist(), v.tolist(), float(sigmas[i]), float(sigmas[i + 1]), a, prev.tolist()
+        )
         torch.testing.assert_close(out.mean, torch.tensor(mean), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out.log_prob, torch.tensor(log_prob), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out.std, torch.tensor(std), rtol=1e-6, atol=1e-7)
@@ -60,8 +61,9 @@ def test_cps_sampled_step_adds_noise_of_std_and_last_step_is_its_mean():
     out = sde_step(x, v, sigmas, 3, 0.8, generator=torch.Generator().manual_seed(0), sde_type="cps")
     expected = float(sigmas[4]) * math.sin(0.8 * math.pi / 2)
     assert abs((out.prev_sample - out.mean).std().item() - expected) < 0.01 * expected
-    last = sde_step(torch.randn(5, 4), torch.randn(5, 4), sigmas, 9, 0.8, generator=torch.Generator().manual_seed(1),
-                    sde_type="cps")
+    last = sde_step(
+        torch.randn(5, 4), torch.randn(5, 4), sigmas, 9, 0.8, generator=torch.Generator().manual_seed(1), sde_type="cps"
+    )
     assert torch.equal(last.prev_sample, last.mean) and torch.equal(last.log_prob, torch.zeros(5))
 
 
@@ -211,8 +213,9 @@ def test_cps_kl_is_flow_grpo_s_and_finite_on_every_trainable_step():
         assert torch.isfinite(kl).all() and (kl > 0).all()
         expected = ((out.mean - ref.mean) ** 2).mean(dim=1) / (2 * out.std**2)
         torch.testing.assert_close(kl, expected)
-        exact = torch.distributions.kl_divergence(torch.distributions.Normal(out.mean, out.std),
-                                                  torch.distributions.Normal(ref.mean, out.std)).mean(dim=1)
+        exact = torch.distributions.kl_divergence(
+            torch.distributions.Normal(out.mean, out.std), torch.distributions.Normal(ref.mean, out.std)
+        ).mean(dim=1)
         torch.testing.assert_close(kl, exact)
     last = sde_step(x, v, sigmas, 9, 0.8, generator=g, sde_type="cps")
     with pytest.raises(ValueError, match="std"):

@@ -74,8 +74,13 @@ def test_velocity_sign_one_euler_step_equals_scheduler_step(model):
     sigmas = model.schedule(4)
     for i in (0, 2):
         t = sched.timesteps[i]
-        raw = model.transformer(hidden_states=x, timestep=t.expand(2), encoder_hidden_states=cond["prompt_embeds"],
-                                pooled_projections=cond["pooled_prompt_embeds"], return_dict=False)[0]
+        raw = model.transformer(
+            hidden_states=x,
+            timestep=t.expand(2),
+            encoder_hidden_states=cond["prompt_embeds"],
+            pooled_projections=cond["pooled_prompt_embeds"],
+            return_dict=False,
+        )[0]
         sched.set_timesteps(4)
         sched.set_begin_index(i)  # step() starts at index i
         expected = sched.step(raw, t, x, return_dict=False)[0]
@@ -88,22 +93,50 @@ def test_ode_rollout_reproduces_the_pipeline(model):
     our noise-free rollout equals ``pipeline(...)`` from the same initial latents."""
     x0 = noise(2, model, seed=3)
     g = 4.5
-    ref_latents = model.pipeline(PROMPTS, latents=x0.clone(), num_inference_steps=3, guidance_scale=g,
-                                 height=RESOLUTION, width=RESOLUTION, max_sequence_length=MAX_TOKENS,
-                                 output_type="latent").images
-    ref_images = model.pipeline(PROMPTS, latents=x0.clone(), num_inference_steps=3, guidance_scale=g,
-                                height=RESOLUTION, width=RESOLUTION, max_sequence_length=MAX_TOKENS,
-                                output_type="pt").images
-    traj = rollout(model, model.encode_prompts(PROMPTS), model.negative_condition(2), model.schedule(3),
-                   noise_level=0.0, guidance_scale=g, x_init=x0)
+    ref_latents = model.pipeline(
+        PROMPTS,
+        latents=x0.clone(),
+        num_inference_steps=3,
+        guidance_scale=g,
+        height=RESOLUTION,
+        width=RESOLUTION,
+        max_sequence_length=MAX_TOKENS,
+        output_type="latent",
+    ).images
+    ref_images = model.pipeline(
+        PROMPTS,
+        latents=x0.clone(),
+        num_inference_steps=3,
+        guidance_scale=g,
+        height=RESOLUTION,
+        width=RESOLUTION,
+        max_sequence_length=MAX_TOKENS,
+        output_type="pt",
+    ).images
+    traj = rollout(
+        model,
+        model.encode_prompts(PROMPTS),
+        model.negative_condition(2),
+        model.schedule(3),
+        noise_level=0.0,
+        guidance_scale=g,
+        x_init=x0,
+    )
     torch.testing.assert_close(traj.final, ref_latents, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(model.decode(traj.final), ref_images.float(), rtol=1e-4, atol=1e-5)
 
 
 def test_sde_rollout_and_decode(model):
     cond = model.encode_prompts(PROMPTS)
-    traj = rollout(model, cond, model.negative_condition(2), model.schedule(4), noise_level=0.7,
-                   guidance_scale=4.5, generator=torch.Generator().manual_seed(0))
+    traj = rollout(
+        model,
+        cond,
+        model.negative_condition(2),
+        model.schedule(4),
+        noise_level=0.7,
+        guidance_scale=4.5,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert traj.states.shape == (2, 5, *model.latent_shape)
     assert traj.log_probs.shape == (2, 4) and torch.isfinite(traj.log_probs).all()
     images = model.decode(traj.final)
@@ -117,8 +150,12 @@ def test_only_lora_parameters_are_trainable(model):
     assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
     assert len(names) == len(trainable)
     assert {id(p) for p in trainable} == {id(p) for p in model.transformer.parameters() if p.requires_grad}
-    for module in (model.pipeline.text_encoder, model.pipeline.text_encoder_2, model.pipeline.text_encoder_3,
-                   model.vae):
+    for module in (
+        model.pipeline.text_encoder,
+        model.pipeline.text_encoder_2,
+        model.pipeline.text_encoder_3,
+        model.vae,
+    ):
         assert not any(p.requires_grad for p in module.parameters())
     assert all(p.dtype == torch.float32 for p in trainable)
     modules = {n.split(".lora_")[0] for n in names}
@@ -183,8 +220,13 @@ def test_saved_lora_loads_into_diffusers_pipeline(tmp_path):
     x, s = noise(2, model), torch.tensor([0.9, 0.2])
     with torch.no_grad():
         ours = model.velocity(x, s, cond)
-        theirs = fresh.transformer(hidden_states=x, timestep=1000 * s, encoder_hidden_states=cond["prompt_embeds"],
-                                   pooled_projections=cond["pooled_prompt_embeds"], return_dict=False)[0]
+        theirs = fresh.transformer(
+            hidden_states=x,
+            timestep=1000 * s,
+            encoder_hidden_states=cond["prompt_embeds"],
+            pooled_projections=cond["pooled_prompt_embeds"],
+            return_dict=False,
+        )[0]
         with model.reference():
             base = model.velocity(x, s, cond)
     assert (ours - base).abs().max() > 1e-3
@@ -193,8 +235,9 @@ def test_saved_lora_loads_into_diffusers_pipeline(tmp_path):
 
 def test_from_pretrained_local_dir(tmp_path):
     sd3_pipeline(0).save_pretrained(tmp_path / "pipe")
-    model = SD3FlowModel.from_pretrained(tmp_path / "pipe", RESOLUTION, local_files_only=True, device="cpu",
-                                         max_sequence_length=MAX_TOKENS, lora=LORA)
+    model = SD3FlowModel.from_pretrained(
+        tmp_path / "pipe", RESOLUTION, local_files_only=True, device="cpu", max_sequence_length=MAX_TOKENS, lora=LORA
+    )
     other = make_model()
     cond = other.encode_prompts(PROMPTS)
     torch.testing.assert_close(model.encode_prompts(PROMPTS), cond)

@@ -85,7 +85,9 @@ def test_position_terms_as_the_server_appends_them():
     # A wrong colour: the position after it is not scored.
     positioned_red = meta("position", obj("circle"), obj("square", color="red", position=["left of", 0]))
     assert server_terms([det("circle", "red", 24, 16), det("square", "blue", 6, 16)], positioned_red) == (
-        [1.0, 1.0, 0.0], False)
+        [1.0, 1.0, 0.0],
+        False,
+    )
 
 
 # --- rendered scenes ------------------------------------------------------------------------------------
@@ -93,8 +95,9 @@ def test_position_terms_as_the_server_appends_them():
 
 def test_registered_and_one_on_every_exact_render():
     assert "geneval-shapes-server" in available()
-    metas = list({m["prompt"]: m for m in WORLD.load_prompts(WORLD.train_file) + WORLD.load_prompts(WORLD.test_file)}
-                 .values())
+    metas = list(
+        {m["prompt"]: m for m in WORLD.load_prompts(WORLD.train_file) + WORLD.load_prompts(WORLD.test_file)}.values()
+    )
     images = torch.stack([WORLD.render(m, i) for i, m in enumerate(metas)])
     value = server_value(images, metas)
     assert value.shape == (len(metas),) and value.dtype == torch.float32 and value.device.type == "cpu"
@@ -106,12 +109,18 @@ def test_registered_and_one_on_every_exact_render():
 def test_rendered_extra_object_lowers_it_while_evaluation_still_passes(seed):
     # The scene asked for plus one more object of an included class: GenEval's evaluation (minimum counts)
     # still passes it, the server reward does not.
-    asked = [COLOR_ATTR, POSITION, meta("two_object", obj("triangle"), obj("square")),
-             meta("colors", obj("triangle", color="green"))]
-    drawn = [meta("color_attr", obj("circle", 2, color="red"), obj("square", color="blue")),
-             meta("position", obj("circle"), obj("square", 2, position=["left of", 0])),
-             meta("two_object", obj("triangle", 2), obj("square")),
-             meta("colors", obj("triangle", 2, color="green"))]
+    asked = [
+        COLOR_ATTR,
+        POSITION,
+        meta("two_object", obj("triangle"), obj("square")),
+        meta("colors", obj("triangle", color="green")),
+    ]
+    drawn = [
+        meta("color_attr", obj("circle", 2, color="red"), obj("square", color="blue")),
+        meta("position", obj("circle"), obj("square", 2, position=["left of", 0])),
+        meta("two_object", obj("triangle", 2), obj("square")),
+        meta("colors", obj("triangle", 2, color="green")),
+    ]
     images = torch.stack([WORLD.render(m, seed) for m in drawn])
     exact_images = torch.stack([WORLD.render(m, seed) for m in asked])
     assert server_value(exact_images, asked).tolist() == [1.0] * 4
@@ -132,8 +141,10 @@ def test_rendered_wrong_count_zeroes_colour_term():
 def test_evaluation_keeps_genevals_semantics():
     assert WORLD.evaluate is evaluate and WORLD.reward == "geneval-shapes"
     counting = meta("counting", obj("circle", 2), exclude=[obj("circle", 3)])
-    drawn = [meta("color_attr", obj("circle", 2, color="red"), obj("square", color="blue")),
-             meta("counting", obj("circle", 3))]
+    drawn = [
+        meta("color_attr", obj("circle", 2, color="red"), obj("square", color="blue")),
+        meta("counting", obj("circle", 3)),
+    ]
     images = torch.stack([WORLD.render(m, 0) for m in drawn])
     metrics = WORLD.evaluate(images, [COLOR_ATTR, counting])
     # Extra objects pass GenEval's color_attr check (minimum counts); counting's exclude still fails a third circle.

@@ -14,8 +14,18 @@ from vgpo.rewards import build
 from vgpo.worlds import get_world
 from vgpo.worlds.shapes import WORLD
 from vgpo.worlds.shapes.detect import Detection, detect
-from vgpo.worlds.shapes.prompts import (CLASSES, COLORS, TAGS, TEST_LINES, make_splits, perturb, phrase, scenes,
-                                        validate, vocabulary)
+from vgpo.worlds.shapes.prompts import (
+    CLASSES,
+    COLORS,
+    TAGS,
+    TEST_LINES,
+    make_splits,
+    perturb,
+    phrase,
+    scenes,
+    validate,
+    vocabulary,
+)
 from vgpo.worlds.shapes.score import constraints, evaluate, format_table, score
 
 TRAIN = WORLD.load_prompts(WORLD.train_file)
@@ -77,20 +87,36 @@ def test_prompts_agree_with_metadata():
     "line, expected",
     [
         ("not json", "invalid JSON"),
-        ('{"tag": "colors", "include": [{"class": "hexagon", "count": 1}], "prompt": "a photo of a circle"}',
-         "unknown class 'hexagon'; expected one of circle, square, triangle"),
-        ('{"tag": "colours", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}',
-         "unknown tag 'colours'"),
-        ('{"tag": "counting", "include": [{"class": "circle", "count": 7}], "prompt": "a photo of a circle"}',
-         "count 7; expected an integer 1-4"),
-        ('{"tag": "colors", "include": [{"class": "circle", "count": 1, "colour": "red"}], "prompt": "a photo"}',
-         "unknown key 'colour'"),
-        ('{"tag": "position", "include": [{"class": "circle", "count": 1, "position": ["left of", 0]}], '
-         '"prompt": "a photo of a circle"}', "index of an earlier include"),
-        ('{"tag": "colors", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a hexagon"}',
-         "unknown word 'hexagon'"),
-        ('{"tag": "counting", "include": [{"class": "circle", "count": 2}], "exclude": [{"class": "circle", '
-         '"count": 2}], "prompt": "a photo of two circles"}', "contradicts"),
+        (
+            '{"tag": "colors", "include": [{"class": "hexagon", "count": 1}], "prompt": "a photo of a circle"}',
+            "unknown class 'hexagon'; expected one of circle, square, triangle",
+        ),
+        (
+            '{"tag": "colours", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}',
+            "unknown tag 'colours'",
+        ),
+        (
+            '{"tag": "counting", "include": [{"class": "circle", "count": 7}], "prompt": "a photo of a circle"}',
+            "count 7; expected an integer 1-4",
+        ),
+        (
+            '{"tag": "colors", "include": [{"class": "circle", "count": 1, "colour": "red"}], "prompt": "a photo"}',
+            "unknown key 'colour'",
+        ),
+        (
+            '{"tag": "position", "include": [{"class": "circle", "count": 1, "position": ["left of", 0]}], '
+            '"prompt": "a photo of a circle"}',
+            "index of an earlier include",
+        ),
+        (
+            '{"tag": "colors", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a hexagon"}',
+            "unknown word 'hexagon'",
+        ),
+        (
+            '{"tag": "counting", "include": [{"class": "circle", "count": 2}], "exclude": [{"class": "circle", '
+            '"count": 2}], "prompt": "a photo of two circles"}',
+            "contradicts",
+        ),
         ('{"tag": "colors", "include": [], "prompt": "a photo of a circle"}', "non-empty list"),
     ],
 )
@@ -172,9 +198,12 @@ def test_partial_score_analytic():
 def test_score_on_renders_against_handmade_metadata():
     scene = meta("color_attr", obj("circle", color="red"), obj("square", color="blue"))
     images = torch.stack([WORLD.render(scene, s) for s in range(4)])
-    cases = [(scene, 1.0), (meta("color_attr", obj("circle", color="red"), obj("square", color="green")), 0.75),
-             (meta("color_attr", obj("triangle", color="red"), obj("square", color="green")), 0.25),
-             (meta("counting", obj("circle", 2), exclude=[obj("circle", 3)]), 0.5)]
+    cases = [
+        (scene, 1.0),
+        (meta("color_attr", obj("circle", color="red"), obj("square", color="green")), 0.75),
+        (meta("color_attr", obj("triangle", color="red"), obj("square", color="green")), 0.25),
+        (meta("counting", obj("circle", 2), exclude=[obj("circle", 3)]), 0.5),
+    ]
     for m, expected in cases:
         strict, partial = score(images, [m] * 4)
         assert torch.allclose(partial, torch.full((4,), expected)) and (strict == float(expected == 1)).all()

@@ -99,8 +99,11 @@ def test_measures_see_a_one_word_change(model):
     assert max(separations(model, RED_CIRCLE_BLUE_SQUARE, RED_CIRCLE_BLUE_SQUARE).values()) < 1e-5
 
 
-@pytest.mark.xfail(strict=True, reason="today's encoder is close to a bag of words: position embeddings ~1/30 of "
-                                       "the word embeddings' norm, and mean pooling (see module docstring)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="today's encoder is close to a bag of words: position embeddings ~1/30 of "
+    "the word embeddings' norm, and mean pooling (see module docstring)",
+)
 @pytest.mark.parametrize("a,b", BINDING_PAIRS)
 def test_condition_separates_bindings(model, a, b):
     found = separations(model, a, b)
@@ -130,11 +133,11 @@ def test_ordered_positions_are_on_the_words_scale():
     text = model.net.text
     words = text.embed.weight[3:].norm(dim=1).mean()
     positions = text.pos.norm(dim=1)
-    assert torch.allclose(positions, torch.full_like(positions, 128 ** 0.5))
+    assert torch.allclose(positions, torch.full_like(positions, 128**0.5))
     assert 0.8 < (positions.mean() / words).item() < 1.25
     # Sin/cos codes: position 0 is (0, ..., 0, 1, ..., 1) * sqrt(2).
     codes = sinusoidal_positions(3, 4)
-    assert torch.allclose(codes[0], torch.tensor([0.0, 0.0, 1.0, 1.0]) * 2 ** 0.5)
+    assert torch.allclose(codes[0], torch.tensor([0.0, 0.0, 1.0, 1.0]) * 2**0.5)
     # Not saved: a fixed code, rebuilt from the config.
     assert not any(k.startswith("text.pos") for k in model.net.state_dict())
 
@@ -182,8 +185,10 @@ if __name__ == "__main__":  # the figures quoted in docs/learning-study.md: pyth
         print(f"{a} | {b} | " + ", ".join(f"{k} {v:.3f}" for k, v in separations(loaded, a, b).items()))
     text = loaded.net.text
     norms = text.pos.norm(dim=1)
-    print(f"position embedding norms {norms.min().item():.2f}-{norms.max().item():.2f}; "
-          f"word embedding norm (mean) {text.embed.weight[3:].norm(dim=1).mean().item():.1f}")
+    print(
+        f"position embedding norms {norms.min().item():.2f}-{norms.max().item():.2f}; "
+        f"word embedding norm (mean) {text.embed.weight[3:].norm(dim=1).mean().item():.1f}"
+    )
     cond = loaded.encode_prompts([RED_CIRCLE_BLUE_SQUARE, BLUE_CIRCLE_RED_SQUARE])
     at = loaded.tokenizer.split(RED_CIRCLE_BLUE_SQUARE).index("circle")
     circle = cond["tokens"][:, at]
@@ -191,5 +196,7 @@ if __name__ == "__main__":  # the figures quoted in docs/learning-study.md: pyth
     for seed in range(3):
         untrained = ordered_model(seed)
         for a, b in BINDING_PAIRS + controls:
-            print(f"ordered, untrained, seed {seed}: {a} | {b} | "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in separations(untrained, a, b).items()))
+            print(
+                f"ordered, untrained, seed {seed}: {a} | {b} | "
+                + ", ".join(f"{k} {v:.3f}" for k, v in separations(untrained, a, b).items())
+            )

@@ -71,14 +71,17 @@ def test_load_prompts_accepts_prompts_comments_and_blank_lines(tmp_path):
     assert prompts[2]["prompt"] == TEMPLATES[2].format("DOG")
 
 
-@pytest.mark.parametrize("line, match", [
-    ("river", "upper-case"),
-    ("RIV3R", "upper-case"),
-    ("TOOLONGWORD", "upper-case"),
-    ('a sign that says "river"', "quoted text"),
-    ('a sign that says "RIVER', "one pair of double quotes"),
-    ('a neon sign that says "RIVER"', "unknown: neon"),
-])
+@pytest.mark.parametrize(
+    "line, match",
+    [
+        ("river", "upper-case"),
+        ("RIV3R", "upper-case"),
+        ("TOOLONGWORD", "upper-case"),
+        ('a sign that says "river"', "quoted text"),
+        ('a sign that says "RIVER', "one pair of double quotes"),
+        ('a neon sign that says "RIVER"', "unknown: neon"),
+    ],
+)
 def test_load_prompts_names_file_and_line(tmp_path, line, match):
     path = tmp_path / "bad.txt"
     path.write_text(f"CAT\n# comment\n{line}\n")

@@ -54,22 +54,46 @@ def test_lora_state_dict_round_trip(tiny_checkpoint):
         load_model("tiny", str(tiny_checkpoint), {"lora": {"rank": 2}}).load_trainable_state_dict(state)
 
 
-@pytest.mark.parametrize("options, field", [({"lora": {"rnk": 4}}, "model_options.lora.rnk"),
-                                            ({"dropout": 0.1}, "model_options.dropout"),
-                                            ({"lora": {"target_modules": ["nope"]}}, "lora.target_modules")])
+@pytest.mark.parametrize(
+    "options, field",
+    [
+        ({"lora": {"rnk": 4}}, "model_options.lora.rnk"),
+        ({"dropout": 0.1}, "model_options.dropout"),
+        ({"lora": {"target_modules": ["nope"]}}, "lora.target_modules"),
+    ],
+)
 def test_bad_tiny_options_name_the_field(tiny_checkpoint, options, field):
     with pytest.raises(VgpoError, match=field.replace(".", r"\.")):
         load_model("tiny", str(tiny_checkpoint), options)
 
 
 def test_lora_training_changes_only_the_adapter_and_resumes(tmp_path, tiny_checkpoint):
-    kw = dict(checkpoint=str(tiny_checkpoint), reward="brightness", model_options=LORA, prompts_per_epoch=2,
-              group_size=4, sample_batch_size=8, train_batch_size=4, gradient_accumulation=2, num_steps=4,
-              guidance_scale=2.0, lr=1e-2, clip_range=0.2, beta=0.04, eval_every=0, eval_num_steps=2,
-              eval_images_per_prompt=1, eval_limit=2, save_every=1, ema_decay=0.5, threads=1)
+    kw = dict(
+        checkpoint=str(tiny_checkpoint),
+        reward="brightness",
+        model_options=LORA,
+        prompts_per_epoch=2,
+        group_size=4,
+        sample_batch_size=8,
+        train_batch_size=4,
+        gradient_accumulation=2,
+        num_steps=4,
+        guidance_scale=2.0,
+        lr=1e-2,
+        clip_range=0.2,
+        beta=0.04,
+        eval_every=0,
+        eval_num_steps=2,
+        eval_images_per_prompt=1,
+        eval_limit=2,
+        save_every=1,
+        ema_decay=0.5,
+        threads=1,
+    )
     full = train(from_dict(TrainConfig, dict(kw, out=str(tmp_path / "full"), epochs=2)))
-    (first,) = [json.loads(ln) for ln in (full / "metrics.jsonl").read_text().splitlines()
-                if json.loads(ln)["epoch"] == 1]
+    (first,) = [
+        json.loads(ln) for ln in (full / "metrics.jsonl").read_text().splitlines() if json.loads(ln)["epoch"] == 1
+    ]
     assert first["losses/ratio_dev_first"] < 1e-5
     model, cfg, epoch = load_trained_model(full)
     assert epoch == 2 and cfg.model_options == LORA

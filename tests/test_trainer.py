@@ -13,11 +13,28 @@ from vgpo.train import TrainConfig, train
 
 
 def _cfg(tmp_path, ckpt, **kw):
-    base = dict(out=str(tmp_path / "run"), checkpoint=str(ckpt), reward="brightness", epochs=1,
-                prompts_per_epoch=2, group_size=4, sample_batch_size=8, train_batch_size=4,
-                gradient_accumulation=2, num_steps=4, guidance_scale=2.0, lr=1e-3, clip_range=0.2,
-                eval_every=0, eval_num_steps=2, eval_images_per_prompt=1, eval_limit=2, save_every=1,
-                ema_decay=0.0, threads=1)
+    base = dict(
+        out=str(tmp_path / "run"),
+        checkpoint=str(ckpt),
+        reward="brightness",
+        epochs=1,
+        prompts_per_epoch=2,
+        group_size=4,
+        sample_batch_size=8,
+        train_batch_size=4,
+        gradient_accumulation=2,
+        num_steps=4,
+        guidance_scale=2.0,
+        lr=1e-3,
+        clip_range=0.2,
+        eval_every=0,
+        eval_num_steps=2,
+        eval_images_per_prompt=1,
+        eval_limit=2,
+        save_every=1,
+        ema_decay=0.0,
+        threads=1,
+    )
     base.update(kw)
     return from_dict(TrainConfig, base)
 
@@ -71,15 +88,30 @@ def test_sample_batch_size_does_not_change_samples(tmp_path, tiny_checkpoint):
 
 @pytest.mark.parametrize("algorithm", ["grpo", "vgpo"])
 def test_brightness_reward_rises_and_every_parameter_changes(tmp_path, tiny_checkpoint, algorithm):
-    out = train(_cfg(tmp_path, tiny_checkpoint, algorithm=algorithm, epochs=6, prompts_per_epoch=4,
-                     lr=3e-3, clip_range=0.5, save_every=6))
+    out = train(
+        _cfg(
+            tmp_path,
+            tiny_checkpoint,
+            algorithm=algorithm,
+            epochs=6,
+            prompts_per_epoch=4,
+            lr=3e-3,
+            clip_range=0.5,
+            save_every=6,
+        )
+    )
     rewards = [m["reward/mean"] for m in _metrics(out) if "reward/mean" in m]
     assert sum(rewards[-2:]) / 2 > rewards[0] + 0.02, rewards
     trained = _weights(out)
     model = TinyFlowModel.load(tiny_checkpoint)
     names = {id(p) for p in model.trainable_parameters()}
-    base = {k: v for (k, v), p in zip(model.net.state_dict(keep_vars=True).items(),
-                                      model.net.state_dict(keep_vars=True).values()) if id(p) in names}
+    base = {
+        k: v
+        for (k, v), p in zip(
+            model.net.state_dict(keep_vars=True).items(), model.net.state_dict(keep_vars=True).values()
+        )
+        if id(p) in names
+    }
     unchanged = [k for k, v in base.items() if torch.equal(v.detach(), trained[k])]
     assert not unchanged, unchanged
     text = [k for k in trained if k.startswith("text.")]
@@ -106,15 +138,18 @@ def test_resume_without_checkpoint_names_the_folder(tmp_path, tiny_checkpoint):
         train(_cfg(tmp_path, tiny_checkpoint), resume=True)
 
 
-@pytest.mark.parametrize("data, field", [
-    ({"lerning_rate": 1.0}, "lerning_rate"),
-    ({"lr": "fast"}, "lr"),
-    ({"group_size": 1}, "group_size"),
-    ({"algorithm": "ppo"}, "algorithm"),
-    ({"timestep_fraction": 0.0}, "timestep_fraction"),
-    ({"clip_range": -1.0}, "clip_range"),
-    ({"eval_guidance_scale": 0.5}, "eval_guidance_scale"),
-])
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"lerning_rate": 1.0}, "lerning_rate"),
+        ({"lr": "fast"}, "lr"),
+        ({"group_size": 1}, "group_size"),
+        ({"algorithm": "ppo"}, "algorithm"),
+        ({"timestep_fraction": 0.0}, "timestep_fraction"),
+        ({"clip_range": -1.0}, "clip_range"),
+        ({"eval_guidance_scale": 0.5}, "eval_guidance_scale"),
+    ],
+)
 def test_config_errors_name_the_field(data, field):
     with pytest.raises(VgpoError, match=field):
         from_dict(TrainConfig, data)
@@ -126,7 +161,9 @@ def test_eval_guidance_scale_sets_the_held_out_cfg_only(tmp_path, tiny_checkpoin
 
     seen, rolled = [], []
     real_eval, real_rollout = trainer.evaluate_world, trainer.rollout
-    monkeypatch.setattr(trainer, "evaluate_world", lambda *a, **k: seen.append(k["guidance_scale"]) or real_eval(*a, **k))
+    monkeypatch.setattr(
+        trainer, "evaluate_world", lambda *a, **k: seen.append(k["guidance_scale"]) or real_eval(*a, **k)
+    )
     monkeypatch.setattr(trainer, "rollout", lambda *a, **k: rolled.append(a[5]) or real_rollout(*a, **k))
     cfg = _cfg(tmp_path, tiny_checkpoint, guidance_scale=1.0, eval_guidance_scale=3.0, epochs=1)
     assert cfg.eval_guidance == 3.0 and _cfg(tmp_path, tiny_checkpoint).eval_guidance == 2.0  # 0: guidance_scale

@@ -2,13 +2,15 @@
 objective (tests/data/trainer_golden.json, recorded by tests/_trainer_golden.py from that trainer).
 
 The one deliberate change since, the PPO update's CFG gradient (the unconditional branch is now
-detached by default, as Flow-GRPO), is switched back for the comparison (cfg_uncond_grad); the golden runs were float32, so the comparison
-pins the tiny model's precision to fp32 (bf16 is the default where the CPU has it)."""
+detached by default, as Flow-GRPO), is switched back for the comparison (cfg_uncond_grad); the golden runs
+were float32, so the comparison pins the tiny model's precision to fp32 (bf16 is the default where the CPU
+has it)."""
 
 import json
 from pathlib import Path
 
 import pytest
+
 from _trainer_golden import CASES, run_case
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "trainer_golden.json").read_text())
@@ -16,7 +18,11 @@ GOLDEN = json.loads((Path(__file__).parent / "data" / "trainer_golden.json").rea
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_trainer_reproduces_the_golden_runs(tmp_path, tiny_checkpoint, case):
-    got = run_case(tiny_checkpoint, tmp_path / case, {**CASES[case], "cfg_uncond_grad": True, "model_options": {"precision": "fp32"}})
+    got = run_case(
+        tiny_checkpoint,
+        tmp_path / case,
+        {**CASES[case], "cfg_uncond_grad": True, "model_options": {"precision": "fp32"}},
+    )
     want = GOLDEN[case]
     assert got["weights"].keys() == want["weights"].keys()
     for name, (w_sum, w_norm) in want["weights"].items():

@@ -3,7 +3,6 @@ overlapping the test split's held-out compositions, deterministic from their see
 
 from __future__ import annotations
 
-import json
 import string
 from collections import Counter
 
@@ -12,8 +11,7 @@ import pytest
 from vgpo.cli import main
 from vgpo.errors import VgpoError
 from vgpo.worlds import SPLITS, get_world
-from vgpo.worlds.shapes.prompts import (TAGS, VAL_LINES, VAL_SCENES, _atoms, composition_key, make_splits,
-                                        make_val_split)
+from vgpo.worlds.shapes.prompts import TAGS, VAL_LINES, VAL_SCENES, _atoms, composition_key, make_splits, make_val_split
 from vgpo.worlds.text.prompts import VAL_WORDS
 from vgpo.worlds.text.prompts import make_val_split as make_val_words
 
@@ -64,7 +62,11 @@ def test_shapes_val_is_held_out_of_train_minus_val_and_carved_from_train():
 
 def test_composition_key_ignores_phrasing_and_keeps_bindings():
     pos = {m["prompt"]: composition_key(m) for m in TRAIN + TEST if m["tag"] == "position"}
-    same = [k for p, k in pos.items() if p in ("a photo of a circle left of a square", "a photo of a square right of a circle")]
+    same = [
+        k
+        for p, k in pos.items()
+        if p in ("a photo of a circle left of a square", "a photo of a square right of a circle")
+    ]
     assert len(same) == 2 and same[0] == same[1]
     assert pos.get("a photo of a square left of a circle", "absent") != same[0]
 
@@ -106,7 +108,23 @@ def test_eval_cli_reads_a_split_by_name(capsys, monkeypatch, tiny_checkpoint):
 
     monkeypatch.setattr(vgpo.evaluate, "evaluate_world", recording)
     # Lines 41-42 are two_object prompts, in the train split's word order in val and the other in test.
-    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--split", "val", "--steps", "1", "--limit", "42",
-                 "--images-per-prompt", "1"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--split",
+                "val",
+                "--steps",
+                "1",
+                "--limit",
+                "42",
+                "--images-per-prompt",
+                "1",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert seen == [VAL[:42]] and VAL[40:42] != TEST[40:42]

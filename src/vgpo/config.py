@@ -25,7 +25,9 @@ T = TypeVar("T")
 def doc(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field with a default and a help line."""
     if isinstance(default, (list, dict, tuple)):
-        return dataclasses.field(default_factory=lambda: typing.cast(Any, type(default))(default), metadata={"help": help}, **kw)
+        return dataclasses.field(
+            default_factory=lambda: typing.cast(Any, type(default))(default), metadata={"help": help}, **kw
+        )
     return dataclasses.field(default=default, metadata={"help": help}, **kw)
 
 
@@ -184,16 +186,24 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     for f in dataclasses.fields(cls):
         if f.init:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", default=None, metavar=f.name.upper(),
-                                help=f.metadata.get("help", ""))
+            parser.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                dest=f"cfg_{f.name}",
+                default=None,
+                metavar=f.name.upper(),
+                help=f.metadata.get("help", ""),
+            )
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     """Defaults < YAML file < ``--field`` flags < ``--set`` overrides."""
     data: dict[str, Any] = load_yaml(args.config) if args.config else {}
     where = f"{args.config}: " if args.config else ""
-    from_flags = {f.name: getattr(args, f"cfg_{f.name}") for f in dataclasses.fields(cls)
-                  if f.init and getattr(args, f"cfg_{f.name}", None) is not None}
+    from_flags = {
+        f.name: getattr(args, f"cfg_{f.name}")
+        for f in dataclasses.fields(cls)
+        if f.init and getattr(args, f"cfg_{f.name}", None) is not None
+    }
     if from_flags or args.set:
         where = ""
     data.update(from_flags)

@@ -23,8 +23,11 @@ class EvalConfig:
     num_steps: int = doc(40, "ODE steps (Flow-GRPO evaluates with 40)")
     guidance_scale: float = doc(4.5, "classifier-free guidance scale")
     images_per_prompt: int = doc(2, "samples per prompt")
-    batch_size: int = doc(16, "prompts per sampling batch (results do not depend on it; on CPU, larger batches "
-                              "ran slower: their big allocations cost more system time than the batching saves)")
+    batch_size: int = doc(
+        16,
+        "prompts per sampling batch (results do not depend on it; on CPU, larger batches "
+        "ran slower: their big allocations cost more system time than the batching saves)",
+    )
     seed: int = doc(0, "sampling seed: the i-th image's noise depends only on (seed, i)")
     limit: int = doc(0, "use only the first N prompts (0: all)")
 
@@ -46,8 +49,9 @@ class EvalResult:
 
 
 @torch.no_grad()
-def sample_images(model: FlowModel, prompts: Sequence[str], num_steps: int, guidance_scale: float,
-                  seed: int, batch_size: int) -> torch.Tensor:
+def sample_images(
+    model: FlowModel, prompts: Sequence[str], num_steps: int, guidance_scale: float, seed: int, batch_size: int
+) -> torch.Tensor:
     """Decoded ODE samples for ``prompts``; the i-th image's initial noise depends only on (seed, i),
     so results do not depend on the batch size."""
     sigmas = model.schedule(num_steps)
@@ -56,16 +60,29 @@ def sample_images(model: FlowModel, prompts: Sequence[str], num_steps: int, guid
         chunk = list(prompts[start : start + batch_size])
         gens = [torch.Generator().manual_seed(derive_seed(seed, "eval", start + j)) for j in range(len(chunk))]
         noise = batch_randn((len(chunk), *model.latent_shape), gens, model.device)
-        traj = rollout(model, model.encode_prompts(chunk), model.negative_condition(len(chunk)), sigmas,
-                       0.0, guidance_scale, x_init=noise)
+        traj = rollout(
+            model,
+            model.encode_prompts(chunk),
+            model.negative_condition(len(chunk)),
+            sigmas,
+            0.0,
+            guidance_scale,
+            x_init=noise,
+        )
         out.append(model.decode(traj.final).cpu())
     return torch.cat(out)
 
 
-def evaluate_world(model: FlowModel, world: World, metadata: Sequence[dict], num_steps: int = EvalConfig.num_steps,
-                   guidance_scale: float = EvalConfig.guidance_scale,
-                   images_per_prompt: int = EvalConfig.images_per_prompt, seed: int = EvalConfig.seed,
-                   batch_size: int = EvalConfig.batch_size) -> EvalResult:
+def evaluate_world(
+    model: FlowModel,
+    world: World,
+    metadata: Sequence[dict],
+    num_steps: int = EvalConfig.num_steps,
+    guidance_scale: float = EvalConfig.guidance_scale,
+    images_per_prompt: int = EvalConfig.images_per_prompt,
+    seed: int = EvalConfig.seed,
+    batch_size: int = EvalConfig.batch_size,
+) -> EvalResult:
     metas = [m for m in metadata for _ in range(images_per_prompt)]
     images = sample_images(model, [m["prompt"] for m in metas], num_steps, guidance_scale, seed, batch_size)
     return EvalResult(world.evaluate(images, metas), images, metas)

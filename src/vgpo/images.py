@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -15,8 +15,14 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return (images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def save_grid(images: torch.Tensor, captions: Sequence[str], path: str | Path, cols: int = 8,
-              scale: int = 3, caption_chars: int = 26) -> Path:
+def save_grid(
+    images: torch.Tensor,
+    captions: Sequence[str],
+    path: str | Path,
+    cols: int = 8,
+    scale: int = 3,
+    caption_chars: int = 26,
+) -> Path:
     """Save a PNG grid of images (upscaled ``scale``x, nearest) with a wrapped caption under each."""
     arr = to_uint8(images)
     n, h, w, _ = arr.shape

@@ -86,8 +86,10 @@ class Peak:
         return self.cores * self.clock_ghz * self.flops_per_cycle
 
     def describe(self) -> str:
-        return (f"{self.precision}: {self.cores} cores x {self.clock_ghz:.2f} GHz x {self.flops_per_cycle} "
-                f"flops/cycle ({self.unit}) = {self.gflops:.0f} GFLOP/s")
+        return (
+            f"{self.precision}: {self.cores} cores x {self.clock_ghz:.2f} GHz x {self.flops_per_cycle} "
+            f"flops/cycle ({self.unit}) = {self.gflops:.0f} GFLOP/s"
+        )
 
 
 def cpu_peak(precision: str, cores: int = 0, clock_ghz: float = 0.0, fma_units: int = 2) -> Peak:
@@ -106,7 +108,9 @@ def cpu_peak(precision: str, cores: int = 0, clock_ghz: float = 0.0, fma_units: 
     if "avx512_bf16" in flags:
         return Peak("bf16", cores, clock_ghz, fma_units * 64, f"{fma_units} VDPBF16PS x 32 bf16 pairs x 2")
     # No native bf16: oneDNN converts to fp32 and computes there.
-    return Peak("bf16", cores, clock_ghz, fma_units * lanes * 2, f"no native bf16: {fma_units} FMA x {lanes} fp32 lanes x 2")
+    return Peak(
+        "bf16", cores, clock_ghz, fma_units * lanes * 2, f"no native bf16: {fma_units} FMA x {lanes} fp32 lanes x 2"
+    )
 
 
 def matmul_ceiling(dtype: torch.dtype, n: int = 2048, repeats: int = 7) -> tuple[float, float]:

@@ -84,8 +84,15 @@ def pretrain(cfg: PretrainConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    arch = TinyConfig(vocab=world.vocabulary(), image_size=tuple(world.image_size), channels=tuple(cfg.channels),
-                      shift=cfg.shift, world=cfg.world, text_encoder=cfg.text_encoder, latent=cfg.latent)
+    arch = TinyConfig(
+        vocab=world.vocabulary(),
+        image_size=tuple(world.image_size),
+        channels=tuple(cfg.channels),
+        shift=cfg.shift,
+        world=cfg.world,
+        text_encoder=cfg.text_encoder,
+        latent=cfg.latent,
+    )
     model = TinyFlowModel(arch)
     net = model.net
     ema = copy.deepcopy(net).requires_grad_(False)
@@ -96,7 +103,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if resume_path.is_file():
         state = load_torch(resume_path)  # tensors and plain containers only: a crafted file cannot run code
         # Resume files written before the text_encoder/latent options hold neither: they were mean/pixels.
-        if not isinstance(state, dict) or {"text_encoder": "mean", "latent": "", **state.get("arch", {})} != to_dict(arch):
+        if not isinstance(state, dict) or {"text_encoder": "mean", "latent": "", **state.get("arch", {})} != to_dict(
+            arch
+        ):
             raise VgpoError(f"{resume_path}: written for another architecture/world; use a new --out")
         net.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
@@ -130,17 +139,36 @@ def pretrain(cfg: PretrainConfig) -> Path:
             for pe, p in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(p, 1 - decay)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        append_line(log_path, json.dumps({"step": step + 1, "loss": loss.item(), "grad_norm": float(grad_norm),
-                                          "lr": sched.get_last_lr()[0]}))
+        append_line(
+            log_path,
+            json.dumps(
+                {"step": step + 1, "loss": loss.item(), "grad_norm": float(grad_norm), "lr": sched.get_last_lr()[0]}
+            ),
+        )
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             wall_s = round(wall_before + time.time() - started, 1)
             saved = TinyFlowModel(arch, net=ema)
             saved.save(out, extra={"pretrain": {**to_dict(cfg), "completed_steps": step + 1, "wall_s": wall_s}})
-            atomic_torch_save({"arch": to_dict(arch), "net": net.state_dict(), "ema": ema.state_dict(),
-                               "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step + 1,
-                               "wall_s": wall_s, "invocations": invocations}, resume_path)
-    atomic_write_text(json.dumps({"wall_s": round(wall_before + time.time() - started, 1), "steps": cfg.steps,
-                                  "invocations": invocations}) + "\n", out / "pretrain_time.json")
+            atomic_torch_save(
+                {
+                    "arch": to_dict(arch),
+                    "net": net.state_dict(),
+                    "ema": ema.state_dict(),
+                    "opt": opt.state_dict(),
+                    "sched": sched.state_dict(),
+                    "step": step + 1,
+                    "wall_s": wall_s,
+                    "invocations": invocations,
+                },
+                resume_path,
+            )
+    atomic_write_text(
+        json.dumps(
+            {"wall_s": round(wall_before + time.time() - started, 1), "steps": cfg.steps, "invocations": invocations}
+        )
+        + "\n",
+        out / "pretrain_time.json",
+    )
     return out
 
 

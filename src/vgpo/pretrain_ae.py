@@ -76,8 +76,12 @@ def pretrain_autoencoder(cfg: AutoencoderTrainConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    arch = AutoencoderConfig(image_size=tuple(world.image_size), channels=tuple(cfg.channels),
-                             latent_channels=cfg.latent_channels, world=cfg.world)
+    arch = AutoencoderConfig(
+        image_size=tuple(world.image_size),
+        channels=tuple(cfg.channels),
+        latent_channels=cfg.latent_channels,
+        world=cfg.world,
+    )
     arch_key = to_dict(arch)  # before the factors are measured into it
     ae = Autoencoder(arch)
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
@@ -112,12 +116,35 @@ def pretrain_autoencoder(cfg: AutoencoderTrainConfig) -> Path:
             log.flush()
             wall_s = round(wall_before + time.time() - started, 1)
             ae.cfg.scaling_factor, ae.cfg.shift_factor = latent_statistics(ae, stats_images)
-            ae.save(out, extra={"train": {**to_dict(cfg), "completed_steps": step + 1, "wall_s": wall_s,
-                                          "stats_mse": reconstruction_error(ae, stats_images)}})
-            atomic_torch_save({"arch": arch_key, "ae": ae.state_dict(), "opt": opt.state_dict(),
-                               "sched": sched.state_dict(), "step": step + 1, "wall_s": wall_s,
-                               "invocations": invocations}, resume_path)
+            ae.save(
+                out,
+                extra={
+                    "train": {
+                        **to_dict(cfg),
+                        "completed_steps": step + 1,
+                        "wall_s": wall_s,
+                        "stats_mse": reconstruction_error(ae, stats_images),
+                    }
+                },
+            )
+            atomic_torch_save(
+                {
+                    "arch": arch_key,
+                    "ae": ae.state_dict(),
+                    "opt": opt.state_dict(),
+                    "sched": sched.state_dict(),
+                    "step": step + 1,
+                    "wall_s": wall_s,
+                    "invocations": invocations,
+                },
+                resume_path,
+            )
     log.close()
-    atomic_write_text(json.dumps({"wall_s": round(wall_before + time.time() - started, 1), "steps": cfg.steps,
-                                  "invocations": invocations}) + "\n", out / "pretrain_time.json")
+    atomic_write_text(
+        json.dumps(
+            {"wall_s": round(wall_before + time.time() - started, 1), "steps": cfg.steps, "invocations": invocations}
+        )
+        + "\n",
+        out / "pretrain_time.json",
+    )
     return out

@@ -124,8 +124,10 @@ def load_torch(path: str | Path) -> Any:
     except FileNotFoundError:
         raise VgpoError(f"{path}: file not found") from None
     except pickle.UnpicklingError:
-        raise VgpoError(f"{path}: refused to load: it holds objects other than tensors and plain containers "
-                        "(a pickle that could run code)") from None
+        raise VgpoError(
+            f"{path}: refused to load: it holds objects other than tensors and plain containers "
+            "(a pickle that could run code)"
+        ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as err:
         raise VgpoError(f"{path}: not a readable torch file ({_first_line(err)})") from None
 

@@ -22,5 +22,14 @@ if __name__ == "__main__":
     sigma = torch.tensor([0.9, 0.5, 0.1])
     with torch.no_grad():
         v = model.velocity(x, sigma, cond)
-    save_file({"tokens": cond["tokens"], "pooled": cond["pooled"], "mask": cond["mask"], "x": x, "sigma": sigma,
-               "velocity": v}, str(HERE / "shapes_base_reference.safetensors"))
+    save_file(
+        {
+            "tokens": cond["tokens"],
+            "pooled": cond["pooled"],
+            "mask": cond["mask"],
+            "x": x,
+            "sigma": sigma,
+            "velocity": v,
+        },
+        str(HERE / "shapes_base_reference.safetensors"),
+    )

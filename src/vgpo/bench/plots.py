@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ALGO_COLORS = {"grpo": "tab:blue", "vgpo": "tab:red", "tcrm": "tab:green", "adae": "tab:orange", "nft": "tab:purple",
-               "awm": "tab:brown"}
+ALGO_COLORS = {
+    "grpo": "tab:blue",
+    "vgpo": "tab:red",
+    "tcrm": "tab:green",
+    "adae": "tab:orange",
+    "nft": "tab:purple",
+    "awm": "tab:brown",
+}
 
 
 def _plt():
@@ -81,7 +87,11 @@ def plot_task(name: str, s: dict, out: Path) -> list[str]:
                 ax.plot(p["steps"], p[key], "o-", color=color(a), label=f"{a} (all epochs)", ms=3)
                 ax.plot(p["steps"], p[f"{key}_first"], ":", color=color(a), label=f"{a} (first epoch)")
                 ax.plot(p["steps"], p[f"{key}_last"], "--", color=color(a), label=f"{a} (last epoch)")
-            ax.set(xlabel="sampling step i", ylabel=f"tcrm/{key}_i", title=f"{name}: per-step {'Q' if key == 'q' else 'omega'}")
+            ax.set(
+                xlabel="sampling step i",
+                ylabel=f"tcrm/{key}_i",
+                title=f"{name}: per-step {'Q' if key == 'q' else 'omega'}",
+            )
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
@@ -130,8 +140,11 @@ def plot_task(name: str, s: dict, out: Path) -> list[str]:
                 ax.annotate(f"{param}={pt['value']:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
             if param == "adae_k":
                 ax.set_xscale("symlog", linthresh=0.01)
-            ax.set(xlabel="reward images per epoch" if use_images else param, ylabel=f"final {s['headline']}",
-                   title=f"{sw['algorithm']}: {param}")
+            ax.set(
+                xlabel="reward images per epoch" if use_images else param,
+                ylabel=f"final {s['headline']}",
+                title=f"{sw['algorithm']}: {param}",
+            )
             ax.grid(alpha=0.3)
         files.append(_save(fig, out / f"sweeps_{name}.png"))
 
@@ -146,13 +159,18 @@ def plot_quality(name: str, runs: list[dict], base: dict | None, out: Path) -> l
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for r in pts:
         c = ALGO_COLORS.get(r["algorithm"])
-        ax.scatter(r["quality"]["score_delta"], r["quality"]["fd"], color=c, marker="x" if r["quality"]["flags"] else "o")
+        ax.scatter(
+            r["quality"]["score_delta"], r["quality"]["fd"], color=c, marker="x" if r["quality"]["flags"] else "o"
+        )
         ax.annotate(r["id"].split("/", 1)[1], (r["quality"]["score_delta"], r["quality"]["fd"]), fontsize=6)
     if base and base.get("fd") is not None:
         ax.axhline(base["fd"], color="grey", ls="--", label="base FD")
         ax.legend(fontsize=8)
-    ax.set(xlabel="held-out score change (final - epoch 0)", ylabel="FD to renders",
-           title=f"{name}: reward vs quality (x = flagged)")
+    ax.set(
+        xlabel="held-out score change (final - epoch 0)",
+        ylabel="FD to renders",
+        title=f"{name}: reward vs quality (x = flagged)",
+    )
     ax.grid(alpha=0.3)
     return [_save(fig, out / f"quality_{name}.png")]
 

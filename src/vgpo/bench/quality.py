@@ -71,8 +71,15 @@ class ImageEncoder(nn.Module):
         def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(4, cout), nn.SiLU()]
 
-        self.body = nn.Sequential(*block(3, c0, 1), *block(c0, c1, 2), *block(c1, c1, 1), *block(c1, c2, 2),
-                                  *block(c2, c2, 1), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.body = nn.Sequential(
+            *block(3, c0, 1),
+            *block(c0, c1, 2),
+            *block(c1, c1, 1),
+            *block(c1, c2, 2),
+            *block(c2, c2, 1),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+        )
         self.proj = nn.Linear(4 * c2, cfg.feature_dim)
         self.head = nn.Linear(cfg.feature_dim, max(1, len(cfg.labels)))
 
@@ -105,9 +112,17 @@ def _renders(world: World, metas: Sequence[dict], seed: int, salt: str) -> torch
     return torch.stack([world.render(m, derive_seed(seed, salt, i) % 2**31) for i, m in enumerate(metas)])
 
 
-def train_encoder(world: str = "shapes", out: str | Path = "checkpoints/shapes-encoder", steps: int = 1500,
-                  batch_size: int = 128, renders: int = 4096, lr: float = 2e-3, seed: int = 0, threads: int = 0,
-                  log: Callable[[str], None] = print) -> Path:
+def train_encoder(
+    world: str = "shapes",
+    out: str | Path = "checkpoints/shapes-encoder",
+    steps: int = 1500,
+    batch_size: int = 128,
+    renders: int = 4096,
+    lr: float = 2e-3,
+    seed: int = 0,
+    threads: int = 0,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Train the quality-monitor encoder on renders of the world's train prompts; write
     ``encoder.safetensors`` and ``config.json`` (with label accuracy on renders of the test prompts)."""
     if threads:
@@ -143,21 +158,35 @@ def train_encoder(world: str = "shapes", out: str | Path = "checkpoints/shapes-e
     model.eval()
     test_metas = w.load_prompts(w.test_file)
     with torch.no_grad():
-        logits = torch.cat([model(_renders(w, test_metas[i : i + 256], seed, "encoder-test"))
-                            for i in range(0, len(test_metas), 256)])
+        logits = torch.cat(
+            [model(_renders(w, test_metas[i : i + 256], seed, "encoder-test")) for i in range(0, len(test_metas), 256)]
+        )
     test_targets = _targets(tokenizer, test_metas, labels)
     pred = (logits > 0).float()
-    metrics = {"train_loss": loss_value, "test_label_accuracy": (pred == test_targets).float().mean().item(),
-               "test_exact_accuracy": (pred == test_targets).all(dim=1).float().mean().item(),
-               "steps": steps, "renders": renders, "batch_size": batch_size, "lr": lr, "seed": seed,
-               "wall_s": round(time.time() - started, 1)}
+    metrics = {
+        "train_loss": loss_value,
+        "test_label_accuracy": (pred == test_targets).float().mean().item(),
+        "test_exact_accuracy": (pred == test_targets).all(dim=1).float().mean().item(),
+        "steps": steps,
+        "renders": renders,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "wall_s": round(time.time() - started, 1),
+    }
     out = Path(out)
     atomic_save_safetensors(model.state_dict(), out / "encoder.safetensors")
-    meta = {"kind": "vgpo-bench-encoder", "arch": asdict(cfg), "metrics": metrics,
-            "note": "trained on renders of the world's train prompts only; features = ImageEncoder.features"}
+    meta = {
+        "kind": "vgpo-bench-encoder",
+        "arch": asdict(cfg),
+        "metrics": metrics,
+        "note": "trained on renders of the world's train prompts only; features = ImageEncoder.features",
+    }
     atomic_write_text(json.dumps(meta, indent=2) + "\n", out / "config.json")
-    log(f"wrote {out}/encoder.safetensors: test label accuracy {metrics['test_label_accuracy']:.3f}, "
-        f"exact {metrics['test_exact_accuracy']:.3f}, {metrics['wall_s']:.0f} s")
+    log(
+        f"wrote {out}/encoder.safetensors: test label accuracy {metrics['test_label_accuracy']:.3f}, "
+        f"exact {metrics['test_exact_accuracy']:.3f}, {metrics['wall_s']:.0f} s"
+    )
     return out
 
 
@@ -165,8 +194,10 @@ def load_encoder(path: str | Path) -> ImageEncoder:
     path = Path(path)
     cfg_path, weights = path / "config.json", path / "encoder.safetensors"
     if not cfg_path.is_file() or not weights.is_file():
-        raise VgpoError(f"encoder {path}: missing config.json or encoder.safetensors; create it with "
-                        f"`vgpo bench train-encoder --out {path}` (or run the bench with --no-quality)")
+        raise VgpoError(
+            f"encoder {path}: missing config.json or encoder.safetensors; create it with "
+            f"`vgpo bench train-encoder --out {path}` (or run the bench with --no-quality)"
+        )
     meta = json.loads(cfg_path.read_text())
     arch = dict(meta["arch"])
     arch["image_size"], arch["channels"] = tuple(arch["image_size"]), tuple(arch["channels"])
@@ -177,7 +208,11 @@ def load_encoder(path: str | Path) -> ImageEncoder:
 
 @torch.no_grad()
 def encode(encoder: ImageEncoder, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    return torch.cat([encoder.features(images[i : i + batch_size].cpu()) for i in range(0, len(images), batch_size)]).double().numpy()
+    return (
+        torch.cat([encoder.features(images[i : i + batch_size].cpu()) for i in range(0, len(images), batch_size)])
+        .double()
+        .numpy()
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,17 +234,23 @@ def reference(world: World, metas: Sequence[dict], per_prompt: int, encoder: Ima
     return Reference(feats, groups, frechet_distance(feats, other), within_group_diversity(feats, groups))
 
 
-def model_quality(model: FlowModel, cfg: TrainConfig, metas: Sequence[dict], per_prompt: int, encoder: ImageEncoder,
-                  ref: Reference) -> dict:
+def model_quality(
+    model: FlowModel, cfg: TrainConfig, metas: Sequence[dict], per_prompt: int, encoder: ImageEncoder, ref: Reference
+) -> dict:
     """FD to the reference renders and within-prompt diversity of ``per_prompt`` ODE samples per held-out
     prompt (the run's eval steps and guidance; noise fixed by QUALITY_SEED)."""
     rows = [m for m in metas for _ in range(per_prompt)]
     groups = [i for i in range(len(metas)) for _ in range(per_prompt)]
-    images = sample_images(model, [m["prompt"] for m in rows], cfg.eval_num_steps, cfg.eval_guidance,
-                           QUALITY_SEED, cfg.eval_batch_size)
+    images = sample_images(
+        model, [m["prompt"] for m in rows], cfg.eval_num_steps, cfg.eval_guidance, QUALITY_SEED, cfg.eval_batch_size
+    )
     feats = encode(encoder, images)
-    return {"fd": frechet_distance(feats, ref.features), "diversity": within_group_diversity(feats, groups),
-            "n_images": len(rows), "images_per_prompt": per_prompt}
+    return {
+        "fd": frechet_distance(feats, ref.features),
+        "diversity": within_group_diversity(feats, groups),
+        "n_images": len(rows),
+        "images_per_prompt": per_prompt,
+    }
 
 
 def load_trained(cfg: TrainConfig, run_dir: str | Path, use_ema: bool = True) -> FlowModel:
@@ -239,8 +280,14 @@ def quality_flags(score_delta: float | None, quality: dict | None, base: dict | 
 # Projection accuracy
 # --------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def projection_accuracy(traj: Trajectory, decode: Callable[[torch.Tensor], torch.Tensor], reward_fn: Callable,
-                        prompts: Sequence[str], metadata: Sequence[dict], group_ids: Sequence[int] | None = None) -> dict:
+def projection_accuracy(
+    traj: Trajectory,
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    reward_fn: Callable,
+    prompts: Sequence[str],
+    metadata: Sequence[dict],
+    group_ids: Sequence[int] | None = None,
+) -> dict:
     """Spearman rho between R(decode(x0_hat[:, i])) and R(final image), per step i.
 
     ``pooled``: over all samples; ``within_group``: the mean over prompt groups of the within-group rho
@@ -261,13 +308,19 @@ def projection_accuracy(traj: Trajectory, decode: Callable[[torch.Tensor], torch
             if rho is not None:
                 rhos.append(rho)
         within.append(float(np.mean(rhos)) if rhos else None)
-    return {"steps": list(range(T)), "pooled": pooled, "within_group": within,
-            "final_reward_mean": float(final.mean()), "n_samples": B}
+    return {
+        "steps": list(range(T)),
+        "pooled": pooled,
+        "within_group": within,
+        "final_reward_mean": float(final.mean()),
+        "n_samples": B,
+    }
 
 
 @torch.no_grad()
-def projection_rollouts(model: FlowModel, cfg: TrainConfig, train_metas: Sequence[dict], n_prompts: int, group: int,
-                        seed: int = 0) -> tuple[Trajectory, list[dict], list[int]]:
+def projection_rollouts(
+    model: FlowModel, cfg: TrainConfig, train_metas: Sequence[dict], n_prompts: int, group: int, seed: int = 0
+) -> tuple[Trajectory, list[dict], list[int]]:
     """SDE rollouts as in training (cfg's steps, noise level, guidance): ``group`` samples for each of
     ``n_prompts`` tag-balanced train prompts; noise fixed by ``seed``."""
     gen = torch.Generator().manual_seed(derive_seed(seed, "projection-prompts"))
@@ -278,11 +331,25 @@ def projection_rollouts(model: FlowModel, cfg: TrainConfig, train_metas: Sequenc
     parts = []
     for start in range(0, len(metas), cfg.sample_batch_size):
         chunk = metas[start : start + cfg.sample_batch_size]
-        gens = [torch.Generator(device=model.device).manual_seed(derive_seed(seed, "projection", start + j))
-                for j in range(len(chunk))]
-        parts.append(rollout(model, model.encode_prompts([m["prompt"] for m in chunk]),
-                             model.negative_condition(len(chunk)), sigmas, cfg.noise_levels, cfg.guidance_scale,
-                             generator=gens))
-    traj = Trajectory(sigmas=parts[0].sigmas, states=torch.cat([p.states for p in parts]),
-                      log_probs=torch.cat([p.log_probs for p in parts]), x0_hat=torch.cat([p.x0_hat for p in parts]))
+        gens = [
+            torch.Generator(device=model.device).manual_seed(derive_seed(seed, "projection", start + j))
+            for j in range(len(chunk))
+        ]
+        parts.append(
+            rollout(
+                model,
+                model.encode_prompts([m["prompt"] for m in chunk]),
+                model.negative_condition(len(chunk)),
+                sigmas,
+                cfg.noise_levels,
+                cfg.guidance_scale,
+                generator=gens,
+            )
+        )
+    traj = Trajectory(
+        sigmas=parts[0].sigmas,
+        states=torch.cat([p.states for p in parts]),
+        log_probs=torch.cat([p.log_probs for p in parts]),
+        x0_hat=torch.cat([p.x0_hat for p in parts]),
+    )
     return traj, metas, group_ids

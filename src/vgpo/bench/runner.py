@@ -127,8 +127,10 @@ def eval_metas(run: RunPlan) -> list[dict]:
 def check_checkpoint(task: TaskSpec, model: str) -> None:
     path = Path(task.checkpoint)
     if model == "tiny" and not (path / "config.json").is_file():
-        raise VgpoError(f"task {task.name}: base checkpoint {path} not found (expected config.json + model.safetensors "
-                        f"from `vgpo pretrain --world {task.world} --out {path}`)")
+        raise VgpoError(
+            f"task {task.name}: base checkpoint {path} not found (expected config.json + model.safetensors "
+            f"from `vgpo pretrain --world {task.world} --out {path}`)"
+        )
 
 
 class TaskContext:
@@ -158,8 +160,9 @@ class TaskContext:
 
     def reference(self) -> Q.Reference:
         if self._ref is None:
-            self._ref = Q.reference(get_world(self.task.world), self.metas(), self.task.quality_images_per_prompt,
-                                    self.encoder())
+            self._ref = Q.reference(
+                get_world(self.task.world), self.metas(), self.task.quality_images_per_prompt, self.encoder()
+            )
         return self._ref
 
     def base_quality_path(self) -> Path:
@@ -177,10 +180,12 @@ class TaskContext:
         self.log(f"[{self.task.name}] quality of the base model")
         model = load_model(cfg.model, cfg.checkpoint, cfg.model_options, cfg.device)
         ref = self.reference()
-        data = {"encoder": self.task.encoder,
-                "encoder_metrics": json.loads((Path(self.task.encoder) / "config.json").read_text()).get("metrics"),
-                "base": Q.model_quality(model, cfg, self.metas(), self.task.quality_images_per_prompt, self.encoder(), ref),
-                "reference": {"fd_floor": ref.fd_floor, "diversity": ref.diversity}}
+        data = {
+            "encoder": self.task.encoder,
+            "encoder_metrics": json.loads((Path(self.task.encoder) / "config.json").read_text()).get("metrics"),
+            "base": Q.model_quality(model, cfg, self.metas(), self.task.quality_images_per_prompt, self.encoder(), ref),
+            "reference": {"fd_floor": ref.fd_floor, "diversity": ref.diversity},
+        }
         atomic_write_text(json.dumps(data, indent=2) + "\n", path)
         return data
 
@@ -189,8 +194,9 @@ class TaskContext:
         if not self.use_quality or path.is_file():
             return
         model = Q.load_trained(run.config, run.dir)
-        data = Q.model_quality(model, run.config, self.metas(), self.task.quality_images_per_prompt, self.encoder(),
-                               self.reference())
+        data = Q.model_quality(
+            model, run.config, self.metas(), self.task.quality_images_per_prompt, self.encoder(), self.reference()
+        )
         atomic_write_text(json.dumps(data, indent=2) + "\n", path)
 
     def projection(self, enabled: bool) -> dict | None:
@@ -205,11 +211,19 @@ class TaskContext:
         cfg = self.first_run.config
         world = get_world(self.task.world)
         train_metas = world.load_prompts(Path(cfg.train_prompts) if cfg.train_prompts else world.train_file)
-        models: list[tuple[str, Callable]] = [("base", lambda: load_model(cfg.model, cfg.checkpoint, cfg.model_options, cfg.device))]
+        models: list[tuple[str, Callable]] = [
+            ("base", lambda: load_model(cfg.model, cfg.checkpoint, cfg.model_options, cfg.device))
+        ]
         seed = self.task.seeds[0] if self.task.seeds else 0
         for algo in self.task.projection_models:
-            run = next((r for r in self.plan.runs_of(self.task.name)
-                        if r.algorithm == algo and not r.variant and r.seed == seed), None)
+            run = next(
+                (
+                    r
+                    for r in self.plan.runs_of(self.task.name)
+                    if r.algorithm == algo and not r.variant and r.seed == seed
+                ),
+                None,
+            )
             if run is not None and (run.dir / MARKER).is_file():
                 models.append((f"{algo}/seed{seed}", lambda run=run: Q.load_trained(run.config, run.dir)))
         changed = False
@@ -220,9 +234,12 @@ class TaskContext:
             self.log(f"[{self.task.name}] projection accuracy of {name}")
             reward_fn = reward_fn or build_reward(cfg.reward_spec(world.reward))
             model = make()
-            traj, metas, groups = Q.projection_rollouts(model, cfg, train_metas, self.task.projection_prompts,
-                                                        self.task.projection_group)
-            data[name] = Q.projection_accuracy(traj, model.decode, reward_fn, [m["prompt"] for m in metas], metas, groups)
+            traj, metas, groups = Q.projection_rollouts(
+                model, cfg, train_metas, self.task.projection_prompts, self.task.projection_group
+            )
+            data[name] = Q.projection_accuracy(
+                traj, model.decode, reward_fn, [m["prompt"] for m in metas], metas, groups
+            )
             changed = True
         if changed:
             atomic_write_text(json.dumps(data, indent=2) + "\n", path)
@@ -244,8 +261,10 @@ def _stale(run: RunPlan, stored: dict) -> None:
     defaults.update(LEGACY_VALUES)
     diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k, defaults.get(k)))
     if diff:
-        raise StaleRunError(f"{run.id}: {run.dir} was made with another config ({', '.join(diff[:5])} differ); "
-                        "use a fresh --out or delete that run folder")
+        raise StaleRunError(
+            f"{run.id}: {run.dir} was made with another config ({', '.join(diff[:5])} differ); "
+            "use a fresh --out or delete that run folder"
+        )
 
 
 def execute_run(run: RunPlan, log: Callable[[str], None]) -> str:
@@ -264,8 +283,14 @@ def execute_run(run: RunPlan, log: Callable[[str], None]) -> str:
     started = time.time()
     train(run.config, resume=resume)
     wall = time.time() - started
-    atomic_write_text(json.dumps({"id": run.id, "config": asdict(run.config), "wall_s": wall, "resumed": resume,
-                                  "finished": now_iso()}, indent=2) + "\n", marker)
+    atomic_write_text(
+        json.dumps(
+            {"id": run.id, "config": asdict(run.config), "wall_s": wall, "resumed": resume, "finished": now_iso()},
+            indent=2,
+        )
+        + "\n",
+        marker,
+    )
     (run.dir / ERROR_FILE).unlink(missing_ok=True)
     return "resumed" if resume else "ran"
 
@@ -284,7 +309,11 @@ def estimate_run_seconds(run: RunPlan, n_eval_prompts: int, quality_per_prompt: 
     rollout = samples * c.num_steps * cfg_mult * fwd_s
     update = samples * c.trained_steps * cfg_mult * fwd_s * (1 + BWD_FACTOR) * c.inner_epochs
     images = samples * (len(scored_steps(c.num_steps, c.tcrm_every)) if c.dense_rewards else 1)
-    n_evals = 1 + (c.epochs // c.eval_every if c.eval_every else 0) + (1 if not c.eval_every or c.epochs % c.eval_every else 0)
+    n_evals = (
+        1
+        + (c.epochs // c.eval_every if c.eval_every else 0)
+        + (1 if not c.eval_every or c.epochs % c.eval_every else 0)
+    )
     evals = n_evals * n_eval_prompts * c.eval_images_per_prompt * c.eval_num_steps * eval_mult * fwd_s
     quality = n_eval_prompts * quality_per_prompt * c.eval_num_steps * eval_mult * fwd_s
     return c.epochs * (rollout + update + images * REWARD_S.get(c.world, REWARD_S["shapes"])) + evals + quality
@@ -296,20 +325,31 @@ def describe(plan: Plan, selected: Sequence[RunPlan], jobs: int = 1) -> list[str
         task = plan.task(run.task)
         n = task.eval_prompts or len(get_world(task.world).load_prompts(get_world(task.world).test_file))
         est = estimate_run_seconds(run, n, task.quality_images_per_prompt if task.encoder else 0)
-        state = "done" if (run.dir / MARKER).is_file() else (
-            "checkpoint" if has_checkpoint(run.dir) else "todo")
+        state = "done" if (run.dir / MARKER).is_file() else ("checkpoint" if has_checkpoint(run.dir) else "todo")
         total += 0.0 if state == "done" else est
         lines.append(f"{run.id:<40} {state:<10} ~{est / 60:5.1f} min")
     # The per-run figures assume one thread beside another busy job: --jobs 2 on 2 cores.
     wall = f"~{total / 60:.0f} min of runs; ~{total / 60 / max(jobs, 1):.0f} min of wall time with --jobs {jobs}"
-    lines.append(f"{len(selected)} runs; remaining {wall} by the rough cost model "
-                 f"(suite target {plan.suite.target_minutes:g} min on 2 cores)")
+    lines.append(
+        f"{len(selected)} runs; remaining {wall} by the rough cost model "
+        f"(suite target {plan.suite.target_minutes:g} min on 2 cores)"
+    )
     return lines
 
 
-def run_suite(suite: Suite, out: str | Path, only: Sequence[str] = (), threads: int = 0, use_quality: bool = True,
-              projection: bool = True, report_only: bool = False, command: str = "", jobs: int = 1,
-              log: Callable[[str], None] = print, optional: bool = False) -> Outcome:
+def run_suite(
+    suite: Suite,
+    out: str | Path,
+    only: Sequence[str] = (),
+    threads: int = 0,
+    use_quality: bool = True,
+    projection: bool = True,
+    report_only: bool = False,
+    command: str = "",
+    jobs: int = 1,
+    log: Callable[[str], None] = print,
+    optional: bool = False,
+) -> Outcome:
     """Run the selected unfinished runs (``jobs`` at a time, each in its own process), then the task-level
     checks, then write results.json, BENCHMARKS.md and the plots."""
     started_at, started = now_iso(), time.time()
@@ -358,9 +398,11 @@ def run_suite(suite: Suite, out: str | Path, only: Sequence[str] = (), threads: 
     document = results.to_dict()
     atomic_write_text(json.dumps(document, indent=1, default=str) + "\n", outcome.results)
     write_markdown(document, outcome.report, plots)
-    log(f"wrote {outcome.results}, {outcome.report} and {len(outcome.plots)} plots "
+    log(
+        f"wrote {outcome.results}, {outcome.report} and {len(outcome.plots)} plots "
         f"(ran {len(outcome.ran)}, resumed {len(outcome.resumed)}, skipped {len(outcome.skipped)}, "
-        f"failed {len(outcome.failed)})")
+        f"failed {len(outcome.failed)})"
+    )
     return outcome
 
 
@@ -383,8 +425,10 @@ def _task_checks(ctx: TaskContext, busy: bool, projection: bool, outcome: Outcom
     """The base model's quality and the projection check of one task (computed when ``busy``, else read
     from their caches)."""
     try:
-        return {"base_quality": ctx.base_quality() if busy else _cached(ctx.base_quality_path()),
-                "projection": ctx.projection(projection and busy)}
+        return {
+            "base_quality": ctx.base_quality() if busy else _cached(ctx.base_quality_path()),
+            "projection": ctx.projection(projection and busy),
+        }
     except Exception as err:  # noqa: BLE001
         outcome.failed[f"{ctx.task.name}/task-checks"] = f"{type(err).__name__}: {err}"
         log(f"{ctx.task.name}: task-level checks FAILED ({type(err).__name__}: {err})")
@@ -425,8 +469,11 @@ def _worker_run(run_id: str) -> Outcome:
 
 def _worker_task_checks(task: str, projection: bool) -> tuple[dict, Outcome]:
     outcome = Outcome(Path(), Path(), [])
-    with open(_log_path(_WORKER["plan"].out, f"{task}__task-checks"), "a", buffering=1) as f, redirect_stdout(f), \
-            redirect_stderr(f):
+    with (
+        open(_log_path(_WORKER["plan"].out, f"{task}__task-checks"), "a", buffering=1) as f,
+        redirect_stdout(f),
+        redirect_stderr(f),
+    ):
         extras = _task_checks(_WORKER["contexts"][task], True, projection, outcome, print)
     return extras, outcome
 
@@ -441,10 +488,20 @@ def _merge(into: Outcome, part: Outcome) -> None:
     into.failed.update(part.failed)
 
 
-def _run_parallel(plan: Plan, selected: Sequence[RunPlan], tasks_run: Sequence[TaskSpec], jobs: int, threads: int,
-                  use_quality: bool, projection: bool, outcome: Outcome, log: Callable[[str], None]) -> dict:
+def _run_parallel(
+    plan: Plan,
+    selected: Sequence[RunPlan],
+    tasks_run: Sequence[TaskSpec],
+    jobs: int,
+    threads: int,
+    use_quality: bool,
+    projection: bool,
+    outcome: Outcome,
+    log: Callable[[str], None],
+) -> dict:
     """Longest runs first (by the dry run's cost model), so the pool ends with short runs; then the
     checks of every task in ``tasks_run`` side by side. Returns those tasks' extras for the report."""
+
     def cost(run: RunPlan) -> float:
         task = plan.task(run.task)
         return estimate_run_seconds(run, task.eval_prompts or 1, task.quality_images_per_prompt)
@@ -458,8 +515,12 @@ def _run_parallel(plan: Plan, selected: Sequence[RunPlan], tasks_run: Sequence[T
         restore = signal.signal(signal.SIGTERM, _interrupt)
     log(f"{len(order)} runs, {jobs} at a time with {threads} thread(s) each; per-run output in {plan.out / 'logs'}")
     others = set(multiprocessing.active_children())  # children that are not the pool's workers
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                             initargs=(plan, use_quality, threads)) as pool:
+    with ProcessPoolExecutor(
+        jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(plan, use_quality, threads),
+    ) as pool:
         try:
             pending: dict[Future, str] = {pool.submit(_worker_run, run.id): run.id for run in order}
             while pending:

@@ -165,7 +165,9 @@ def efficiency_ratio(algo: dict, ref: dict) -> dict:
     return {"ratio": ratio, "censored": False, "bound": None, "text": f"{ratio:.2f}"}
 
 
-def mean_curve(curves: Sequence[tuple[Sequence[float], Sequence[float]]]) -> tuple[list[float], list[float], list[float | None]]:
+def mean_curve(
+    curves: Sequence[tuple[Sequence[float], Sequence[float]]],
+) -> tuple[list[float], list[float], list[float | None]]:
     """Mean and sample std over seeds of curves (epochs, values), on the epochs every curve has."""
     if not curves:
         return [], [], []
@@ -209,6 +211,10 @@ def gradient_signal_noise(grads: Sequence[np.ndarray]) -> dict:
                 cosines.append(dots[-1] / (norms[a] * norms[b]))
     signal = float(np.mean(dots))
     noise = float(np.mean(np.square(norms))) - signal
-    return {"signal": signal, "signal_se": float(np.std(dots, ddof=1) / math.sqrt(len(dots))), "noise": noise,
-            "snr": signal / noise if noise > 0 else math.nan,
-            "cos": float(np.mean(cosines)) if cosines else math.nan}
+    return {
+        "signal": signal,
+        "signal_se": float(np.std(dots, ddof=1) / math.sqrt(len(dots))),
+        "noise": noise,
+        "snr": signal / noise if noise > 0 else math.nan,
+        "cos": float(np.mean(cosines)) if cosines else math.nan,
+    }

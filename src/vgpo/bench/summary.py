@@ -48,8 +48,9 @@ def git_info() -> dict:
 
     def git(*args: str) -> str | None:
         try:
-            return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10,
-                                  check=True).stdout.strip()
+            return subprocess.run(
+                ["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None
 
@@ -61,9 +62,15 @@ def git_info() -> dict:
 def machine_info() -> dict:
     import torch
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -98,7 +105,9 @@ def read_evals(run_dir: Path, max_epoch: int) -> dict:
 
 def read_curves(rows: list[dict]) -> dict:
     train = [r for r in rows if r.get("epoch", 0) >= 1]
-    keys = sorted({k for r in train for k, v in r.items() if k != "epoch" and not k.startswith("eval/") and _num(v) is not None})
+    keys = sorted(
+        {k for r in train for k, v in r.items() if k != "epoch" and not k.startswith("eval/") and _num(v) is not None}
+    )
     return {"epoch": [r["epoch"] for r in train], "metrics": {k: [_num(r.get(k)) for r in train] for k in keys}}
 
 
@@ -134,11 +143,23 @@ def run_record(run: RunPlan, out: Path, headline: str, base_quality: dict | None
         rel = str(run.dir.relative_to(out))
     except ValueError:
         rel = str(run.dir)
-    return {"id": run.id, "task": run.task, "algorithm": run.algorithm, "variant": run.variant, "seed": run.seed,
-            "dir": rel, "status": status, "config": dataclasses.asdict(run.config),
-            "wall_s": done.get("wall_s") if done else None, "resumed": bool(done and done.get("resumed")),
-            "curves": curves, "eval": evals, "overhead": run_overhead(curves), "quality": quality,
-            "error": error[0] if error else None}
+    return {
+        "id": run.id,
+        "task": run.task,
+        "algorithm": run.algorithm,
+        "variant": run.variant,
+        "seed": run.seed,
+        "dir": rel,
+        "status": status,
+        "config": dataclasses.asdict(run.config),
+        "wall_s": done.get("wall_s") if done else None,
+        "resumed": bool(done and done.get("resumed")),
+        "curves": curves,
+        "eval": evals,
+        "overhead": run_overhead(curves),
+        "quality": quality,
+        "error": error[0] if error else None,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,21 +240,26 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b not in (None, 0) else None
 
 
-def summarize_task(task: TaskSpec, plan: Plan, records: dict[str, dict], base_quality: dict | None,
-                   projection: dict | None) -> dict:
+def summarize_task(
+    task: TaskSpec, plan: Plan, records: dict[str, dict], base_quality: dict | None, projection: dict | None
+) -> dict:
     world = get_world(task.world)
     headline = world.headline
     metrics = [headline, *[m for m in task.metrics if m != headline]]
     runs = plan.runs_of(task.name)
     done = [records[r.id] for r in runs if records[r.id]["status"] == "done"]
     algorithms = [*task.algorithms, *[a for a in task.optional_algorithms if any(r.algorithm == a for r in runs)]]
-    main = {a: [records[r.id] for r in runs if r.algorithm == a and not r.variant and records[r.id]["status"] == "done"]
-            for a in algorithms}
+    main = {
+        a: [records[r.id] for r in runs if r.algorithm == a and not r.variant and records[r.id]["status"] == "done"]
+        for a in algorithms
+    }
     eval_keys = sorted({k for r in done for k in r["eval"]["metrics"]})
 
     # The base is evaluated at epoch 0 of every run with the run's seed: one value per seed.
     base_runs = list({r["seed"]: r for r in done if r["eval"]["epochs"][:1] == [0]}.values())
-    base_eval = {k: mean_std(r["eval"]["metrics"][k][0] for r in base_runs if k in r["eval"]["metrics"]) for k in eval_keys}
+    base_eval = {
+        k: mean_std(r["eval"]["metrics"][k][0] for r in base_runs if k in r["eval"]["metrics"]) for k in eval_keys
+    }
     ref_recs = main.get(REFERENCE, [])
     target = mean_std(_final(r, headline) for r in ref_recs)["mean"] if ref_recs else None
 
@@ -246,21 +272,32 @@ def summarize_task(task: TaskSpec, plan: Plan, records: dict[str, dict], base_qu
         div = {name: _mean_curve(recs, f"reward/{name}", "train") for name in ("group_std", "zero_std_frac")}
         flagged = [r["id"] for r in recs if r["quality"] and r["quality"]["flags"]]
         algos[algo] = {
-            "runs": [r["id"] for r in recs], "seeds": [r["seed"] for r in recs],
-            "held_out": {"epochs": curve["epochs"], "metrics": {k: {"mean": v["mean"], "std": v["std"]} for k, v in held.items()}},
+            "runs": [r["id"] for r in recs],
+            "seeds": [r["seed"] for r in recs],
+            "held_out": {
+                "epochs": curve["epochs"],
+                "metrics": {k: {"mean": v["mean"], "std": v["std"]} for k, v in held.items()},
+            },
             "final": {k: mean_std(_final(r, k) for r in recs) for k in eval_keys},
             "sample_efficiency": {"target": target, "mean_curve": reach, "per_seed": per_seed},
             "gain_over_base": paired_gain(recs, headline),
             "reward_diversity": {
                 "epochs": div["group_std"]["epochs"],
                 **{name: {"mean": d["mean"], "std": d["std"]} for name, d in div.items()},
-                **{f"{name}_avg": mean_std(_avg(r["curves"]["metrics"].get(f"reward/{name}", [])) for r in recs)
-                   for name in div}},
-            "overhead": {k: mean_std(r["overhead"][k] for r in recs)
-                         for k in ("epoch_s", "rollout_s", "reward_s", "advantage_s", "update_s", "reward_images")},
-            "quality": {"fd": mean_std(r["quality"]["fd"] for r in recs if r["quality"]),
-                        "diversity": mean_std(r["quality"]["diversity"] for r in recs if r["quality"]),
-                        "flagged": flagged},
+                **{
+                    f"{name}_avg": mean_std(_avg(r["curves"]["metrics"].get(f"reward/{name}", [])) for r in recs)
+                    for name in div
+                },
+            },
+            "overhead": {
+                k: mean_std(r["overhead"][k] for r in recs)
+                for k in ("epoch_s", "rollout_s", "reward_s", "advantage_s", "update_s", "reward_images")
+            },
+            "quality": {
+                "fd": mean_std(r["quality"]["fd"] for r in recs if r["quality"]),
+                "diversity": mean_std(r["quality"]["diversity"] for r in recs if r["quality"]),
+                "flagged": flagged,
+            },
             "tcrm_profile": _tcrm_profile(recs),
         }
 
@@ -271,10 +308,13 @@ def summarize_task(task: TaskSpec, plan: Plan, records: dict[str, dict], base_qu
             continue
         comparisons[algo] = {
             "final": {k: _verdict(s["final"][k], ref["final"][k]) for k in eval_keys if k in ref["final"]},
-            "efficiency_ratio": efficiency_ratio(s["sample_efficiency"]["mean_curve"] or {},
-                                                 ref["sample_efficiency"]["mean_curve"] or {}),
+            "efficiency_ratio": efficiency_ratio(
+                s["sample_efficiency"]["mean_curve"] or {}, ref["sample_efficiency"]["mean_curve"] or {}
+            ),
             "epoch_time_ratio": _ratio(s["overhead"]["epoch_s"]["mean"], ref["overhead"]["epoch_s"]["mean"]),
-            "reward_images_ratio": _ratio(s["overhead"]["reward_images"]["mean"], ref["overhead"]["reward_images"]["mean"]),
+            "reward_images_ratio": _ratio(
+                s["overhead"]["reward_images"]["mean"], ref["overhead"]["reward_images"]["mean"]
+            ),
         }
 
     sweeps: dict = {}
@@ -283,20 +323,38 @@ def summarize_task(task: TaskSpec, plan: Plan, records: dict[str, dict], base_qu
         rows = []
         for p in points:
             recs = [records[i] for i in p.runs if records[i]["status"] == "done"]
-            rows.append({"value": p.value, "runs": p.runs,
-                         "final": {k: mean_std(_final(r, k) for r in recs) for k in metrics},
-                         "reward_images": mean_std(r["overhead"]["reward_images"] for r in recs),
-                         "epoch_s": mean_std(r["overhead"]["epoch_s"] for r in recs),
-                         "zero_std_frac": mean_std(_avg(r["curves"]["metrics"].get("reward/zero_std_frac", [])) for r in recs)})
+            rows.append(
+                {
+                    "value": p.value,
+                    "runs": p.runs,
+                    "final": {k: mean_std(_final(r, k) for r in recs) for k in metrics},
+                    "reward_images": mean_std(r["overhead"]["reward_images"] for r in recs),
+                    "epoch_s": mean_std(r["overhead"]["epoch_s"] for r in recs),
+                    "zero_std_frac": mean_std(
+                        _avg(r["curves"]["metrics"].get("reward/zero_std_frac", [])) for r in recs
+                    ),
+                }
+            )
         sweeps[param] = {"algorithm": spec[param].algorithm, "question": spec[param].question, "points": rows}
 
     summary = {
-        "world": task.world, "checkpoint": task.checkpoint, "preset": task.preset, "headline": headline,
-        "metrics": metrics, "budget": dict(task.overrides),
-        "eval_prompts": _eval_prompt_count(task, runs), "eval_epochs": _eval_epochs(runs),
-        "base": {"eval": base_eval, "quality": (base_quality or {}).get("base"),
-                 "reference": (base_quality or {}).get("reference")},
-        "algorithms": algos, "comparisons": comparisons, "sweeps": sweeps, "projection": projection,
+        "world": task.world,
+        "checkpoint": task.checkpoint,
+        "preset": task.preset,
+        "headline": headline,
+        "metrics": metrics,
+        "budget": dict(task.overrides),
+        "eval_prompts": _eval_prompt_count(task, runs),
+        "eval_epochs": _eval_epochs(runs),
+        "base": {
+            "eval": base_eval,
+            "quality": (base_quality or {}).get("base"),
+            "reference": (base_quality or {}).get("reference"),
+        },
+        "algorithms": algos,
+        "comparisons": comparisons,
+        "sweeps": sweeps,
+        "projection": projection,
     }
     summary["not_better"] = not_better_statements(summary)
     return summary
@@ -331,8 +389,10 @@ def reference_gain_text(gain: dict) -> str:
     if gain["delta"] is None:
         return "Flow-GRPO has no final score to reach."
     spread = f" ± {gain['se']:.3f} (1 SE)" if gain["se"] is not None else " (1 seed: no error bar)"
-    return (f"Flow-GRPO's final score is not above the base's beyond noise (gain {gain['delta']:+.3f}{spread}, "
-            f"paired by seed), so reaching it says nothing about speed.")
+    return (
+        f"Flow-GRPO's final score is not above the base's beyond noise (gain {gain['delta']:+.3f}{spread}, "
+        f"paired by seed), so reaching it says nothing about speed."
+    )
 
 
 def not_better_statements(s: dict, algo: str = "vgpo") -> list[str]:
@@ -344,28 +404,42 @@ def not_better_statements(s: dict, algo: str = "vgpo") -> list[str]:
         return [f"No comparison: {algo} or {REFERENCE} has no finished run."]
     comp = s["comparisons"][algo]
     out = []
-    words = {"worse": "is worse than", "within_noise": "is within noise of (|Δ| ≤ 2 SE)",
-             "lower_untested": "is below (1 seed, no error bar)", "equal": "equals",
-             "higher_untested": "is above, on 1 seed only (no error bar), so it is not shown to beat"}
+    words = {
+        "worse": "is worse than",
+        "within_noise": "is within noise of (|Δ| ≤ 2 SE)",
+        "lower_untested": "is below (1 seed, no error bar)",
+        "equal": "equals",
+        "higher_untested": "is above, on 1 seed only (no error bar), so it is not shown to beat",
+    }
     end = s["eval_epochs"][-1] if s["eval_epochs"] else "end"
     for key in s["metrics"]:
         v = comp["final"].get(key)
         if v and v["verdict"] in words:
-            out.append(f"Held-out {key} at epoch {end}: VGPO {fmt_mean_std(a['final'][key])} {words[v['verdict']]} "
-                       f"Flow-GRPO {fmt_mean_std(g['final'][key])} (Δ {v['delta']:+.3f}).")
-    tags = sorted({k.rsplit('/', 1)[0] for k in a["final"] if "/" in k} - {s["headline"].rsplit("/", 1)[0]})
+            out.append(
+                f"Held-out {key} at epoch {end}: VGPO {fmt_mean_std(a['final'][key])} {words[v['verdict']]} "
+                f"Flow-GRPO {fmt_mean_std(g['final'][key])} (Δ {v['delta']:+.3f})."
+            )
+    tags = sorted({k.rsplit("/", 1)[0] for k in a["final"] if "/" in k} - {s["headline"].rsplit("/", 1)[0]})
     suffix = s["headline"].rsplit("/", 1)[-1]
-    behind = [t for t in tags if f"{t}/{suffix}" in a["final"] and f"{t}/{suffix}" in g["final"]
-              and a["final"][f"{t}/{suffix}"]["mean"] is not None and g["final"][f"{t}/{suffix}"]["mean"] is not None
-              and a["final"][f"{t}/{suffix}"]["mean"] <= g["final"][f"{t}/{suffix}"]["mean"]]
+    behind = [
+        t
+        for t in tags
+        if f"{t}/{suffix}" in a["final"]
+        and f"{t}/{suffix}" in g["final"]
+        and a["final"][f"{t}/{suffix}"]["mean"] is not None
+        and g["final"][f"{t}/{suffix}"]["mean"] is not None
+        and a["final"][f"{t}/{suffix}"]["mean"] <= g["final"][f"{t}/{suffix}"]["mean"]
+    ]
     if behind:
         out.append(f"Per tag ({suffix}), VGPO's mean is not above Flow-GRPO's on: {', '.join(behind)}.")
     eff, ref_gain = comp["efficiency_ratio"], g["gain_over_base"]
     if ref_gain["verdict"] != "better":
         out.append(f"Sample efficiency: not measured. {reference_gain_text(ref_gain)}")
     elif eff["ratio"] is None or eff["ratio"] >= 1:
-        reason = {True: f"it never reaches Flow-GRPO's final score within the budget (ratio {eff['text']})",
-                  False: f"epochs-to-target ratio VGPO/GRPO = {eff['text']}"}[bool(eff["censored"])]
+        reason = {
+            True: f"it never reaches Flow-GRPO's final score within the budget (ratio {eff['text']})",
+            False: f"epochs-to-target ratio VGPO/GRPO = {eff['text']}",
+        }[bool(eff["censored"])]
         out.append(f"Sample efficiency: VGPO is not shown to be more sample-efficient: {reason}.")
     if comp["epoch_time_ratio"] is not None and comp["epoch_time_ratio"] > 1:
         images = f" and {comp['reward_images_ratio']:.1f}x the reward images" if comp["reward_images_ratio"] else ""
@@ -375,18 +449,30 @@ def not_better_statements(s: dict, algo: str = "vgpo") -> list[str]:
     fa, fg = a["quality"]["fd"], g["quality"]["fd"]
     if fa["mean"] is not None and fg["mean"] is not None and fa["mean"] > fg["mean"]:
         floor = (s["base"]["reference"] or {}).get("fd_floor")
-        note = (f", below the renders-vs-renders floor {floor:.3g}: no real difference"
-                if floor is not None and fa["mean"] - fg["mean"] < floor else "")
-        out.append(f"FD to renders is higher (worse) for VGPO: {fmt_mean_std(fa, 4)} vs {fmt_mean_std(fg, 4)} "
-                   f"(Δ {fa['mean'] - fg['mean']:+.3g}{note}).")
+        note = (
+            f", below the renders-vs-renders floor {floor:.3g}: no real difference"
+            if floor is not None and fa["mean"] - fg["mean"] < floor
+            else ""
+        )
+        out.append(
+            f"FD to renders is higher (worse) for VGPO: {fmt_mean_std(fa, 4)} vs {fmt_mean_std(fg, 4)} "
+            f"(Δ {fa['mean'] - fg['mean']:+.3g}{note})."
+        )
     return out
 
 
 # --------------------------------------------------------------------------------------------------
 # The results document
 # --------------------------------------------------------------------------------------------------
-def build_results(plan: Plan, command: str, wall_s: float, started: str, extras: dict[str, dict],
-                  jobs: int | None = None, git: dict | None = None) -> Results:
+def build_results(
+    plan: Plan,
+    command: str,
+    wall_s: float,
+    started: str,
+    extras: dict[str, dict],
+    jobs: int | None = None,
+    git: dict | None = None,
+) -> Results:
     """extras: task -> {"base_quality": ..., "projection": ...} (cached task-level measurements); git: the
     commit read when the invocation started (the code its runs executed), else read now. Every key and
     type of the document is checked on the way into ``Results``."""
@@ -396,25 +482,44 @@ def build_results(plan: Plan, command: str, wall_s: float, started: str, extras:
         bq = (extras.get(task.name) or {}).get("base_quality")
         for run in plan.runs_of(task.name):
             records[run.id] = run_record(run, plan.out, headline, (bq or {}).get("base"))
-    tasks = {t.name: summarize_task(t, plan, records, (extras.get(t.name) or {}).get("base_quality"),
-                                    (extras.get(t.name) or {}).get("projection")) for t in plan.suite.tasks}
-    return load(Results, {
-        "schema": SCHEMA_VERSION, "suite": plan.suite.name, "suite_spec": plan.suite.to_dict(),
-        "command": command, "git": git or git_info(), "machine": machine_info(), "created": started,
-        "wall_s": wall_s, "runs_wall_s": sum(r["wall_s"] or 0.0 for r in records.values()), "jobs": jobs,
-        "rebuilt": None,
-        "definitions": {
-            "std": "sample std over seeds (ddof 1); null with one seed",
-            "final": "held-out metrics at the last eval point (epoch = epochs)",
-            "sample_efficiency": "epochs for the seed-mean held-out headline curve to reach Flow-GRPO's "
-                                 "seed-mean final headline, linearly interpolated between eval points; "
-                                 "'>N' = not reached by epoch N (censored)",
-            "overhead": "per-epoch means from metrics.jsonl (first epoch left out when >= 3), eval time excluded",
-            "quality_flag": {"score_rise": Q.SCORE_RISE, "fd_rise": Q.FD_RISE, "diversity_drop": Q.DIVERSITY_DROP},
-            "verdict": "better/worse: |Δ| > 2 SE (Welch); within_noise otherwise; *_untested with one seed",
+    tasks = {
+        t.name: summarize_task(
+            t,
+            plan,
+            records,
+            (extras.get(t.name) or {}).get("base_quality"),
+            (extras.get(t.name) or {}).get("projection"),
+        )
+        for t in plan.suite.tasks
+    }
+    return load(
+        Results,
+        {
+            "schema": SCHEMA_VERSION,
+            "suite": plan.suite.name,
+            "suite_spec": plan.suite.to_dict(),
+            "command": command,
+            "git": git or git_info(),
+            "machine": machine_info(),
+            "created": started,
+            "wall_s": wall_s,
+            "runs_wall_s": sum(r["wall_s"] or 0.0 for r in records.values()),
+            "jobs": jobs,
+            "rebuilt": None,
+            "definitions": {
+                "std": "sample std over seeds (ddof 1); null with one seed",
+                "final": "held-out metrics at the last eval point (epoch = epochs)",
+                "sample_efficiency": "epochs for the seed-mean held-out headline curve to reach Flow-GRPO's "
+                "seed-mean final headline, linearly interpolated between eval points; "
+                "'>N' = not reached by epoch N (censored)",
+                "overhead": "per-epoch means from metrics.jsonl (first epoch left out when >= 3), eval time excluded",
+                "quality_flag": {"score_rise": Q.SCORE_RISE, "fd_rise": Q.FD_RISE, "diversity_drop": Q.DIVERSITY_DROP},
+                "verdict": "better/worse: |Δ| > 2 SE (Welch); within_noise otherwise; *_untested with one seed",
+            },
+            "runs": list(records.values()),
+            "tasks": tasks,
         },
-        "runs": list(records.values()), "tasks": tasks,
-    })
+    )
 
 
 # What a report-only rebuild keeps from the results of the invocation that ran the suite.
@@ -428,8 +533,11 @@ def keep_run_invocation(results: Results, previous: dict | None) -> Results:
         return results
     rebuilt = Rebuilt(command=results.command, git=results.git, created=results.created)
     kept = {k: previous.get(k) for k in RUN_INVOCATION}
-    return dataclasses.replace(results, **{**kept, "git": load(Git, kept["git"], "$.git"),
-                                           "machine": load(Machine, kept["machine"], "$.machine")}, rebuilt=rebuilt)
+    return dataclasses.replace(
+        results,
+        **{**kept, "git": load(Git, kept["git"], "$.git"), "machine": load(Machine, kept["machine"], "$.machine")},
+        rebuilt=rebuilt,
+    )
 
 
 def now_iso() -> str:

@@ -80,16 +80,26 @@ class Autoencoder(nn.Module):
         self.cfg = cfg
         c0, c1 = cfg.channels
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, c0, 3, padding=1), _Block(c0, c0),
-            nn.Conv2d(c0, c1, 3, stride=2, padding=1), _Block(c1, c1),
-            nn.Conv2d(c1, c1, 3, stride=2, padding=1), _Block(c1, c1),
-            nn.GroupNorm(8, c1), nn.SiLU(), nn.Conv2d(c1, cfg.latent_channels, 1),
+            nn.Conv2d(3, c0, 3, padding=1),
+            _Block(c0, c0),
+            nn.Conv2d(c0, c1, 3, stride=2, padding=1),
+            _Block(c1, c1),
+            nn.Conv2d(c1, c1, 3, stride=2, padding=1),
+            _Block(c1, c1),
+            nn.GroupNorm(8, c1),
+            nn.SiLU(),
+            nn.Conv2d(c1, cfg.latent_channels, 1),
         )
         self.decoder = nn.Sequential(
-            nn.Conv2d(cfg.latent_channels, c1, 3, padding=1), _Block(c1, c1),
-            _Up(c1, c1), _Block(c1, c1),
-            _Up(c1, c0), _Block(c0, c0),
-            nn.GroupNorm(8, c0), nn.SiLU(), nn.Conv2d(c0, 3, 3, padding=1),
+            nn.Conv2d(cfg.latent_channels, c1, 3, padding=1),
+            _Block(c1, c1),
+            _Up(c1, c1),
+            _Block(c1, c1),
+            _Up(c1, c0),
+            _Block(c0, c0),
+            nn.GroupNorm(8, c0),
+            nn.SiLU(),
+            nn.Conv2d(c0, 3, 3, padding=1),
         )
 
     @property
@@ -137,16 +147,18 @@ def latent_statistics(ae: Autoencoder, images: torch.Tensor) -> tuple[float, flo
     return float(1.0 / std), float(shift)
 
 
-def load_autoencoder(directory: str | Path, image_size: tuple[int, int] | None = None,
-                     device: str | torch.device = "cpu") -> Autoencoder:
+def load_autoencoder(
+    directory: str | Path, image_size: tuple[int, int] | None = None, device: str | torch.device = "cpu"
+) -> Autoencoder:
     """A frozen autoencoder from a folder written by ``vgpo pretrain-ae``; ``image_size``, when given, must
     be the one it was trained on."""
     directory = Path(directory)
     cfg_path, weights = directory / "config.json", directory / "autoencoder.safetensors"
     for path in (cfg_path, weights):
         if not path.is_file():
-            raise VgpoError(f"latent {directory}: missing {path.name} "
-                            "(expected a folder written by `vgpo pretrain-ae`)")
+            raise VgpoError(
+                f"latent {directory}: missing {path.name} (expected a folder written by `vgpo pretrain-ae`)"
+            )
     try:
         meta = json.loads(cfg_path.read_text())
         if meta.get("model") != "autoencoder":
@@ -155,8 +167,10 @@ def load_autoencoder(directory: str | Path, image_size: tuple[int, int] | None =
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise VgpoError(f"{cfg_path}: not an autoencoder config ({err})") from None
     if image_size is not None and tuple(image_size) != cfg.image_size:
-        raise VgpoError(f"latent {directory}: trained on {cfg.image_size[0]}x{cfg.image_size[1]} images, "
-                        f"the model draws {image_size[0]}x{image_size[1]}")
+        raise VgpoError(
+            f"latent {directory}: trained on {cfg.image_size[0]}x{cfg.image_size[1]} images, "
+            f"the model draws {image_size[0]}x{image_size[1]}"
+        )
     ae = Autoencoder(cfg)
     ae.load_state_dict(load_file(str(weights)))
     return ae.to(device).eval().requires_grad_(False)

@@ -20,7 +20,8 @@ Needs the ``real`` extra (diffusers, transformers, peft).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,15 +53,17 @@ def latent_image_ids(h: int, w: int) -> torch.Tensor:
     return ids.reshape(-1, 3)
 
 
-def calculate_shift(seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
-                    base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+def calculate_shift(
+    seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5, max_shift: float = 1.15
+) -> float:
     """mu, linear in the image sequence length between (base_seq_len, base_shift) and (max_seq_len, max_shift)."""
     m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
     return seq_len * m + base_shift - m * base_seq_len
 
 
-def flux_schedule(num_steps: int, mu: float | None = None, shift: float = 1.0,
-                  time_shift_type: str = "exponential") -> torch.Tensor:
+def flux_schedule(
+    num_steps: int, mu: float | None = None, shift: float = 1.0, time_shift_type: str = "exponential"
+) -> torch.Tensor:
     """FluxPipeline's sigmas for ``num_steps`` steps, (num_steps + 1,) ending in 0.
 
     With ``mu`` (dynamic shifting): ``e^mu / (e^mu + (1/s - 1))`` ("exponential", FLUX.1) or
@@ -109,10 +112,21 @@ class FluxFlowModel(LoraDiffusersModel):
 
         self.pipeline_class = FluxPipeline
         sched = pipeline.scheduler.config
-        if any(sched.get(k, False) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
-                                             "invert_sigmas", "shift_terminal", "use_flow_sigmas")):
-            raise VgpoError("FluxFlowModel: the pipeline's scheduler uses a sigma transform this adapter does not "
-                            "reproduce; expected FlowMatchEulerDiscreteScheduler as shipped with FLUX.1")
+        if any(
+            sched.get(k, False)
+            for k in (
+                "use_karras_sigmas",
+                "use_exponential_sigmas",
+                "use_beta_sigmas",
+                "invert_sigmas",
+                "shift_terminal",
+                "use_flow_sigmas",
+            )
+        ):
+            raise VgpoError(
+                "FluxFlowModel: the pipeline's scheduler uses a sigma transform this adapter does not "
+                "reproduce; expected FlowMatchEulerDiscreteScheduler as shipped with FLUX.1"
+            )
         encoders = [e for e in (pipeline.text_encoder, pipeline.text_encoder_2) if e is not None]
         self._setup(pipeline, device, precision, lora, gradient_checkpointing, encoders)
 

@@ -13,10 +13,11 @@ Requires the ``real`` extra (diffusers, transformers, peft).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -48,7 +49,7 @@ class LoraOptions:
     init: str | bool = "gaussian"  # PEFT's init_lora_weights: B = 0, so the adapter starts as the base model
 
     @classmethod
-    def from_spec(cls, spec: "LoraOptions | Mapping[str, Any] | None", where: str = "lora") -> "LoraOptions":
+    def from_spec(cls, spec: LoraOptions | Mapping[str, Any] | None, where: str = "lora") -> LoraOptions:
         """Options from a config map (unknown keys are a ``VgpoError`` naming ``where.key``)."""
         if spec is None:
             return cls()
@@ -235,8 +236,9 @@ class LoraDiffusersModel:
         to the adapter's constructor."""
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = precision_dtype(precision, dev)
-        pipe = load_pipeline(cls.load_pipeline_class(), path_or_hub_id, dtype, local_files_only,
-                             **dict(pipeline_kwargs or {}))
+        pipe = load_pipeline(
+            cls.load_pipeline_class(), path_or_hub_id, dtype, local_files_only, **dict(pipeline_kwargs or {})
+        )
         return cls(pipe, resolution, device=dev, precision=precision, **kwargs)
 
     def _setup(
@@ -244,7 +246,7 @@ class LoraDiffusersModel:
         pipeline: Any,
         device: str | torch.device | None,
         precision: str | None,
-        lora: "LoraOptions | Mapping[str, Any] | None",
+        lora: LoraOptions | Mapping[str, Any] | None,
         gradient_checkpointing: bool,
         text_encoders: list[torch.nn.Module],
     ) -> None:
@@ -296,8 +298,11 @@ class LoraDiffusersModel:
 
     def fsdp_units(self) -> tuple[torch.nn.Module, list[torch.nn.Module], list[torch.nn.Module]]:
         # The transformer blocks (FLUX: double- and single-stream); frozen encoders and VAE stay whole.
-        blocks = [b for name in ("transformer_blocks", "single_transformer_blocks")
-                  for b in getattr(self.transformer, name, [])]
+        blocks = [
+            b
+            for name in ("transformer_blocks", "single_transformer_blocks")
+            for b in getattr(self.transformer, name, [])
+        ]
         return self.transformer, blocks, []
 
     def train_mode(self, mode: bool = True) -> None:
@@ -306,17 +311,16 @@ class LoraDiffusersModel:
 
     def save_lora(self, directory: str | Path, weight_name: str = DEFAULT_WEIGHT_NAME) -> Path:
         """Save the adapter for ``pipeline_class.load_lora_weights(directory)`` (diffusers)."""
-        return save_lora_weights(directory, self.trainable_state_dict(), self.lora_options, self.pipeline_class,
-                                 weight_name)
+        return save_lora_weights(
+            directory, self.trainable_state_dict(), self.lora_options, self.pipeline_class, weight_name
+        )
 
 
 def load_pipeline(pipeline_class: type, path: str | Path, dtype: torch.dtype, local_files_only: bool, **kwargs: Any):
     """``pipeline_class.from_pretrained`` with a one-line ``VgpoError`` naming the path on failure."""
     try:
-        return pipeline_class.from_pretrained(
-            str(path), dtype=dtype, local_files_only=local_files_only, **kwargs
-        )
-    except (OSError, ValueError, EnvironmentError) as err:
+        return pipeline_class.from_pretrained(str(path), dtype=dtype, local_files_only=local_files_only, **kwargs)
+    except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         hint = " (local_files_only: the weights must already be on disk)" if local_files_only else ""
         raise VgpoError(f"cannot load {pipeline_class.__name__} from '{path}'{hint}: {first}") from None

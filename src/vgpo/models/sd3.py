@@ -18,7 +18,8 @@ Needs the ``real`` extra (diffusers, transformers, peft). Example::
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -70,8 +71,14 @@ class SD3FlowModel(LoraDiffusersModel):
         self.pipeline_class = StableDiffusion3Pipeline
         sched = pipeline.scheduler.config
         if sched.get("use_dynamic_shifting", False) or any(
-            sched.get(k, False) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
-                                          "invert_sigmas", "shift_terminal")
+            sched.get(k, False)
+            for k in (
+                "use_karras_sigmas",
+                "use_exponential_sigmas",
+                "use_beta_sigmas",
+                "invert_sigmas",
+                "shift_terminal",
+            )
         ):
             raise VgpoError(
                 "SD3FlowModel: the pipeline's scheduler uses a non-static sigma schedule; only "
@@ -79,7 +86,9 @@ class SD3FlowModel(LoraDiffusersModel):
             )
         self.shift = float(sched.get("shift", 1.0))
         self.num_train_timesteps = int(sched.get("num_train_timesteps", 1000))
-        encoders = [e for e in (pipeline.text_encoder, pipeline.text_encoder_2, pipeline.text_encoder_3) if e is not None]
+        encoders = [
+            e for e in (pipeline.text_encoder, pipeline.text_encoder_2, pipeline.text_encoder_3) if e is not None
+        ]
         self._setup(pipeline, device, precision, lora, gradient_checkpointing, encoders)
 
         h, w = _resolution(resolution)

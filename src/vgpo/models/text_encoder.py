@@ -102,5 +102,6 @@ def build_text_encoder(vocab_size: int, cfg: TinyConfig) -> nn.Module:
         return TextEncoder(vocab_size, cfg)
     if cfg.text_encoder == "ordered":
         return OrderedTextEncoder(vocab_size, cfg)
-    raise VgpoError(f"text_encoder: unknown text encoder '{cfg.text_encoder}'; "
-                    f"expected one of: {', '.join(TEXT_ENCODERS)}")
+    raise VgpoError(
+        f"text_encoder: unknown text encoder '{cfg.text_encoder}'; expected one of: {', '.join(TEXT_ENCODERS)}"
+    )

@@ -14,10 +14,10 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,14 @@ from torch import nn
 
 from vgpo.errors import VgpoError
 from vgpo.models.autoencoder import Autoencoder, load_autoencoder
-from vgpo.models.lora import LoraOptions, adapters_disabled, add_lora, load_lora_state_dict, lora_parameters, lora_state_dict
+from vgpo.models.lora import (
+    LoraOptions,
+    adapters_disabled,
+    add_lora,
+    load_lora_state_dict,
+    lora_parameters,
+    lora_state_dict,
+)
 from vgpo.models.protocol import Condition
 from vgpo.models.text_encoder import build_text_encoder
 from vgpo.models.tokenizer import PromptTokenizer
@@ -200,8 +207,9 @@ class TinyFlowModel:
     the latents' dtype (float32), so step maths, log-probs and losses stay float32. The text encoder
     (frozen in RL, run once per batch) always runs in float32."""
 
-    def __init__(self, cfg: TinyConfig, net: TinyUNet | None = None, device: str | torch.device = "cpu",
-                 precision: str = "auto"):
+    def __init__(
+        self, cfg: TinyConfig, net: TinyUNet | None = None, device: str | torch.device = "cpu", precision: str = "auto"
+    ):
         self.cfg = cfg
         self.lora_options: LoraOptions | None = None
         self.tokenizer = PromptTokenizer(cfg.vocab, cfg.max_tokens)
@@ -211,7 +219,8 @@ class TinyFlowModel:
             keep_freed_memory()
         # Frozen pixel codec when the model works in an autoencoder's latent space (as SD3 on its VAE).
         self.autoencoder: Autoencoder | None = (
-            load_autoencoder(cfg.latent, cfg.image_size, self.device) if cfg.latent else None)
+            load_autoencoder(cfg.latent, cfg.image_size, self.device) if cfg.latent else None
+        )
         self.latent_shape = self.autoencoder.latent_shape if self.autoencoder else (3, *cfg.image_size)
         self.net = (net or TinyUNet(cfg, self.tokenizer.vocab_size, self.latent_shape[0])).to(self.device)
         self._reference_net: TinyUNet | None = None
@@ -311,12 +320,14 @@ class TinyFlowModel:
         atomic_write_text(json.dumps(meta, indent=2) + "\n", directory / "config.json")
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu", precision: str = "auto") -> "TinyFlowModel":
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu", precision: str = "auto") -> TinyFlowModel:
         directory = Path(directory)
         cfg_path, weights = directory / "config.json", directory / "model.safetensors"
         for path in (cfg_path, weights):
             if not path.is_file():
-                raise VgpoError(f"checkpoint {directory}: missing {path.name} (expected a folder written by `vgpo pretrain`)")
+                raise VgpoError(
+                    f"checkpoint {directory}: missing {path.name} (expected a folder written by `vgpo pretrain`)"
+                )
         try:
             meta = json.loads(cfg_path.read_text())
             arch = dict(meta["arch"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -57,9 +57,11 @@ class PromptTokenizer:
             toks = [self.index.get(t, self.index[UNK]) for t in self.split(prompt)]
             if len(toks) > self.max_tokens and not self.warned_long:
                 self.warned_long = True
-                warnings.warn(f"prompt of {len(toks)} tokens cut to the model's {self.max_tokens}: {prompt[:60]!r}"
-                              f"{'...' if len(prompt) > 60 else ''} (reported once; later long prompts are cut too)",
-                              stacklevel=2)
+                warnings.warn(
+                    f"prompt of {len(toks)} tokens cut to the model's {self.max_tokens}: {prompt[:60]!r}"
+                    f"{'...' if len(prompt) > 60 else ''} (reported once; later long prompts are cut too)",
+                    stacklevel=2,
+                )
             toks = toks[: self.max_tokens]
             ids[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
         return ids, ids != 0

@@ -13,7 +13,8 @@ import importlib
 import inspect
 import math
 import re
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -72,7 +73,9 @@ def check_rewards(values: Any, count: int, name: str, where: str = "") -> torch.
     if not isinstance(values, torch.Tensor):
         raise RewardValueError(f"{prefix}: returned {type(values).__name__}, expected a tensor of {count} values")
     if tuple(values.shape) != (count,):
-        raise RewardValueError(f"{prefix}: returned shape {tuple(values.shape)}, expected ({count},): one value per image")
+        raise RewardValueError(
+            f"{prefix}: returned shape {tuple(values.shape)}, expected ({count},): one value per image"
+        )
     values = values.detach().float().cpu()
     bad = int((~torch.isfinite(values)).sum())
     if bad:

@@ -164,8 +164,10 @@ class GenEvalRemoteReward:
                 return self._post_once(body)
             except _Transient as err:
                 last = str(err)
-        raise VgpoError(f"geneval-remote: cannot reach the GenEval server at {self.url} after "
-                        f"{self.retries + 1} attempt(s) ({last})")
+        raise VgpoError(
+            f"geneval-remote: cannot reach the GenEval server at {self.url} after "
+            f"{self.retries + 1} attempt(s) ({last})"
+        )
 
     def _post_once(self, body: bytes) -> dict:
         """One attempt, bounded as a whole by ``timeout``: a timer closes the connection when it runs out,
@@ -192,8 +194,9 @@ class GenEvalRemoteReward:
             path = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
             conn.connect()
             opened.append(conn.sock)
-            conn.request("POST", path, body=body,
-                         headers={"Content-Type": "application/json", "Accept": "application/json"})
+            conn.request(
+                "POST", path, body=body, headers={"Content-Type": "application/json", "Accept": "application/json"}
+            )
             response = conn.getresponse()
             raw = self._read_capped(response)
             status = response.status
@@ -230,8 +233,10 @@ class GenEvalRemoteReward:
         header = response.getheader("Content-Length") or ""
         expected = int(header) if header.isdigit() else None
         if expected is not None and expected > self.max_response_bytes:
-            raise VgpoError(f"geneval-remote: the server at {self.url} announced {expected} bytes, more than "
-                            f"max_response_bytes={self.max_response_bytes}")
+            raise VgpoError(
+                f"geneval-remote: the server at {self.url} announced {expected} bytes, more than "
+                f"max_response_bytes={self.max_response_bytes}"
+            )
         chunks, size = [], 0
         while expected is None or size < expected:
             chunk = response.read1(65536) if expected is None else response.read(min(65536, expected - size))
@@ -240,8 +245,10 @@ class GenEvalRemoteReward:
             chunks.append(chunk)
             size += len(chunk)
             if size > self.max_response_bytes:
-                raise VgpoError(f"geneval-remote: the server at {self.url} sent more than "
-                                f"max_response_bytes={self.max_response_bytes} bytes")
+                raise VgpoError(
+                    f"geneval-remote: the server at {self.url} sent more than "
+                    f"max_response_bytes={self.max_response_bytes} bytes"
+                )
         if expected is not None and size < expected:
             raise http.client.IncompleteRead(b"".join(chunks), expected - size)
         return b"".join(chunks)
@@ -252,17 +259,22 @@ class GenEvalRemoteReward:
                 continue
             values = reply[key]
             if not isinstance(values, list) or len(values) != count or not all(map(_is_score, values)):
-                raise VgpoError(f"geneval-remote: the server at {self.url} sent '{key}' that is not a list of "
-                                f"{count} finite numbers")
+                raise VgpoError(
+                    f"geneval-remote: the server at {self.url} sent '{key}' that is not a list of "
+                    f"{count} finite numbers"
+                )
         for key in GROUP_FIELDS:
             groups = reply.get(key)
             if groups is None:
                 continue
             if not isinstance(groups, dict) or not all(
-                    isinstance(name, str) and isinstance(values, list) and all(map(_is_score, values))
-                    for name, values in groups.items()):
-                raise VgpoError(f"geneval-remote: the server at {self.url} sent '{key}' that is not a mapping of "
-                                "group names to lists of finite numbers")
+                isinstance(name, str) and isinstance(values, list) and all(map(_is_score, values))
+                for name, values in groups.items()
+            ):
+                raise VgpoError(
+                    f"geneval-remote: the server at {self.url} sent '{key}' that is not a mapping of "
+                    "group names to lists of finite numbers"
+                )
 
 
 class _NonFinite(ValueError):
@@ -275,5 +287,9 @@ def _refuse_constant(name: str) -> float:
 
 def _is_score(value: Any) -> bool:
     """A finite JSON number that float32 holds (1e308 would become inf)."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            and abs(value) <= FLOAT32_MAX)
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and abs(value) <= FLOAT32_MAX
+    )

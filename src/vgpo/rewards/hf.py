@@ -25,8 +25,9 @@ Needs the ``real`` extra (transformers).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -89,8 +90,9 @@ class _ClipSimilarity:
         self.device = _device(device)
         self.batch_size = int(batch_size)
         self.divide_by = float(divide_by)
-        self.processor = _load(self.name, "AutoProcessor", processor_path or model_path, local_files_only,
-                               "processor_path")
+        self.processor = _load(
+            self.name, "AutoProcessor", processor_path or model_path, local_files_only, "processor_path"
+        )
         self.model = _load(self.name, "AutoModel", model_path, local_files_only, "model_path")
         self.model.requires_grad_(False).eval().to(self.device, dtype=getattr(torch, dtype))
 
@@ -107,10 +109,12 @@ class _ClipSimilarity:
             text = self.processor(text=texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
             dtype = next(self.model.parameters()).dtype
             img_emb = _features(self.model.get_image_features(pixel_values=pixel.to(self.device, dtype)))
-            txt_emb = _features(self.model.get_text_features(
-                input_ids=text["input_ids"].to(self.device),
-                attention_mask=text["attention_mask"].to(self.device) if "attention_mask" in text else None,
-            ))
+            txt_emb = _features(
+                self.model.get_text_features(
+                    input_ids=text["input_ids"].to(self.device),
+                    attention_mask=text["attention_mask"].to(self.device) if "attention_mask" in text else None,
+                )
+            )
             img_emb = img_emb.float() / img_emb.float().norm(dim=-1, keepdim=True)
             txt_emb = txt_emb.float() / txt_emb.float().norm(dim=-1, keepdim=True)
             cos = (img_emb * txt_emb).sum(dim=-1)
@@ -139,8 +143,12 @@ class ClipScoreReward(_ClipSimilarity):
 
     name = "clipscore"
 
-    def __init__(self, model_path: str | Path = "openai/clip-vit-large-patch14",
-                 processor_path: str | Path | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        model_path: str | Path = "openai/clip-vit-large-patch14",
+        processor_path: str | Path | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(model_path, processor_path, **kwargs)
 
 
@@ -167,8 +175,9 @@ class AestheticMLP(nn.Module):
 def load_head(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
-        raise VgpoError(f"aesthetic.head_path: no such file '{path}' (the LAION MLP head, e.g. "
-                        "sac+logos+ava1-l14-linearMSE.pth)")
+        raise VgpoError(
+            f"aesthetic.head_path: no such file '{path}' (the LAION MLP head, e.g. sac+logos+ava1-l14-linearMSE.pth)"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -200,21 +209,24 @@ class AestheticReward:
         local_files_only: bool = False,
     ):
         if head_path is None:
-            raise VgpoError("aesthetic.head_path: required (path to the LAION MLP head, e.g. "
-                            "sac+logos+ava1-l14-linearMSE.pth)")
+            raise VgpoError(
+                "aesthetic.head_path: required (path to the LAION MLP head, e.g. sac+logos+ava1-l14-linearMSE.pth)"
+            )
         self.device = _device(device)
         self.batch_size = int(batch_size)
         state = load_head(head_path)
         if "layers.0.weight" not in state:
-            raise VgpoError(f"aesthetic.head_path: '{head_path}' is not a LAION aesthetic head "
-                            "(no layers.0.weight)")
-        self.processor = _load(self.name, "AutoProcessor", processor_path or model_path, local_files_only,
-                               "processor_path")
+            raise VgpoError(f"aesthetic.head_path: '{head_path}' is not a LAION aesthetic head (no layers.0.weight)")
+        self.processor = _load(
+            self.name, "AutoProcessor", processor_path or model_path, local_files_only, "processor_path"
+        )
         self.model = _load(self.name, "CLIPModel", model_path, local_files_only, "model_path")
         dim = state["layers.0.weight"].shape[1]
         if dim != self.model.config.projection_dim:
-            raise VgpoError(f"aesthetic.head_path: head expects {dim}-d embeddings, model_path's CLIP gives "
-                            f"{self.model.config.projection_dim}")
+            raise VgpoError(
+                f"aesthetic.head_path: head expects {dim}-d embeddings, model_path's CLIP gives "
+                f"{self.model.config.projection_dim}"
+            )
         self.mlp = AestheticMLP(dim)
         try:
             self.mlp.load_state_dict(state)
@@ -224,12 +236,15 @@ class AestheticReward:
             module.requires_grad_(False).eval().to(self.device, dtype=torch.float32)
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str] = (), metadata: Sequence[dict] = ()) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, prompts: Sequence[str] = (), metadata: Sequence[dict] = ()
+    ) -> torch.Tensor:
         _check_images(images, self.name)
         scores = []
         for start in range(0, images.shape[0], self.batch_size):
-            pixel = self.processor(images=_to_uint8(images[start : start + self.batch_size]),
-                                   return_tensors="pt")["pixel_values"]
+            pixel = self.processor(images=_to_uint8(images[start : start + self.batch_size]), return_tensors="pt")[
+                "pixel_values"
+            ]
             emb = _features(self.model.get_image_features(pixel_values=pixel.to(self.device))).float()
             emb = emb / emb.norm(dim=-1, keepdim=True)
             scores.append(self.mlp(emb).squeeze(-1))

@@ -67,11 +67,13 @@ def target_of(prompt: str, metadata: dict | None = None) -> str:
     start = prompt.find('"')
     end = prompt.find('"', start + 1) if start >= 0 else -1
     if end > start >= 0:
-        return prompt[start + 1:end]
+        return prompt[start + 1 : end]
     if metadata is not None and isinstance(metadata.get("text"), str):
         return metadata["text"]
-    raise VgpoError(f"reward 'ocr': prompt {prompt!r} has no text between double quotes and its "
-                    'metadata has no "text" entry; expected e.g. a sign that says "RIVER"')
+    raise VgpoError(
+        f"reward 'ocr': prompt {prompt!r} has no text between double quotes and its "
+        'metadata has no "text" entry; expected e.g. a sign that says "RIVER"'
+    )
 
 
 def ocr_score(recognised: str, target: str) -> float:
@@ -88,8 +90,10 @@ def ocr_score(recognised: str, target: str) -> float:
 def _shipped_model(models_dir: Path, kind: str) -> Path:
     found = sorted(models_dir.glob(f"*_{kind}_*.onnx"))
     if len(found) != 1:
-        raise VgpoError(f"reward 'ocr': expected one {kind} model shipped in {models_dir}, found "
-                        f"{[p.name for p in found] or 'none'}; install the pinned rapidocr of the ocr extra")
+        raise VgpoError(
+            f"reward 'ocr': expected one {kind} model shipped in {models_dir}, found "
+            f"{[p.name for p in found] or 'none'}; install the pinned rapidocr of the ocr extra"
+        )
     return found[0]
 
 
@@ -109,8 +113,15 @@ def _resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
 class OcrReward:
     """Flow-GRPO OCR reward; see the module docstring for the metric and the options."""
 
-    def __init__(self, mode: str = "auto", min_confidence: float = 0.5, threads: int | None = None,
-                 rec_height: int = 48, det_side_len: int = 512, batch_size: int = 64):
+    def __init__(
+        self,
+        mode: str = "auto",
+        min_confidence: float = 0.5,
+        threads: int | None = None,
+        rec_height: int = 48,
+        det_side_len: int = 512,
+        batch_size: int = 64,
+    ):
         if mode not in MODES:
             raise VgpoError(f"reward.ocr.mode: expected one of {', '.join(MODES)}, got {mode!r}")
         if not isinstance(min_confidence, (int, float)) or not 0.0 <= min_confidence <= 1.0:
@@ -215,7 +226,7 @@ class OcrReward:
         crops: list[np.ndarray] = []
         owners: list[int] = []
         for i in range(images.shape[0]):
-            boxes, _ = det.postprocess_op(preds[i:i + 1], (height, width))
+            boxes, _ = det.postprocess_op(preds[i : i + 1], (height, width))
             if len(boxes) == 0:
                 continue
             for box in det.sorted_boxes(np.asarray(boxes)):
@@ -243,5 +254,4 @@ class OcrReward:
         targets = self.targets(prompts, metadata)
         read = self.read(images)
         self.last_texts = [text for text, _ in read]
-        return torch.tensor([ocr_score(text, target) for (text, _), target in zip(read, targets)],
-                            dtype=torch.float32)
+        return torch.tensor([ocr_score(text, target) for (text, _), target in zip(read, targets)], dtype=torch.float32)

@@ -9,8 +9,8 @@ log-probs stay float32.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -29,8 +29,9 @@ def batch_randn(shape: Sequence[int], generator: Generators, device: torch.devic
         return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=torch.float32).to(device)
     if len(generator) != shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
-    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=torch.float32)
-                        for g in generator]).to(device)
+    return torch.stack(
+        [torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=torch.float32) for g in generator]
+    ).to(device)
 
 
 SDE_TYPES = ("sde", "cps")
@@ -132,8 +133,9 @@ def sde_step(
         zeros = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)
         return SDEStepOutput(prev.to(out_dtype), zeros, mean, torch.zeros((), device=x.device))
     if sde_type == "cps":
-        return _cps_step(x32, v32, s, sigmas[i + 1].float().to(x.device), noise_level, prev_sample, generator,
-                         out_dtype)
+        return _cps_step(
+            x32, v32, s, sigmas[i + 1].float().to(x.device), noise_level, prev_sample, generator, out_dtype
+        )
     std = sde_std(sigmas, i, noise_level).to(x.device)
     mean = x32 * (1 + std**2 * dt / (2 * s)) + v32 * (1 + std**2 * (1 - s) / (2 * s)) * dt
     scale = std * torch.sqrt(-dt)
@@ -152,8 +154,16 @@ def cps_std(sigma_next: torch.Tensor, noise_level: float) -> torch.Tensor:
     return sigma_next.float() * math.sin(noise_level * math.pi / 2)
 
 
-def _cps_step(x32: torch.Tensor, v32: torch.Tensor, s: torch.Tensor, s_next: torch.Tensor, noise_level: float,
-              prev_sample: torch.Tensor | None, generator: Generators, out_dtype: torch.dtype) -> SDEStepOutput:
+def _cps_step(
+    x32: torch.Tensor,
+    v32: torch.Tensor,
+    s: torch.Tensor,
+    s_next: torch.Tensor,
+    noise_level: float,
+    prev_sample: torch.Tensor | None,
+    generator: Generators,
+    out_dtype: torch.dtype,
+) -> SDEStepOutput:
     std = cps_std(s_next, noise_level)
     x0_hat = x32 - s * v32
     x1_hat = x32 + (1 - s) * v32

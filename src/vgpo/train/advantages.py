@@ -21,7 +21,9 @@ import torch
 EPS = 1e-4  # Flow-GRPO's std epsilon
 
 
-def group_mean_std(values: torch.Tensor, group_ids: torch.Tensor, global_std: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def group_mean_std(
+    values: torch.Tensor, group_ids: torch.Tensor, global_std: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample mean and population std of ``values`` (B, ...) over the sample's group.
 
     With ``global_std`` the std is taken over the whole batch (per trailing index), the mean stays per
@@ -40,8 +42,9 @@ def group_mean_std(values: torch.Tensor, group_ids: torch.Tensor, global_std: bo
     return mean.float(), std.float()
 
 
-def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, num_steps: int,
-                    global_std: bool = False) -> torch.Tensor:
+def grpo_advantages(
+    rewards: torch.Tensor, group_ids: torch.Tensor, num_steps: int, global_std: bool = False
+) -> torch.Tensor:
     """Flow-GRPO: A = (R - mean_g R) / (std + 1e-4), broadcast to every step. rewards: (B,)."""
     mean, std = group_mean_std(rewards, group_ids, global_std)
     adv = (rewards.float() - mean) / (std + EPS)
@@ -95,8 +98,15 @@ def scored_steps(num_steps: int, every: int) -> list[int]:
     return sorted(set(range(0, num_steps, every)) | {num_steps - 1})
 
 
-def vgpo_advantages(q: torch.Tensor, group_ids: torch.Tensor, *, use_omega: bool, adae_k: float,
-                    adae_steps: int, global_std: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def vgpo_advantages(
+    q: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    use_omega: bool,
+    adae_k: float,
+    adae_steps: int,
+    global_std: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A_i = omega_i * [(Q_i - mean_g Q_i) / (std_g Q_i + eps) + k_i * Q_i] for values Q (B, T).
 
     ``use_omega`` False gives omega = 1 (ADAE-only); ``adae_k`` 0 gives plain group normalisation of

@@ -58,8 +58,13 @@ PRESETS: dict[str, Parts] = {
 def resolve(cfg: TrainConfig) -> Parts:
     """The preset of ``cfg.algorithm`` with the explicitly set parts of ``cfg`` over it."""
     parts = PRESETS[cfg.algorithm]
-    explicit = {"sampler": cfg.sampler, "objective": cfg.objective, "tcrm": cfg.tcrm, "adae": cfg.adae,
-                "drop_zero_std": cfg.drop_zero_std_groups}
+    explicit = {
+        "sampler": cfg.sampler,
+        "objective": cfg.objective,
+        "tcrm": cfg.tcrm,
+        "adae": cfg.adae,
+        "drop_zero_std": cfg.drop_zero_std_groups,
+    }
     return replace(parts, **{k: v for k, v in explicit.items() if v is not None})
 
 
@@ -70,20 +75,28 @@ def check(cfg: TrainConfig, parts: Parts) -> None:
     objective = get_objective(parts.objective)
     if parts.sampler == "ode":
         if objective.needs_log_probs:
-            raise VgpoError(f"objective: {parts.objective} needs the step log-probs of stochastic rollouts; "
-                            "sampler ode has none (use sampler sde or cps, or objective nft or awm)")
+            raise VgpoError(
+                f"objective: {parts.objective} needs the step log-probs of stochastic rollouts; "
+                "sampler ode has none (use sampler sde or cps, or objective nft or awm)"
+            )
         if cfg.sde_steps:
             raise VgpoError(f"sde_steps: {cfg.sde_steps} with sampler ode, which has no SDE step")
         if cfg.shared_init_noise:
             raise VgpoError("shared_init_noise: with sampler ode a group's samples would all be the same image")
         return
     if cfg.noise_level <= 0:
-        raise VgpoError(f"noise_level: expected > 0 for sampler {parts.sampler} (0 is sampler ode), got {cfg.noise_level}")
+        raise VgpoError(
+            f"noise_level: expected > 0 for sampler {parts.sampler} (0 is sampler ode), got {cfg.noise_level}"
+        )
     if parts.sampler == "cps" and cfg.noise_level > 1:
-        raise VgpoError(f"noise_level: expected in (0, 1] for sampler cps (std = sigma'*sin(a*pi/2)), got {cfg.noise_level}")
+        raise VgpoError(
+            f"noise_level: expected in (0, 1] for sampler cps (std = sigma'*sin(a*pi/2)), got {cfg.noise_level}"
+        )
     if parts.sampler == "cps" and objective.needs_log_probs and cfg.trained_steps == cfg.num_steps:
-        raise VgpoError("timestep_fraction: sampler cps's last step is deterministic (std 0) and cannot be trained by "
-                        f"{parts.objective}; train fewer than num_steps={cfg.num_steps} steps (timestep_fraction or sde_steps)")
+        raise VgpoError(
+            "timestep_fraction: sampler cps's last step is deterministic (std 0) and cannot be trained by "
+            f"{parts.objective}; train fewer than num_steps={cfg.num_steps} steps (timestep_fraction or sde_steps)"
+        )
 
 
 def describe(parts: Parts) -> str:

@@ -46,11 +46,16 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     lines = [
         f"# vgpo demo: {cfg.algorithm} on {cfg.world}, {cfg.epochs} epochs, {wall / 60:.1f} min",
         "",
-        f"Held-out {key}: {before[key]:.3f} (base) -> {after[key]:.3f} (after RL), "
-        f"{after[key] - before[key]:+.3f}",
+        f"Held-out {key}: {before[key]:.3f} (base) -> {after[key]:.3f} (after RL), {after[key] - before[key]:+.3f}",
         "",
-        "## Base", "```", world.format_table(before), "```",
-        "## After RL", "```", world.format_table(after), "```",
+        "## Base",
+        "```",
+        world.format_table(before),
+        "```",
+        "## After RL",
+        "```",
+        world.format_table(after),
+        "```",
         "Grids: before.png, after.png. Curve: reward.png. Metrics: ../metrics.jsonl.",
     ]
     (report / "REPORT.md").write_text("\n".join(lines) + "\n")
@@ -63,11 +68,17 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("train", help="RL fine-tuning (Flow-GRPO, VGPO and ablations)")
     add_config_args(p, TrainConfig)
-    p.add_argument("--resume", action="store_true",
-                   help="continue from <out>/checkpoint (the config may change only epochs, threads, out, "
-                        "sample/eval batch sizes, eval_every, save_every and eval_base)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start again in an <out> that holds a run: its checkpoint, metrics and evaluations are deleted")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from <out>/checkpoint (the config may change only epochs, threads, out, "
+        "sample/eval batch sizes, eval_every, save_every and eval_base)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in an <out> that holds a run: its checkpoint, metrics and evaluations are deleted",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("demo", help=f"VGPO on Shapes from the shipped base ({DEMO_PRESET}), with a report")

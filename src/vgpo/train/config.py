@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from vgpo.config import check_fields, doc
 from vgpo.errors import VgpoError
@@ -26,24 +26,40 @@ class TrainConfig:
     checkpoint: str = doc("checkpoints/shapes-base", "tiny: checkpoint folder; sd3/flux: local path or hub id")
     model_options: dict = doc({}, "extra adapter options (tiny: lora; sd3/flux: resolution, precision, lora, ...)")
     device: str = doc("cpu", "torch device")
-    fsdp: bool = doc(False, "shard the trained network over processes with FSDP2 (torch fully_shard): weights, "
-                            "gradients and optimizer state; for models that do not fit one device (a 1-process run has nothing to shard)")
+    fsdp: bool = doc(
+        False,
+        "shard the trained network over processes with FSDP2 (torch fully_shard): weights, "
+        "gradients and optimizer state; for models that do not fit one device (a 1-process run has nothing to shard)",
+    )
     world: str = doc("shapes", "prompt world: shapes, text")
     train_prompts: str = doc("", "prompt file for training (default: the world's train split)")
     test_prompts: str = doc("", "prompt file for evaluation (default: the world's test split)")
-    reward: Union[str, dict] = doc("", "reward name or {name: weight} (default: the world's reward)")
+    reward: str | dict = doc("", "reward name or {name: weight} (default: the world's reward)")
     # --- sampling (Flow-GRPO: 10 train steps, noise level 0.7) ---
     num_steps: int = doc(10, "sampling steps of training rollouts (Flow-GRPO: 10)")
-    noise_level: float = doc(0.7, "SDE noise level a of training rollouts (Flow-GRPO: 0.7; CPS: 0.8, in (0, 1]); "
-                                  "unused by sampler ode")
-    sde_steps: int = doc(0, "SDE on the first this many steps only, the Euler ODE after, and only those steps trained "
-                            "(as Flow-GRPO-Fast and MixGRPO); 0: SDE at every step (Flow-GRPO)")
-    shared_init_noise: bool = doc(False, "a group's images start from the same initial noise, so only the SDE steps "
-                                         "(the policy's actions) tell them apart (DanceGRPO's shared noise)")
-    guidance_scale: float = doc(4.5, "CFG scale in rollouts and in the PPO update (Flow-GRPO: 4.5); the flow-matching "
-                                     "objectives (nft, awm) train the conditional velocity without CFG")
-    cfg_uncond_grad: bool = doc(False, "PPO update: back-propagate through the unconditional branch of the guided velocity "
-                                       "too (exact gradient); off: detached, as Flow-GRPO (noise_pred_uncond.detach())")
+    noise_level: float = doc(
+        0.7, "SDE noise level a of training rollouts (Flow-GRPO: 0.7; CPS: 0.8, in (0, 1]); unused by sampler ode"
+    )
+    sde_steps: int = doc(
+        0,
+        "SDE on the first this many steps only, the Euler ODE after, and only those steps trained "
+        "(as Flow-GRPO-Fast and MixGRPO); 0: SDE at every step (Flow-GRPO)",
+    )
+    shared_init_noise: bool = doc(
+        False,
+        "a group's images start from the same initial noise, so only the SDE steps "
+        "(the policy's actions) tell them apart (DanceGRPO's shared noise)",
+    )
+    guidance_scale: float = doc(
+        4.5,
+        "CFG scale in rollouts and in the PPO update (Flow-GRPO: 4.5); the flow-matching "
+        "objectives (nft, awm) train the conditional velocity without CFG",
+    )
+    cfg_uncond_grad: bool = doc(
+        False,
+        "PPO update: back-propagate through the unconditional branch of the guided velocity "
+        "too (exact gradient); off: detached, as Flow-GRPO (noise_pred_uncond.detach())",
+    )
     prompts_per_epoch: int = doc(8, "distinct prompts per epoch (over all processes)")
     group_size: int = doc(8, "images per prompt, G (paper: 24)")
     sample_batch_size: int = doc(64, "images per rollout forward batch")
@@ -62,50 +78,74 @@ class TrainConfig:
     ema_decay: float = doc(0.9, "EMA of trained weights used for evaluation, per optimizer step (0: off)")
     # --- algorithm ---
     algorithm: Literal["grpo", "vgpo", "tcrm", "adae", "nft", "awm"] = doc(
-        "vgpo", "preset of sampler + advantage + objective (docs/algorithms.md): grpo: Flow-GRPO; vgpo: TCRM + ADAE; "
-                "tcrm: TCRM only; adae: ADAE only (arXiv 2512.12387); nft: DiffusionNFT; awm: Advantage Weighted "
-                "Matching; the fields sampler, objective, tcrm, adae, drop_zero_std_groups override its parts")
-    sampler: Optional[Literal["sde", "cps", "ode"]] = doc(
-        None, "rollout sampler: sde (Flow-GRPO), cps (coefficients-preserving, Flow-GRPO's sde_type cps), ode (Euler, "
-              "no log-probs) (default: the algorithm's)")
-    objective: Optional[Literal["ppo", "nft", "awm"]] = doc(
-        None, "loss: ppo (Flow-GRPO's clipped policy gradient), nft (DiffusionNFT), awm (Advantage Weighted Matching) "
-              "(default: the algorithm's)")
-    tcrm: Optional[bool] = doc(None, "TCRM dense values and step weights (default: the algorithm's)")
-    adae: Optional[bool] = doc(None, "ADAE absolute term k*Q in the advantage (default: the algorithm's)")
+        "vgpo",
+        "preset of sampler + advantage + objective (docs/algorithms.md): grpo: Flow-GRPO; vgpo: TCRM + ADAE; "
+        "tcrm: TCRM only; adae: ADAE only (arXiv 2512.12387); nft: DiffusionNFT; awm: Advantage Weighted "
+        "Matching; the fields sampler, objective, tcrm, adae, drop_zero_std_groups override its parts",
+    )
+    sampler: Literal["sde", "cps", "ode"] | None = doc(
+        None,
+        "rollout sampler: sde (Flow-GRPO), cps (coefficients-preserving, Flow-GRPO's sde_type cps), ode (Euler, "
+        "no log-probs) (default: the algorithm's)",
+    )
+    objective: Literal["ppo", "nft", "awm"] | None = doc(
+        None,
+        "loss: ppo (Flow-GRPO's clipped policy gradient), nft (DiffusionNFT), awm (Advantage Weighted Matching) "
+        "(default: the algorithm's)",
+    )
+    tcrm: bool | None = doc(None, "TCRM dense values and step weights (default: the algorithm's)")
+    adae: bool | None = doc(None, "ADAE absolute term k*Q in the advantage (default: the algorithm's)")
     global_std: bool = doc(False, "normalise by the batch's std instead of the group's (Flow-GRPO option)")
-    drop_zero_std_groups: Optional[bool] = doc(
-        None, "drop samples whose group rewards are all equal (default: the algorithm's: true for grpo, false otherwise)")
+    drop_zero_std_groups: bool | None = doc(
+        None,
+        "drop samples whose group rewards are all equal (default: the algorithm's: true for grpo, false otherwise)",
+    )
     gamma: float = doc(0.9, "TCRM discount of the reward-to-go Q_i (our choice; the paper leaves it open)")
     adae_k: float = doc(0.1, "ADAE absolute-signal weight k, alpha = k*std_g Q (our choice; swept in benchmarks)")
     adae_steps: int = doc(5, "ADAE adds k*Q_i on the first this many steps only (paper: 5)")
     tcrm_every: int = doc(1, "score projections every k-th step, interpolate the rest (1: the paper)")
     # --- flow-matching objectives (nft, awm) ---
-    fm_timesteps: int = doc(0, "training times per sample per update: 0: the sigma of every trained rollout step "
-                               "(DiffusionNFT); K > 0: K draws uniform in [sigma of the last trained step, sigma_0]")
-    fm_advantage_interp: str = doc("linear", "advantage at a training time t from the per-step advantages at the "
-                                             "sampler's sigmas (TCRM's Q interpolated at sigma = t): linear, nearest")
+    fm_timesteps: int = doc(
+        0,
+        "training times per sample per update: 0: the sigma of every trained rollout step "
+        "(DiffusionNFT); K > 0: K draws uniform in [sigma of the last trained step, sigma_0]",
+    )
+    fm_advantage_interp: str = doc(
+        "linear",
+        "advantage at a training time t from the per-step advantages at the "
+        "sampler's sigmas (TCRM's Q interpolated at sigma = t): linear, nearest",
+    )
     nft_beta: float = doc(1.0, "DiffusionNFT beta: implicit policies old +- beta*(current - old) (paper: 1)")
     nft_weighting: Literal["adaptive", "none"] = doc(
-        "adaptive", "DiffusionNFT branch loss: adaptive (x0 error self-normalised per sample, its released code) or "
-                    "none (plain flow-matching error, the paper's formula)")
+        "adaptive",
+        "DiffusionNFT branch loss: adaptive (x0 error self-normalised per sample, its released code) or "
+        "none (plain flow-matching error, the paper's formula)",
+    )
     awm_weighting: Literal["uniform", "t", "t2", "ghuber"] = doc(
-        "ghuber", "AWM surrogate log-likelihood: minus the flow-matching error l, weighted: uniform, t*l, t^2*l, or "
-                  "ghuber t*((l+d)^p - d^p)/p (AWM's released configs)")
+        "ghuber",
+        "AWM surrogate log-likelihood: minus the flow-matching error l, weighted: uniform, t*l, t^2*l, or "
+        "ghuber t*((l+d)^p - d^p)/p (AWM's released configs)",
+    )
     awm_ghuber_power: float = doc(0.25, "AWM ghuber power p (released configs: 0.25)")
     awm_clip_range: float = doc(1.0, "AWM ratio clip epsilon on exp(lp - lp_old) (released configs: 1; 0: no clipping)")
     awm_old_kl: float = doc(1.0, "AWM weight of the velocity penalty towards the old (EMA) policy (released code: 1)")
-    old_policy_decay_rate: float = doc(0.001, "old policy of nft/awm: after each epoch old <- d*old + (1-d)*current "
-                                              "with d = min(rate*(step - flat), max) at optimizer step `step` "
-                                              "(DiffusionNFT: 0.001, max 0.5, flat 0; 0: on-policy)")
+    old_policy_decay_rate: float = doc(
+        0.001,
+        "old policy of nft/awm: after each epoch old <- d*old + (1-d)*current "
+        "with d = min(rate*(step - flat), max) at optimizer step `step` "
+        "(DiffusionNFT: 0.001, max 0.5, flat 0; 0: on-policy)",
+    )
     old_policy_decay_max: float = doc(0.5, "cap of the old policy's decay d (DiffusionNFT: 0.5)")
     old_policy_decay_flat: int = doc(0, "optimizer steps with decay 0 before the ramp (DiffusionNFT: 0)")
     # --- evaluation and checkpoints ---
     eval_every: int = doc(10, "epochs between held-out evaluations (0: only before the first and after the last)")
     eval_base: bool = doc(True, "evaluate the starting model before the first epoch (off: its score is known already)")
     eval_num_steps: int = doc(EvalConfig.num_steps, "ODE steps of held-out evaluation")
-    eval_guidance_scale: float = doc(0.0, "CFG scale of held-out evaluation (0: guidance_scale); lets a run train "
-                                          "without CFG (guidance_scale 1, half the forwards) and be judged with it")
+    eval_guidance_scale: float = doc(
+        0.0,
+        "CFG scale of held-out evaluation (0: guidance_scale); lets a run train "
+        "without CFG (guidance_scale 1, half the forwards) and be judged with it",
+    )
     eval_images_per_prompt: int = doc(EvalConfig.images_per_prompt, "held-out images per test prompt")
     eval_limit: int = doc(EvalConfig.limit, "evaluate on the first N test prompts only (0: all)")
     eval_batch_size: int = doc(EvalConfig.batch_size, "prompts per evaluation batch (results do not depend on it)")
@@ -113,9 +153,20 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)  # every float finite, the device known
-        positive = ("epochs", "num_steps", "prompts_per_epoch", "sample_batch_size", "train_batch_size",
-                    "gradient_accumulation", "inner_epochs", "eval_num_steps", "eval_images_per_prompt",
-                    "eval_batch_size", "save_every", "tcrm_every")
+        positive = (
+            "epochs",
+            "num_steps",
+            "prompts_per_epoch",
+            "sample_batch_size",
+            "train_batch_size",
+            "gradient_accumulation",
+            "inner_epochs",
+            "eval_num_steps",
+            "eval_images_per_prompt",
+            "eval_batch_size",
+            "save_every",
+            "tcrm_every",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise VgpoError(f"{name}: expected >= 1, got {getattr(self, name)}")
@@ -130,8 +181,17 @@ class TrainConfig:
                 raise VgpoError(f"{name}: expected > 0, got {getattr(self, name)}")
         if not 0 <= self.sde_steps <= self.num_steps:
             raise VgpoError(f"sde_steps: expected in [0, num_steps={self.num_steps}], got {self.sde_steps}")
-        for name in ("beta", "weight_decay", "eval_every", "adae_steps", "eval_limit", "threads", "fm_timesteps",
-                     "old_policy_decay_rate", "old_policy_decay_flat"):
+        for name in (
+            "beta",
+            "weight_decay",
+            "eval_every",
+            "adae_steps",
+            "eval_limit",
+            "threads",
+            "fm_timesteps",
+            "old_policy_decay_rate",
+            "old_policy_decay_flat",
+        ):
             if getattr(self, name) < 0:
                 raise VgpoError(f"{name}: expected >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -141,7 +201,9 @@ class TrainConfig:
         if self.guidance_scale < 1.0:
             raise VgpoError(f"guidance_scale: expected >= 1, got {self.guidance_scale}")
         if self.eval_guidance_scale != 0.0 and self.eval_guidance_scale < 1.0:
-            raise VgpoError(f"eval_guidance_scale: expected 0 (same as guidance_scale) or >= 1, got {self.eval_guidance_scale}")
+            raise VgpoError(
+                f"eval_guidance_scale: expected 0 (same as guidance_scale) or >= 1, got {self.eval_guidance_scale}"
+            )
         for name in ("awm_clip_range", "awm_old_kl"):
             if getattr(self, name) < 0:
                 raise VgpoError(f"{name}: expected >= 0, got {getattr(self, name)}")
@@ -152,7 +214,9 @@ class TrainConfig:
         if not 0.0 <= self.old_policy_decay_max < 1.0:
             raise VgpoError(f"old_policy_decay_max: expected in [0, 1), got {self.old_policy_decay_max}")
         if self.fm_advantage_interp not in ADVANTAGE_INTERP:
-            raise VgpoError(f"fm_advantage_interp: expected one of {', '.join(ADVANTAGE_INTERP)}, got {self.fm_advantage_interp!r}")
+            raise VgpoError(
+                f"fm_advantage_interp: expected one of {', '.join(ADVANTAGE_INTERP)}, got {self.fm_advantage_interp!r}"
+            )
         algorithms.check(self, self.parts)
 
     # Derived switches: the algorithm's parts (algorithms.py), with the explicitly set fields over its preset.

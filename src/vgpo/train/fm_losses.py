@@ -68,8 +68,17 @@ def optimality_probability(adv: torch.Tensor, clip: float) -> torch.Tensor:
     return 0.5 + 0.5 * torch.clamp(adv.float() / clip, -1.0, 1.0)
 
 
-def nft_loss(v_theta: torch.Tensor, v_old: torch.Tensor, target: torch.Tensor, r: torch.Tensor, beta: float, *,
-             t: torch.Tensor | None = None, weighting: str = "adaptive", eps: float = 1e-5) -> torch.Tensor:
+def nft_loss(
+    v_theta: torch.Tensor,
+    v_old: torch.Tensor,
+    target: torch.Tensor,
+    r: torch.Tensor,
+    beta: float,
+    *,
+    t: torch.Tensor | None = None,
+    weighting: str = "adaptive",
+    eps: float = 1e-5,
+) -> torch.Tensor:
     """DiffusionNFT's per-sample loss, (B,) float32 (arXiv 2509.16117, Eq. for the NFT objective):
 
         v+ = (1 - beta)*v_old + beta*v_theta        (implicit positive policy)
@@ -118,8 +127,14 @@ def _adaptive(x0_err: torch.Tensor, eps: float) -> torch.Tensor:
     return _per_sample_mean(x0_err**2) / scale
 
 
-def awm_log_likelihood(v: torch.Tensor, target: torch.Tensor, t: torch.Tensor | None = None, *,
-                       weighting: str = "uniform", ghuber_power: float = 0.25) -> torch.Tensor:
+def awm_log_likelihood(
+    v: torch.Tensor,
+    target: torch.Tensor,
+    t: torch.Tensor | None = None,
+    *,
+    weighting: str = "uniform",
+    ghuber_power: float = 0.25,
+) -> torch.Tensor:
     """AWM's surrogate log-likelihood of a clean sample under a policy, (B,) float32: minus a weighted
     flow-matching error, with l = mean_pixels (v - target)^2 (arXiv 2509.25050; the denoising score
     matching loss bounds the log-likelihood, so -l stands in for log p):
@@ -149,10 +164,20 @@ def awm_log_likelihood(v: torch.Tensor, target: torch.Tensor, t: torch.Tensor | 
     return -t * ((mse + d) ** ghuber_power - d**ghuber_power) / ghuber_power
 
 
-def awm_loss(v_theta: torch.Tensor, target: torch.Tensor, adv: torch.Tensor, *, t: torch.Tensor | None = None,
-             old_log_lik: torch.Tensor | None = None, clip_range: float | None = None, adv_clip: float | None = None,
-             v_old: torch.Tensor | None = None, kl_beta: float = 0.0, weighting: str = "uniform",
-             ghuber_power: float = 0.25) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def awm_loss(
+    v_theta: torch.Tensor,
+    target: torch.Tensor,
+    adv: torch.Tensor,
+    *,
+    t: torch.Tensor | None = None,
+    old_log_lik: torch.Tensor | None = None,
+    clip_range: float | None = None,
+    adv_clip: float | None = None,
+    v_old: torch.Tensor | None = None,
+    kl_beta: float = 0.0,
+    weighting: str = "uniform",
+    ghuber_power: float = 0.25,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Advantage Weighted Matching's per-sample loss, (B,) float32, and detached (B,) statistics.
 
     AWM (arXiv 2509.25050) weights the flow-matching loss of each generated sample by its advantage,
@@ -199,8 +224,14 @@ def awm_loss(v_theta: torch.Tensor, target: torch.Tensor, adv: torch.Tensor, *, 
         kl = velocity_kl(v_theta, v_old.detach())
         loss = loss + kl_beta * kl
     mse = _per_sample_mean((v_theta.detach().float() - target.float()) ** 2)
-    stats = {"ratio": ratio.detach(), "clipped": clipped, "log_lik": lp.detach(), "mse": mse, "kl": kl.detach(),
-             "policy": policy.detach()}
+    stats = {
+        "ratio": ratio.detach(),
+        "clipped": clipped,
+        "log_lik": lp.detach(),
+        "mse": mse,
+        "kl": kl.detach(),
+        "policy": policy.detach(),
+    }
     return loss, stats
 
 
@@ -220,8 +251,9 @@ def advantage_at_time(adv: torch.Tensor, sigmas: torch.Tensor, t: torch.Tensor, 
     if mode not in ADVANTAGE_MODES:
         raise ValueError(f"mode must be one of {ADVANTAGE_MODES}, got {mode!r}")
     if adv.ndim != 2 or sigmas.ndim != 1 or len(sigmas) < adv.shape[1]:
-        raise ValueError(f"advantage_at_time: adv (B, T) needs >= T sigmas, got {tuple(adv.shape)} and "
-                         f"{tuple(sigmas.shape)}")
+        raise ValueError(
+            f"advantage_at_time: adv (B, T) needs >= T sigmas, got {tuple(adv.shape)} and {tuple(sigmas.shape)}"
+        )
     adv = adv.float()
     n_steps = adv.shape[1]
     knots = sigmas[:n_steps].float().to(adv.device)

@@ -9,7 +9,7 @@ every process stops at the same step.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 from vgpo.errors import VgpoError
 
@@ -29,5 +29,7 @@ def check_step(where: str, grad_norm: float, losses: Mapping[str, float]) -> Non
     if not math.isfinite(grad_norm):
         bad.insert(0, f"gradient norm {grad_norm}")
     if bad:
-        raise NonFiniteError(f"{where}: non-finite {', '.join(bad)}; stopped before the optimizer step "
-                             "(the last checkpoint is kept; check the reward, lr and config values)")
+        raise NonFiniteError(
+            f"{where}: non-finite {', '.join(bad)}; stopped before the optimizer step "
+            "(the last checkpoint is kept; check the reward, lr and config values)"
+        )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def ppo_clip_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
-                  clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+def ppo_clip_loss(
+    log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """max(-A*r, -A*clip(r, 1-eps, 1+eps)) per sample with r = exp(logp - logp_old); returns (loss, r)."""
     ratio = torch.exp(log_prob - old_log_prob)
     unclipped = -advantages * ratio

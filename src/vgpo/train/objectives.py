@@ -120,8 +120,9 @@ class PPO(Objective):
         sigmas, sde_type, idx = traj.sigmas, cfg.parts.sampler, mb.idx
         for j in range(cfg.trained_steps):
             x, prev = traj.states[idx, j], traj.states[idx, j + 1]
-            v = guided_velocity(model, x, sigmas[j], mb.cond, mb.uncond, cfg.guidance_scale,
-                                detach_uncond=not cfg.cfg_uncond_grad)
+            v = guided_velocity(
+                model, x, sigmas[j], mb.cond, mb.uncond, cfg.guidance_scale, detach_uncond=not cfg.cfg_uncond_grad
+            )
             out = sde_step(x, v, sigmas, j, cfg.noise_level, prev_sample=prev, sde_type=sde_type)
             policy, ratio = ppo_clip_loss(out.log_prob, traj.log_probs[idx, j], mb.advantages[:, j], cfg.clip_range)
             loss = policy
@@ -135,14 +136,23 @@ class PPO(Objective):
                 stats["kl"] = kl.detach()
             with torch.no_grad():
                 log_ratio = out.log_prob - traj.log_probs[idx, j]
-                stats.update(policy=policy.detach(), clipfrac=((ratio - 1).abs() > cfg.clip_range).float(),
-                             approx_kl=0.5 * log_ratio**2)
+                stats.update(
+                    policy=policy.detach(),
+                    clipfrac=((ratio - 1).abs() > cfg.clip_range).float(),
+                    approx_kl=0.5 * log_ratio**2,
+                )
                 ratio_dev = (ratio - 1).abs()
             yield Term(loss, stats, ratio_dev)
 
 
-def training_times(cfg: TrainConfig, sigmas: torch.Tensor, sample_ids: torch.Tensor, epoch: int, inner: int,
-                   latent_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def training_times(
+    cfg: TrainConfig,
+    sigmas: torch.Tensor,
+    sample_ids: torch.Tensor,
+    epoch: int,
+    inner: int,
+    latent_shape: tuple[int, ...],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The flow-matching objectives' training points of each sample: times t (B, K) and noises
     (B, K, *latent), float32 on the CPU. Each sample's draws come from its own generator, seeded by
     (seed, epoch, inner epoch, global sample id), so they do not depend on batch sizes or processes.
@@ -176,8 +186,15 @@ class FlowMatchingObjective(Objective):
     def terms_per_sample(self, cfg: TrainConfig) -> int:
         return cfg.fm_timesteps or cfg.trained_steps
 
-    def loss(self, ctx: UpdateContext, v: torch.Tensor, anchors: dict[str, torch.Tensor], target: torch.Tensor,
-             adv: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+    def loss(
+        self,
+        ctx: UpdateContext,
+        v: torch.Tensor,
+        anchors: dict[str, torch.Tensor],
+        target: torch.Tensor,
+        adv: torch.Tensor,
+        t: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
         raise NotImplementedError
 
     def _weights(self, ctx: UpdateContext, name: str):
@@ -193,7 +210,9 @@ class FlowMatchingObjective(Objective):
         x0 = batch.traj.final[mb.idx].float()
         times, noises = training_times(cfg, sigmas, batch.sample_ids[mb.idx], ctx.epoch, ctx.inner, tuple(x0.shape[1:]))
         times, noises = times.to(x0.device), noises.to(x0.device)
-        points = [fm_interpolate(x0, noises[:, k], times[:, k]).to(batch.traj.states.dtype) for k in range(times.shape[1])]
+        points = [
+            fm_interpolate(x0, noises[:, k], times[:, k]).to(batch.traj.states.dtype) for k in range(times.shape[1])
+        ]
         anchors: dict[str, list[torch.Tensor]] = {}
         for name in self.anchors:
             with torch.no_grad(), self._weights(ctx, name):
@@ -243,11 +262,22 @@ class AWM(FlowMatchingObjective):
 
     def loss(self, ctx, v, anchors, target, adv, t):
         cfg = ctx.cfg
-        old_lp = awm_log_likelihood(anchors["sampling"], target, t, weighting=cfg.awm_weighting,
-                                    ghuber_power=cfg.awm_ghuber_power)
-        loss, raw = awm_loss(v, target, adv, t=t, old_log_lik=old_lp, clip_range=cfg.awm_clip_range or None,
-                             adv_clip=cfg.adv_clip_max, v_old=anchors["old"], kl_beta=cfg.awm_old_kl,
-                             weighting=cfg.awm_weighting, ghuber_power=cfg.awm_ghuber_power)
+        old_lp = awm_log_likelihood(
+            anchors["sampling"], target, t, weighting=cfg.awm_weighting, ghuber_power=cfg.awm_ghuber_power
+        )
+        loss, raw = awm_loss(
+            v,
+            target,
+            adv,
+            t=t,
+            old_log_lik=old_lp,
+            clip_range=cfg.awm_clip_range or None,
+            adv_clip=cfg.adv_clip_max,
+            v_old=anchors["old"],
+            kl_beta=cfg.awm_old_kl,
+            weighting=cfg.awm_weighting,
+            ghuber_power=cfg.awm_ghuber_power,
+        )
         stats = {"policy": raw["policy"], "old_kl": raw["kl"], "clipfrac": raw["clipped"], "mse": raw["mse"]}
         return loss, stats, (raw["ratio"] - 1).abs()
 

@@ -23,6 +23,7 @@ import torch
 from vgpo import distributed as dist
 from vgpo.errors import VgpoError
 
+
 def decay_at(step: int, rate: float, max_decay: float, flat: int) -> float:
     """DiffusionNFT's schedule: 0 before ``flat`` optimizer steps, then min(rate*(step - flat), max)."""
     return 0.0 if step < flat else min(rate * (step - flat), max_decay)
@@ -78,5 +79,6 @@ class OldPolicy:
                 for i, w in enumerate(self.weights):
                     w.copy_(dist.shard_like(saved[f"old.{i}"], w))
         except (KeyError, RuntimeError) as err:
-            raise VgpoError(f"{source}: does not fit the model's trainable parameters "
-                            f"({str(err).splitlines()[0][:200]})") from None
+            raise VgpoError(
+                f"{source}: does not fit the model's trainable parameters ({str(err).splitlines()[0][:200]})"
+            ) from None

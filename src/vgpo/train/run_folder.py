@@ -2,7 +2,8 @@
 
     <out>/config.json          the config of the latest invocation
     <out>/metrics.jsonl        one JSON row per finished epoch (row 0: the base model's evaluation)
-    <out>/checkpoint/          trainable.safetensors, ema.safetensors, optimizer.pt, state.json (+ old_policy.safetensors for nft/awm)
+    <out>/checkpoint/          trainable.safetensors, ema.safetensors, optimizer.pt, state.json
+                               (+ old_policy.safetensors for nft/awm)
     <out>/.checkpoint.tmp      a checkpoint being written (renamed to checkpoint/ when complete)
     <out>/.checkpoint.old      the previous checkpoint during the swap (a crash between renames leaves it)
     <out>/eval/                epoch_NNNN.png / .json held-out evaluations
@@ -29,8 +30,16 @@ from vgpo.config import check_device_available
 from vgpo.errors import VgpoError
 from vgpo.models import FlowModel, load_model
 from vgpo.train.config import TrainConfig
-from vgpo.utils import (append_line, atomic_save_safetensors, atomic_torch_save, atomic_write_text, disk_error,
-                        load_json, load_safetensors, load_torch)
+from vgpo.utils import (
+    append_line,
+    atomic_save_safetensors,
+    atomic_torch_save,
+    atomic_write_text,
+    disk_error,
+    load_json,
+    load_safetensors,
+    load_torch,
+)
 
 CHECKPOINT, CHECKPOINT_TMP, CHECKPOINT_OLD = "checkpoint", ".checkpoint.tmp", ".checkpoint.old"
 METRICS, CONFIG, EVAL = "metrics.jsonl", "config.json", "eval"
@@ -40,8 +49,9 @@ RUN_FILES = (CHECKPOINT, CHECKPOINT_TMP, CHECKPOINT_OLD, METRICS, CONFIG, EVAL, 
 # Fields that may differ between a run and its resume: they do not change the trained weights or the
 # logged metrics (results do not depend on the sampling or evaluation batch size; epochs may grow).
 # Anything else (device and FSDP included: they change the float arithmetic) must match.
-RESUME_MAY_DIFFER = frozenset({"out", "threads", "epochs", "sample_batch_size", "eval_batch_size", "eval_every",
-                               "save_every", "eval_base"})
+RESUME_MAY_DIFFER = frozenset(
+    {"out", "threads", "epochs", "sample_batch_size", "eval_batch_size", "eval_every", "save_every", "eval_base"}
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -88,13 +98,19 @@ def check_resumable(out: Path, cfg: TrainConfig) -> None:
     saved, where = read_state(out)
     defaults = asdict(TrainConfig())
     mine = asdict(cfg)
-    diff = sorted(f.name for f in fields(TrainConfig) if f.name not in RESUME_MAY_DIFFER
-                  and _plain(mine[f.name]) != _plain(saved["config"].get(f.name, defaults[f.name])))
+    diff = sorted(
+        f.name
+        for f in fields(TrainConfig)
+        if f.name not in RESUME_MAY_DIFFER
+        and _plain(mine[f.name]) != _plain(saved["config"].get(f.name, defaults[f.name]))
+    )
     if diff:
         shown = ", ".join(f"{k} ({saved['config'].get(k, defaults[k])!r} -> {mine[k]!r})" for k in diff[:4])
         more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
-        raise VgpoError(f"--resume: the config changes what {out} computes: {shown}{more}; "
-                        "use the saved config, or a new --out (or --overwrite to start again)")
+        raise VgpoError(
+            f"--resume: the config changes what {out} computes: {shown}{more}; "
+            "use the saved config, or a new --out (or --overwrite to start again)"
+        )
     read_metrics(out / METRICS)  # a corrupt row is named before anything is written
     if cfg.epochs < saved["epoch"]:
         raise VgpoError(f"epochs: {cfg.epochs} is fewer than the {saved['epoch']} epochs {where} already holds")
@@ -122,14 +138,20 @@ class TrainingState:
     extra: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # <name>.safetensors (e.g. old_policy)
 
 
-def gather_training_state(model: FlowModel, optimizer: torch.optim.Optimizer, ema: list[torch.Tensor] | None,
-                          extra: dict[str, dict[str, torch.Tensor]] | None = None) -> TrainingState:
+def gather_training_state(
+    model: FlowModel,
+    optimizer: torch.optim.Optimizer,
+    ema: list[torch.Tensor] | None,
+    extra: dict[str, dict[str, torch.Tensor]] | None = None,
+) -> TrainingState:
     """The checkpoint's tensors, whole. Under FSDP this gathers shards: every process must call it."""
     trainable = {k: dist.full_tensor(v).detach().cpu() for k, v in model.trainable_state_dict().items()}
     ema_state = None if ema is None else {f"ema.{i}": dist.full_tensor(e).cpu() for i, e in enumerate(ema)}
     opt = optimizer.state_dict()
-    opt["state"] = {i: {k: dist.full_tensor(v) if torch.is_tensor(v) else v for k, v in st.items()}
-                    for i, st in opt["state"].items()}
+    opt["state"] = {
+        i: {k: dist.full_tensor(v) if torch.is_tensor(v) else v for k, v in st.items()}
+        for i, st in opt["state"].items()
+    }
     return TrainingState(trainable, ema_state, opt, dict(extra or {}))
 
 
@@ -173,9 +195,13 @@ def read_state(out: Path) -> tuple[dict, Path]:
     """The checkpoint's state.json (finished epochs and config), checked; and its path."""
     path = checkpoint_dir(out) / "state.json"
     state = load_json(path)
-    if (not isinstance(state, dict) or not isinstance(state.get("epoch"), int) or state["epoch"] < 0
-            or not isinstance(state.get("config"), dict)):
-        raise VgpoError(f"{path}: not a checkpoint state (expected {{\"epoch\": N, \"config\": {{...}}}})")
+    if (
+        not isinstance(state, dict)
+        or not isinstance(state.get("epoch"), int)
+        or state["epoch"] < 0
+        or not isinstance(state.get("config"), dict)
+    ):
+        raise VgpoError(f'{path}: not a checkpoint state (expected {{"epoch": N, "config": {{...}}}})')
     return state, path
 
 
@@ -201,7 +227,9 @@ def load_ema(out: Path, ema: list[torch.Tensor]) -> None:
             for i, e in enumerate(ema):
                 e.copy_(dist.shard_like(saved[f"ema.{i}"], e))
     except (KeyError, RuntimeError) as err:
-        raise VgpoError(f"{path}: does not fit the model's trainable parameters ({str(err).splitlines()[0][:200]})") from None
+        raise VgpoError(
+            f"{path}: does not fit the model's trainable parameters ({str(err).splitlines()[0][:200]})"
+        ) from None
 
 
 def load_extra(out: Path, name: str) -> tuple[dict[str, torch.Tensor], Path]:
@@ -308,8 +336,11 @@ def plot_rewards(metrics_path: Path, out: Path, headline: str) -> None:
 
     rows = read_metrics(metrics_path)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["epoch"] for r in rows if "reward/mean" in r], [r["reward/mean"] for r in rows if "reward/mean" in r],
-            label="train reward (mean)")
+    ax.plot(
+        [r["epoch"] for r in rows if "reward/mean" in r],
+        [r["reward/mean"] for r in rows if "reward/mean" in r],
+        label="train reward (mean)",
+    )
     evals = [r for r in rows if headline in r]
     if evals:
         ax.plot([r["epoch"] for r in evals], [r[headline] for r in evals], "o-", label=f"held-out {headline[5:]}")

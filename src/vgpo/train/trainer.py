@@ -14,10 +14,10 @@ from __future__ import annotations
 import math
 import resource
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -27,19 +27,41 @@ from vgpo.errors import VgpoError
 from vgpo.evaluate import evaluate_world
 from vgpo.images import save_grid
 from vgpo.models import FlowModel, load_model
-from vgpo.rewards import Reward, build as build_reward, checked as checked_reward
+from vgpo.rewards import Reward
+from vgpo.rewards import build as build_reward
+from vgpo.rewards import checked as checked_reward
 from vgpo.sampling import Trajectory, rollout
 from vgpo.sampling.step import batch_randn
-from vgpo.train.advantages import (group_mean_std, grpo_advantages, interpolate_steps, reward_to_go,
-                                   scored_steps, vgpo_advantages, zero_std_groups)
+from vgpo.train.advantages import (
+    group_mean_std,
+    grpo_advantages,
+    interpolate_steps,
+    reward_to_go,
+    scored_steps,
+    vgpo_advantages,
+    zero_std_groups,
+)
 from vgpo.train.algorithms import describe
 from vgpo.train.config import TrainConfig
 from vgpo.train.guards import check_update
 from vgpo.train.objectives import MicroBatch, UpdateContext, get_objective
 from vgpo.train.old_policy import OldPolicy, swapped_weights
-from vgpo.train.run_folder import (MetricsLog, TrainingState, gather_training_state, load_ema, load_extra,  # noqa: F401 (re-exported)
-                                   load_optimizer, load_trained_model, load_weights, plot_rewards, plot_run, prepare,
-                                   save_checkpoint, save_eval, write_config)
+from vgpo.train.run_folder import (  # noqa: F401 (re-exported)
+    MetricsLog,
+    TrainingState,
+    gather_training_state,
+    load_ema,
+    load_extra,
+    load_optimizer,
+    load_trained_model,
+    load_weights,
+    plot_rewards,
+    plot_run,
+    prepare,
+    save_checkpoint,
+    save_eval,
+    write_config,
+)
 from vgpo.utils import derive_seed
 from vgpo.worlds import World, balanced_choice, get_world
 
@@ -58,7 +80,9 @@ class EpochBatch:
     images: torch.Tensor  # (B, 3, H, W) decoded final samples, CPU
 
 
-def _generators(cfg: TrainConfig, epoch: int, ids: torch.Tensor, device: torch.device, *salt: str) -> list[torch.Generator]:
+def _generators(
+    cfg: TrainConfig, epoch: int, ids: torch.Tensor, device: torch.device, *salt: str
+) -> list[torch.Generator]:
     # One generator per id (global sample or group index), seeded by (seed, epoch, *salt, id).
     return [torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, epoch, *salt, int(i))) for i in ids]
 
@@ -70,7 +94,9 @@ def draw_prompts(cfg: TrainConfig, prompts: list[dict], epoch: int) -> list[int]
 
 
 @torch.no_grad()
-def sample_epoch(cfg: TrainConfig, model: FlowModel, prompts: list[dict], epoch: int, sigmas: torch.Tensor) -> EpochBatch:
+def sample_epoch(
+    cfg: TrainConfig, model: FlowModel, prompts: list[dict], epoch: int, sigmas: torch.Tensor
+) -> EpochBatch:
     chosen = draw_prompts(cfg, prompts, epoch)
     per_rank = cfg.prompts_per_epoch // dist.world_size()
     local = range(dist.rank() * per_rank, (dist.rank() + 1) * per_rank)
@@ -86,14 +112,30 @@ def sample_epoch(cfg: TrainConfig, model: FlowModel, prompts: list[dict], epoch:
         gens = _generators(cfg, epoch, sample_ids[part], model.device)
         x_init = None
         if cfg.shared_init_noise:  # one draw per group, seeded by (seed, epoch, group): the same on every process
-            x_init = batch_randn((len(texts), *model.latent_shape),
-                                 _generators(cfg, epoch, group_ids[part], model.device, "init"), model.device)
-        traj = rollout(model, cond, model.negative_condition(len(texts)), sigmas, cfg.noise_levels,
-                       cfg.guidance_scale, generator=gens, x_init=x_init, sde_type=sde_type)
+            x_init = batch_randn(
+                (len(texts), *model.latent_shape),
+                _generators(cfg, epoch, group_ids[part], model.device, "init"),
+                model.device,
+            )
+        traj = rollout(
+            model,
+            cond,
+            model.negative_condition(len(texts)),
+            sigmas,
+            cfg.noise_levels,
+            cfg.guidance_scale,
+            generator=gens,
+            x_init=x_init,
+            sde_type=sde_type,
+        )
         trajs.append(traj)
         images.append(model.decode(traj.final).cpu())
-    traj = Trajectory(sigmas=sigmas, states=torch.cat([t.states for t in trajs]),
-                      log_probs=torch.cat([t.log_probs for t in trajs]), x0_hat=torch.cat([t.x0_hat for t in trajs]))
+    traj = Trajectory(
+        sigmas=sigmas,
+        states=torch.cat([t.states for t in trajs]),
+        log_probs=torch.cat([t.log_probs for t in trajs]),
+        x0_hat=torch.cat([t.x0_hat for t in trajs]),
+    )
     return EpochBatch(metadata, group_ids, sample_ids, traj, torch.cat(images))
 
 
@@ -132,8 +174,9 @@ def _components(reward_fn: Reward) -> dict[str, torch.Tensor]:
     return dict(getattr(reward_fn, "last_components", {}))  # a weighted reward's terms
 
 
-def compute_advantages(cfg: TrainConfig, final: torch.Tensor, values: torch.Tensor,
-                       group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_advantages(
+    cfg: TrainConfig, final: torch.Tensor, values: torch.Tensor, group_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) advantages and step weights omega of the configured advantage parts (see advantages.py):
     group normalisation of the final reward, or with TCRM and/or ADAE the VGPO advantage of the values."""
     T = values.shape[1]
@@ -141,9 +184,14 @@ def compute_advantages(cfg: TrainConfig, final: torch.Tensor, values: torch.Tens
         adv = grpo_advantages(final, group_ids, T, cfg.global_std)
         omega = torch.ones_like(adv)
     else:
-        adv, omega = vgpo_advantages(values, group_ids, use_omega=cfg.dense_rewards,
-                                     adae_k=cfg.adae_k if cfg.absolute_signal else 0.0,
-                                     adae_steps=cfg.adae_steps, global_std=cfg.global_std)
+        adv, omega = vgpo_advantages(
+            values,
+            group_ids,
+            use_omega=cfg.dense_rewards,
+            adae_k=cfg.adae_k if cfg.absolute_signal else 0.0,
+            adae_steps=cfg.adae_steps,
+            global_std=cfg.global_std,
+        )
     return adv.clamp(-cfg.adv_clip_max, cfg.adv_clip_max), omega
 
 
@@ -159,9 +207,18 @@ class UpdateStats:
     optimizer_steps: int = 0
 
 
-def update(cfg: TrainConfig, model: FlowModel, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-           ema: list[torch.Tensor] | None, batch: EpochBatch, advantages: torch.Tensor, keep: torch.Tensor,
-           epoch: int, old_policy: OldPolicy | None = None) -> UpdateStats:
+def update(
+    cfg: TrainConfig,
+    model: FlowModel,
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    ema: list[torch.Tensor] | None,
+    batch: EpochBatch,
+    advantages: torch.Tensor,
+    keep: torch.Tensor,
+    epoch: int,
+    old_policy: OldPolicy | None = None,
+) -> UpdateStats:
     """Gradient steps of the configured objective (objectives.py) over this process's kept samples.
 
     An optimizer step takes ``train_batch_size x gradient_accumulation`` samples per process; its loss
@@ -235,10 +292,19 @@ def ema_weights(params: list[torch.nn.Parameter], ema: list[torch.Tensor] | None
 # --------------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------------
-def run_eval(cfg: TrainConfig, model: FlowModel, world: World, test_prompts: list[dict], out: Path, tag: str,
-             reward_fn: Reward) -> dict:
-    result = evaluate_world(model, world, test_prompts, num_steps=cfg.eval_num_steps, guidance_scale=cfg.eval_guidance,
-                            images_per_prompt=cfg.eval_images_per_prompt, seed=cfg.seed, batch_size=cfg.eval_batch_size)
+def run_eval(
+    cfg: TrainConfig, model: FlowModel, world: World, test_prompts: list[dict], out: Path, tag: str, reward_fn: Reward
+) -> dict:
+    result = evaluate_world(
+        model,
+        world,
+        test_prompts,
+        num_steps=cfg.eval_num_steps,
+        guidance_scale=cfg.eval_guidance,
+        images_per_prompt=cfg.eval_images_per_prompt,
+        seed=cfg.seed,
+        batch_size=cfg.eval_batch_size,
+    )
     # The training reward on the held-out images too (Flow-GRPO's eval_reward): the only held-out score of
     # worlds without a judge of their own (the prompt-file worlds: geneval, ocr, pickscore).
     held_out = reward_fn(result.images, [m["prompt"] for m in result.metadata], result.metadata).float()
@@ -309,8 +375,14 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, hooks
         base_evals = run_eval(cfg, model, world, test_prompts, out, "epoch_0000", reward_fn)
         if dist.is_main():
             log.write(0, {f"eval/{k}": v for k, v in base_evals.items()})
-    bar = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc=f"train {describe(cfg.parts)}",
-               dynamic_ncols=True, disable=not dist.is_main())
+    bar = tqdm(
+        range(start, cfg.epochs),
+        initial=start,
+        total=cfg.epochs,
+        desc=f"train {describe(cfg.parts)}",
+        dynamic_ncols=True,
+        disable=not dist.is_main(),
+    )
     for epoch in bar:
         reward_fn.epoch = epoch + 1  # named by the reward checks
         t0 = time.perf_counter()
@@ -335,8 +407,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, hooks
         stats = update(cfg, model, params, optimizer, ema, batch, advantages, keep, epoch, old_policy)
         old_decay = None
         if old_policy is not None:
-            old_decay = old_policy.step(stats.optimizer_steps, cfg.old_policy_decay_rate, cfg.old_policy_decay_max,
-                                        cfg.old_policy_decay_flat)
+            old_decay = old_policy.step(
+                stats.optimizer_steps, cfg.old_policy_decay_rate, cfg.old_policy_decay_max, cfg.old_policy_decay_flat
+            )
         t4 = time.perf_counter()
 
         n_samples = len(all_final)
@@ -386,8 +459,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, hooks
                 save_checkpoint(out, state, done, cfg)
         dist.barrier()
         headline = f"eval/{world.headline}"
-        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}",
-                        **({"eval": f"{metrics[headline]:.3f}"} if headline in metrics else {}))
+        bar.set_postfix(
+            reward=f"{metrics['reward/mean']:.3f}",
+            **({"eval": f"{metrics[headline]:.3f}"} if headline in metrics else {}),
+        )
     if dist.is_main():
         log.close()
         plot_run(out, f"eval/{world.headline}")

@@ -8,9 +8,9 @@ prompt-file worlds ``geneval``, ``ocr`` and ``pickscore`` (``prompts_file``: pro
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -94,8 +94,11 @@ def read_prompt_lines(path: Path | str, expected: str, comments: bool = False) -
         raw = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise VgpoError(f"{path}: cannot read prompt file ({err})") from None
-    lines = [(f"{path}:{n}", ln.strip()) for n, ln in enumerate(raw, start=1)
-             if ln.strip() and not (comments and ln.strip().startswith("#"))]
+    lines = [
+        (f"{path}:{n}", ln.strip())
+        for n, ln in enumerate(raw, start=1)
+        if ln.strip() and not (comments and ln.strip().startswith("#"))
+    ]
     if not lines:
         raise VgpoError(f"{path}: no prompts; expected {expected}")
     return lines

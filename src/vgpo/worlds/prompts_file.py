@@ -16,9 +16,9 @@ Files (defaults: Flow-GRPO's ``dataset/`` layout, relative to the working direct
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -30,8 +30,9 @@ def load_prompts(path: Path | str, world: str = "prompts") -> list[dict]:
     """GenEval JSONL (``.jsonl``) or plain-text prompts; a one-line VgpoError names the file and line."""
     path = Path(path)
     prompts: list[dict] = []
-    for where, line in read_prompt_lines(path, f"prompts for world '{world}' (set train_prompts / test_prompts, "
-                                         "e.g. to Flow-GRPO's dataset/ files)"):
+    for where, line in read_prompt_lines(
+        path, f"prompts for world '{world}' (set train_prompts / test_prompts, e.g. to Flow-GRPO's dataset/ files)"
+    ):
         if path.suffix != ".jsonl":
             prompts.append({"prompt": line})
             continue
@@ -40,19 +41,23 @@ def load_prompts(path: Path | str, world: str = "prompts") -> list[dict]:
         except ValueError as err:
             raise VgpoError(f"{where}: invalid JSON ({err})") from None
         if not isinstance(meta, dict) or not isinstance(meta.get("prompt"), str) or not meta["prompt"].strip():
-            raise VgpoError(f"{where}: expected a JSON object with a non-empty \"prompt\" string")
+            raise VgpoError(f'{where}: expected a JSON object with a non-empty "prompt" string')
         prompts.append(meta)
     return prompts
 
 
 def _no_renderer(world: str, metadata: dict, seed: int) -> torch.Tensor:
-    raise VgpoError(f"world '{world}': this world has no renderer (it only supplies prompts for real models; "
-                    "pretrain tiny models on the shapes or text world)")
+    raise VgpoError(
+        f"world '{world}': this world has no renderer (it only supplies prompts for real models; "
+        "pretrain tiny models on the shapes or text world)"
+    )
 
 
 def _no_vocabulary(world: str) -> list[str]:
-    raise VgpoError(f"world '{world}': this world has no tiny-model vocabulary (it only supplies prompts for "
-                    "real models; use the shapes or text world for the tiny model)")
+    raise VgpoError(
+        f"world '{world}': this world has no tiny-model vocabulary (it only supplies prompts for "
+        "real models; use the shapes or text world for the tiny model)"
+    )
 
 
 def evaluate(images: torch.Tensor, metadata: Sequence[dict]) -> dict:
@@ -61,8 +66,10 @@ def evaluate(images: torch.Tensor, metadata: Sequence[dict]) -> dict:
 
 
 def format_table(metrics: dict) -> str:
-    return "\n".join(f"{key:<24}{value:>12.4f}" if isinstance(value, float) else f"{key:<24}{value!s:>12}"
-                     for key, value in sorted(metrics.items()))
+    return "\n".join(
+        f"{key:<24}{value:>12.4f}" if isinstance(value, float) else f"{key:<24}{value!s:>12}"
+        for key, value in sorted(metrics.items())
+    )
 
 
 def _world(name: str, reward: str, train: str, test: str) -> World:
@@ -81,7 +88,8 @@ def _world(name: str, reward: str, train: str, test: str) -> World:
     )
 
 
-GENEVAL = _world("geneval", "geneval-remote", "dataset/geneval/train_metadata.jsonl",
-                 "dataset/geneval/test_metadata.jsonl")
+GENEVAL = _world(
+    "geneval", "geneval-remote", "dataset/geneval/train_metadata.jsonl", "dataset/geneval/test_metadata.jsonl"
+)
 OCR = _world("ocr", "ocr", "dataset/ocr/train.txt", "dataset/ocr/test.txt")
 PICKSCORE = _world("pickscore", "pickscore", "dataset/pickscore/train.txt", "dataset/pickscore/test.txt")

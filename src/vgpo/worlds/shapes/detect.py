@@ -99,13 +99,24 @@ def detect(images: torch.Tensor) -> list[list[Detection]]:
     box = np.array([(s[0].start, s[2].start, s[1].start, s[2].stop, s[1].stop) for s in ndimage.find_objects(labels)])
     plane, x0, y0, x1, y1 = box.T  # x1, y1 exclusive
     corners = alpha.reshape(b * k, h, w)
-    corner = (corners[plane, y0, x0] + corners[plane, y0, x1 - 1] + corners[plane, y1 - 1, x0]
-              + corners[plane, y1 - 1, x1 - 1]) / 4
+    corner = (
+        corners[plane, y0, x0]
+        + corners[plane, y0, x1 - 1]
+        + corners[plane, y1 - 1, x0]
+        + corners[plane, y1 - 1, x1 - 1]
+    ) / 4
     shape = _classify((mean_y - (y0 + y1 - 1) / 2) / (y1 - y0), pixels / ((x1 - x0) * (y1 - y0)), corner)
     keep = np.flatnonzero(pixels >= MIN_AREA_FRACTION * h * w)
     found: list[list[Detection]] = [[] for _ in range(b)]
     for i in keep[np.argsort(-area[keep], kind="stable")]:
         p, left, top, right, bottom = (int(v) for v in box[i])
-        found[p // k].append(Detection(CLASSES[shape[i]], COLORS[p % k], ((left + right) / 2, (top + bottom) / 2),
-                                       (left, top, right, bottom), float(area[i])))
+        found[p // k].append(
+            Detection(
+                CLASSES[shape[i]],
+                COLORS[p % k],
+                ((left + right) / 2, (top + bottom) / 2),
+                (left, top, right, bottom),
+                float(area[i]),
+            )
+        )
     return found

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable
 from itertools import combinations, permutations
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from vgpo.errors import VgpoError
 from vgpo.worlds import read_prompt_lines
@@ -89,10 +90,18 @@ def _check_include(obj: Any, index: int, key: str) -> str | None:
         return f"{where}: unknown color {obj['color']!r}; expected one of {', '.join(COLORS)}"
     if "position" in obj:
         pos = obj["position"]
-        if not (isinstance(pos, list) and len(pos) == 2 and pos[0] in RELATIONS and isinstance(pos[1], int)
-                and not isinstance(pos[1], bool) and 0 <= pos[1] < index):
-            return (f"{where}: position {pos!r}; expected [relation, index of an earlier include] with relation "
-                    f"one of {', '.join(RELATIONS)}")
+        if not (
+            isinstance(pos, list)
+            and len(pos) == 2
+            and pos[0] in RELATIONS
+            and isinstance(pos[1], int)
+            and not isinstance(pos[1], bool)
+            and 0 <= pos[1] < index
+        ):
+            return (
+                f"{where}: position {pos!r}; expected [relation, index of an earlier include] with relation "
+                f"one of {', '.join(RELATIONS)}"
+            )
     return None
 
 
@@ -178,12 +187,17 @@ def scenes(tag: str) -> list[list[dict]]:
     if tag == "colors":
         return [[_meta(tag, [_obj(c, color=col)])] for col in COLORS for c in CLASSES]
     if tag == "position":
-        return [[_meta(tag, [_obj(b), _obj(a, position=[r, 0])]),
-                 _meta(tag, [_obj(a), _obj(b, position=[OPPOSITE[r], 0])])]
-                for a, b in combinations(CLASSES, 2) for r in RELATIONS]
+        return [
+            [_meta(tag, [_obj(b), _obj(a, position=[r, 0])]), _meta(tag, [_obj(a), _obj(b, position=[OPPOSITE[r], 0])])]
+            for a, b in combinations(CLASSES, 2)
+            for r in RELATIONS
+        ]
     if tag == "color_attr":  # two different shapes in two different colours, as GenEval pairs them
-        return [[_meta(tag, [_obj(x, color=cx), _obj(y, color=cy)]), _meta(tag, [_obj(y, color=cy), _obj(x, color=cx)])]
-                for x, y in combinations(CLASSES, 2) for cx, cy in permutations(COLORS, 2)]
+        return [
+            [_meta(tag, [_obj(x, color=cx), _obj(y, color=cy)]), _meta(tag, [_obj(y, color=cy), _obj(x, color=cx)])]
+            for x, y in combinations(CLASSES, 2)
+            for cx, cy in permutations(COLORS, 2)
+        ]
     raise VgpoError(f"unknown tag {tag!r}; expected one of {', '.join(TAGS)}")
 
 
@@ -193,8 +207,12 @@ def _atoms(metas: Iterable[dict]) -> set[tuple]:
     atoms: set[tuple] = set()
     for meta in metas:
         for obj in meta["include"]:
-            atoms |= {("class", obj["class"]), ("count", obj["count"]), ("color", obj.get("color")),
-                      ("relation", obj.get("position", [None])[0])}
+            atoms |= {
+                ("class", obj["class"]),
+                ("count", obj["count"]),
+                ("color", obj.get("color")),
+                ("relation", obj.get("position", [None])[0]),
+            }
     return atoms
 
 
@@ -232,7 +250,7 @@ def make_splits(seed: int = 0) -> tuple[list[dict], list[dict]]:
         else:
             while True:
                 order = rng.sample(groups, len(groups))
-                held, kept = order[:HELD_OUT_SCENES[tag]], order[HELD_OUT_SCENES[tag]:]
+                held, kept = order[: HELD_OUT_SCENES[tag]], order[HELD_OUT_SCENES[tag] :]
                 train_tag, test_tag = [m for g in kept for m in g], [m for g in held for m in g]
                 if _atoms(test_tag) <= _atoms(train_tag):
                     break
@@ -273,7 +291,7 @@ def make_val_split(train: list[dict], seed: int = 1) -> tuple[list[dict], list[d
         groups = [g for g in scenes(tag) if all(m["prompt"] in in_train for m in g)]
         while True:
             order = rng.sample(groups, len(groups))
-            chosen, kept = order[:VAL_SCENES[tag]], order[VAL_SCENES[tag]:]
+            chosen, kept = order[: VAL_SCENES[tag]], order[VAL_SCENES[tag] :]
             val_tag = [m for g in chosen for m in g]
             if _atoms(val_tag) <= _atoms(m for g in kept for m in g):
                 break

@@ -66,9 +66,13 @@ def _place(meta: dict, owners: list[int], rng: random.Random) -> list[tuple[floa
             boxes.append((rng.uniform(half, width - half), rng.uniform(half, height - half), side))
         if not all(_separated(boxes[i], boxes[j]) for i in range(len(boxes)) for j in range(i)):
             continue
-        if all(_clearly(meta["include"][oi]["position"][0], boxes[i], boxes[j])
-               for i, oi in enumerate(owners) if "position" in meta["include"][oi]
-               for j, oj in enumerate(owners) if oj == meta["include"][oi]["position"][1]):
+        if all(
+            _clearly(meta["include"][oi]["position"][0], boxes[i], boxes[j])
+            for i, oi in enumerate(owners)
+            if "position" in meta["include"][oi]
+            for j, oj in enumerate(owners)
+            if oj == meta["include"][oi]["position"][1]
+        ):
             return boxes
     raise VgpoError(f"cannot place the objects of {meta.get('prompt')!r} on a {width}x{height} canvas")
 

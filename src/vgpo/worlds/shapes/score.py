@@ -74,8 +74,7 @@ def constraints(found: Sequence[Detection], meta: dict) -> list[bool]:
         if "position" in req:
             rel, target = req["position"]
             anchors = groups[target]
-            met = met and anchors is not None and all(
-                rel in relations(a, b) for a in objects[:count] for b in anchors)
+            met = met and anchors is not None and all(rel in relations(a, b) for a in objects[:count] for b in anchors)
             results.append(met)
         groups.append(objects[:count] if met else None)
     for req in meta.get("exclude", []):
@@ -155,8 +154,10 @@ def server_score(images: torch.Tensor, metadata: Sequence[dict]) -> tuple[torch.
 
 def _check_batch(images: torch.Tensor, metadata: Sequence[dict], what: str) -> None:
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] != len(metadata):
-        raise VgpoError(f"{what}: expected images (B, 3, H, W) with one metadata record each, got "
-                        f"{tuple(images.shape)} and {len(metadata)} records")
+        raise VgpoError(
+            f"{what}: expected images (B, 3, H, W) with one metadata record each, got "
+            f"{tuple(images.shape)} and {len(metadata)} records"
+        )
 
 
 def score(images: torch.Tensor, metadata: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,7 +197,8 @@ def format_table(metrics: dict) -> str:
     for tag in [t for t in TAGS if f"{t}/n" in metrics] + ["overall"]:
         if tag == "overall":
             lines.append("-" * len(lines[0]))
-        lines.append(f"{tag:<16}{metrics[f'{tag}/strict']:>8.2%}{metrics[f'{tag}/partial']:>9.2%}"
-                     f"{metrics[f'{tag}/n']:>7d}")
+        lines.append(
+            f"{tag:<16}{metrics[f'{tag}/strict']:>8.2%}{metrics[f'{tag}/partial']:>9.2%}{metrics[f'{tag}/n']:>7d}"
+        )
     lines.append("overall = mean over tasks of each task's accuracy (GenEval)")
     return "\n".join(lines)

@@ -2,8 +2,9 @@
 
 Prompts follow Flow-GRPO's convention (``a sign that says "RIVER"``); the train and test splits are word
 lists in ``data/`` whose test words never appear in training; for choosing recipes, val words are drawn
-from the train list and ``train_minus_val_words.txt`` is the rest (``make_val_split``). The reward is ``ocr`` (RapidOCR's PP-OCR
-models, installed by the ``ocr`` extra); ``evaluate`` reports ``ocr/accuracy`` and ``ocr/exact``.
+from the train list and ``train_minus_val_words.txt`` is the rest (``make_val_split``). The reward is
+``ocr`` (RapidOCR's PP-OCR models, installed by the ``ocr`` extra); ``evaluate`` reports ``ocr/accuracy``
+and ``ocr/exact``.
 """
 
 from __future__ import annotations

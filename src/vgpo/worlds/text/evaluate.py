@@ -55,12 +55,17 @@ def evaluate(images: torch.Tensor, metadata: Sequence[dict]) -> dict:
 def format_table(metrics: dict) -> str:
     """Rows: overall, then each target length; columns: accuracy, exact, count."""
     rows = [("overall", "ocr")]
-    rows += [(f"{key[3:-6]} letters", key[:-6]) for key in sorted(metrics)
-             if key.startswith("len") and key.endswith("/count")]
+    rows += [
+        (f"{key[3:-6]} letters", key[:-6])
+        for key in sorted(metrics)
+        if key.startswith("len") and key.endswith("/count")
+    ]
     lines = [f"{'text':<12}{'accuracy':>10}{'exact':>8}{'count':>7}"]
     for label, prefix in rows:
         if f"{prefix}/accuracy" not in metrics:
             continue
-        lines.append(f"{label:<12}{metrics[f'{prefix}/accuracy']:>10.3f}{metrics[f'{prefix}/exact']:>8.3f}"
-                     f"{int(metrics.get(f'{prefix}/count', 0)):>7d}")
+        lines.append(
+            f"{label:<12}{metrics[f'{prefix}/accuracy']:>10.3f}{metrics[f'{prefix}/exact']:>8.3f}"
+            f"{int(metrics.get(f'{prefix}/count', 0)):>7d}"
+        )
     return "\n".join(lines)

@@ -50,8 +50,10 @@ def target_text(prompt: str, metadata: Mapping | None = None) -> str:
     if text is None and metadata is not None and isinstance(metadata.get("text"), str):
         text = metadata["text"]
     if text is None:
-        raise VgpoError(f"text prompt {prompt!r}: expected the target text between double quotes, "
-                        'e.g. a sign that says "RIVER" (or a "text" entry in its metadata)')
+        raise VgpoError(
+            f"text prompt {prompt!r}: expected the target text between double quotes, "
+            'e.g. a sign that says "RIVER" (or a "text" entry in its metadata)'
+        )
     return text
 
 
@@ -63,19 +65,23 @@ def make_metadata(text: str, template: int = 0) -> dict:
 def _parse_line(line: str, index: int, where: str) -> dict:
     if '"' not in line:
         if not _TARGET_RE.fullmatch(line):
-            raise VgpoError(f"{where}: expected a word of 1-{MAX_CHARS} upper-case letters A-Z "
-                            f'or a prompt with the text in double quotes, got {line!r}')
+            raise VgpoError(
+                f"{where}: expected a word of 1-{MAX_CHARS} upper-case letters A-Z "
+                f"or a prompt with the text in double quotes, got {line!r}"
+            )
         return make_metadata(line, index)
     if line.count('"') != 2:
-        raise VgpoError(f'{where}: expected exactly one pair of double quotes around the text, got {line!r}')
+        raise VgpoError(f"{where}: expected exactly one pair of double quotes around the text, got {line!r}")
     text = quoted_text(line)
     if not _TARGET_RE.fullmatch(text):
         raise VgpoError(f"{where}: the quoted text must be 1-{MAX_CHARS} upper-case letters A-Z, got {text!r}")
     allowed = set(template_words())
     unknown = [w for w in _QUOTED_RE.sub(" ", line).split() if w not in allowed]
     if unknown:
-        raise VgpoError(f"{where}: words outside the quotes must be template words "
-                        f"({', '.join(sorted(allowed))}); unknown: {', '.join(unknown)}")
+        raise VgpoError(
+            f"{where}: words outside the quotes must be template words "
+            f"({', '.join(sorted(allowed))}); unknown: {', '.join(unknown)}"
+        )
     return {"tag": TAG, "text": text, "prompt": " ".join(line.split())}
 
 

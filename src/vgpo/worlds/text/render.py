@@ -63,8 +63,7 @@ def render_text(text: str, seed: int, image_size: tuple[int, int] = IMAGE_SIZE) 
     y0 = min(max(y0, MARGIN), max(height - MARGIN - text_h, MARGIN))
     image = Image.new("RGB", (width, height), tuple(round(255 * c) for c in background))
     draw = ImageDraw.Draw(image)
-    draw.text((round(x0) - left, round(y0) - top), text, font=font,
-              fill=tuple(round(255 * c) for c in foreground))
+    draw.text((round(x0) - left, round(y0) - top), text, font=font, fill=tuple(round(255 * c) for c in foreground))
     array = np.asarray(image, dtype=np.float32) / 255.0
     return torch.from_numpy(array.transpose(2, 0, 1).copy())
 
