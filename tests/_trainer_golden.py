@@ -14,29 +14,10 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from conftest import TINY_RUN
+
 # The runs: the tiny random model of conftest.py, 2 epochs, CFG in rollouts and update, KL on.
-BASE = dict(
-    reward="brightness",
-    epochs=2,
-    prompts_per_epoch=2,
-    group_size=4,
-    sample_batch_size=8,
-    train_batch_size=4,
-    gradient_accumulation=2,
-    num_steps=4,
-    guidance_scale=2.0,
-    lr=1e-3,
-    clip_range=0.2,
-    eval_every=0,
-    eval_base=False,
-    eval_num_steps=2,
-    eval_images_per_prompt=1,
-    eval_limit=2,
-    save_every=2,
-    ema_decay=0.5,
-    beta=0.04,
-    threads=1,
-)
+BASE = dict(TINY_RUN, epochs=2, save_every=2, ema_decay=0.5, beta=0.04)
 CASES = {
     "grpo": dict(algorithm="grpo"),
     "vgpo": dict(algorithm="vgpo"),

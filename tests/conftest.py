@@ -4,6 +4,27 @@ import torch
 from vgpo.models.tiny import TinyConfig, TinyFlowModel
 from vgpo.worlds import get_world
 
+# A training run small enough for a unit test: 2 prompts x 4 images, 4 steps, the brightness reward, no
+# evaluation beyond 2 prompts at 2 steps. Tests add the run's length, checkpoints, EMA and algorithm.
+TINY_RUN = dict(
+    reward="brightness",
+    prompts_per_epoch=2,
+    group_size=4,
+    sample_batch_size=8,
+    train_batch_size=4,
+    gradient_accumulation=2,
+    num_steps=4,
+    guidance_scale=2.0,
+    lr=1e-3,
+    clip_range=0.2,
+    eval_every=0,
+    eval_base=False,
+    eval_num_steps=2,
+    eval_images_per_prompt=1,
+    eval_limit=2,
+    threads=1,
+)
+
 
 def _random_tiny(world_name: str, image_size: tuple[int, int], path):
     torch.manual_seed(0)

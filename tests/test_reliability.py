@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 import vgpo.rewards as rewards
+from conftest import TINY_RUN
 from vgpo import utils
 from vgpo.cli import main
 from vgpo.config import check_fields, doc, from_dict
@@ -27,28 +28,7 @@ from vgpo.errors import VgpoError
 from vgpo.pretrain import PretrainConfig
 from vgpo.train import TrainConfig, objectives, run_folder, train, trainer
 
-SMALL = dict(
-    reward="brightness",
-    epochs=3,
-    prompts_per_epoch=2,
-    group_size=4,
-    sample_batch_size=8,
-    train_batch_size=4,
-    gradient_accumulation=2,
-    num_steps=4,
-    guidance_scale=2.0,
-    lr=1e-3,
-    clip_range=0.2,
-    eval_every=0,
-    eval_base=False,
-    eval_num_steps=2,
-    eval_images_per_prompt=1,
-    eval_limit=2,
-    save_every=1,
-    ema_decay=0.5,
-    threads=1,
-    algorithm="grpo",
-)
+SMALL = dict(TINY_RUN, epochs=3, save_every=1, ema_decay=0.5, algorithm="grpo")
 
 
 def _cfg(out, ckpt, **kw) -> TrainConfig:
