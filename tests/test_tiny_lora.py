@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from conftest import TINY_RUN
 from vgpo.config import from_dict
 from vgpo.errors import VgpoError
 from vgpo.models import load_model
@@ -69,26 +70,14 @@ def test_bad_tiny_options_name_the_field(tiny_checkpoint, options, field):
 
 def test_lora_training_changes_only_the_adapter_and_resumes(tmp_path, tiny_checkpoint):
     kw = dict(
+        TINY_RUN,
         checkpoint=str(tiny_checkpoint),
-        reward="brightness",
         model_options=LORA,
-        prompts_per_epoch=2,
-        group_size=4,
-        sample_batch_size=8,
-        train_batch_size=4,
-        gradient_accumulation=2,
-        num_steps=4,
-        guidance_scale=2.0,
         lr=1e-2,
-        clip_range=0.2,
         beta=0.04,
-        eval_every=0,
-        eval_num_steps=2,
-        eval_images_per_prompt=1,
-        eval_limit=2,
+        eval_base=True,
         save_every=1,
         ema_decay=0.5,
-        threads=1,
     )
     full = train(from_dict(TrainConfig, dict(kw, out=str(tmp_path / "full"), epochs=2)))
     (first,) = [

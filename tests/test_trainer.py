@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import TINY_RUN
 from vgpo.config import from_dict
 from vgpo.errors import VgpoError
 from vgpo.models.tiny import TinyFlowModel
@@ -14,26 +15,7 @@ from vgpo.train import TrainConfig, train
 
 def _cfg(tmp_path, ckpt, **kw):
     base = dict(
-        out=str(tmp_path / "run"),
-        checkpoint=str(ckpt),
-        reward="brightness",
-        epochs=1,
-        prompts_per_epoch=2,
-        group_size=4,
-        sample_batch_size=8,
-        train_batch_size=4,
-        gradient_accumulation=2,
-        num_steps=4,
-        guidance_scale=2.0,
-        lr=1e-3,
-        clip_range=0.2,
-        eval_every=0,
-        eval_num_steps=2,
-        eval_images_per_prompt=1,
-        eval_limit=2,
-        save_every=1,
-        ema_decay=0.0,
-        threads=1,
+        TINY_RUN, out=str(tmp_path / "run"), checkpoint=str(ckpt), epochs=1, eval_base=True, save_every=1, ema_decay=0.0
     )
     base.update(kw)
     return from_dict(TrainConfig, base)
