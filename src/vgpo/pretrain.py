@@ -5,12 +5,18 @@ prompt dropout for classifier-free guidance, AdamW with linear warm-up, EMA weig
 ``model.safetensors``). Every batch is a pure function of (seed, step), so a resumed run continues
 exactly where the killed one stopped; ``resume.pt`` (raw weights, EMA, optimizer, step) and the
 checkpoint files are written atomically.
+
+What is rendered: a prompt split (``prompts``: train by default), or the world's whole composition space
+(``prompts: all``, test compositions included, as web data would hold them); ``caption_noise`` trains on
+captions that misdescribe their render at set rates (shapes: ``WEB_CAPTION_NOISE``), so the base can
+draw every composition but follows prompts imperfectly, the regime RL is meant for.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +30,25 @@ from vgpo.errors import VgpoError
 from vgpo.models.tiny import TinyConfig, TinyFlowModel
 from vgpo.train.guards import check_step
 from vgpo.utils import append_line, atomic_torch_save, atomic_write_text, derive_seed, load_torch
-from vgpo.worlds import balanced_choice, get_world
+from vgpo.worlds import SPLITS, World, balanced_choice, get_world
+
+#: What resume files written before the prompts/caption_noise options were trained on.
+_OLD_DATA = {"prompts": "train", "caption_noise": {}}
 
 
 @dataclass
 class PretrainConfig:
     world: str = doc("shapes", "world to render training images from (shapes, text)")
+    prompts: str = doc(
+        "train",
+        "what to render: a split name (train, train_minus_val, ...), 'all' (the world's whole composition "
+        "space, test compositions included, as web data would be), or a prompt file",
+    )
+    caption_noise: dict[str, float] | str = doc(
+        {},
+        "caption corruption rates {relation, color, count, omit} (shapes; 'web': the web-like rates of "
+        "WEB_CAPTION_NOISE); empty: exact captions",
+    )
     out: str = doc("runs/pretrain-shapes", "output folder: model.safetensors, config.json, resume.pt, log.jsonl")
     steps: int = doc(1200, "optimizer steps")
     batch_size: int = doc(64, "images per step")
@@ -62,15 +81,36 @@ class PretrainConfig:
             raise VgpoError(f"lr: expected > 0, got {self.lr}")
         if len(self.channels) != 3:
             raise VgpoError(f"channels: expected 3 widths, got {self.channels}")
+        if not isinstance(self.caption_noise, (dict, str)):
+            raise VgpoError(f"caption_noise: expected a mapping of rates or a preset name, got {self.caption_noise!r}")
+        if self.caption_noise == "":
+            self.caption_noise = {}  # the empty flag value means what the empty mapping does: exact captions
 
 
-def _batch(world, prompts: list[dict], cfg: PretrainConfig, step: int, latent_shape: tuple[int, ...]):
+def training_prompts(world: World, prompts: str) -> list[dict]:
+    """The metadata ``prompts`` names: a shipped split, 'all' (the world's composition space) or a file."""
+    if prompts == "all":
+        return world.all_compositions()
+    if prompts in SPLITS:
+        return world.load_prompts(world.prompt_file(prompts))
+    return world.load_prompts(Path(prompts))
+
+
+def _batch(world, prompts: list[dict], cfg: PretrainConfig, step: int, latent_shape: tuple[int, ...], caption=None):
+    """One step's (images, texts, t, noise), a pure function of (seed, step). ``caption(meta, rng)``,
+    when given, writes each text in place of the exact prompt (the image stays a render of the metadata),
+    from a ``random.Random`` of (seed, step, index) of its own, so the torch draws are those of exact
+    captions."""
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step))
     metas = [prompts[i] for i in balanced_choice(prompts, cfg.batch_size, gen)]
     seeds = torch.randint(2**31, (cfg.batch_size,), generator=gen).tolist()
     images = torch.stack([world.render(m, s) for m, s in zip(metas, seeds)])
     drop = (torch.rand(cfg.batch_size, generator=gen) < cfg.prompt_dropout).tolist()
-    texts = ["" if d else m["prompt"] for m, d in zip(metas, drop)]
+    if caption is None:
+        said = [m["prompt"] for m in metas]
+    else:
+        said = [caption(m, random.Random(derive_seed(cfg.seed, step, i, "caption"))) for i, m in enumerate(metas)]
+    texts = ["" if d else text for text, d in zip(said, drop)]
     t = torch.sigmoid(torch.randn(cfg.batch_size, generator=gen) * cfg.logit_normal_std + cfg.logit_normal_mean)
     noise = torch.randn((cfg.batch_size, *latent_shape), generator=gen)
     return images, texts, t, noise
@@ -80,7 +120,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     world = get_world(cfg.world)
-    prompts = world.load_prompts(world.train_file)
+    prompts = training_prompts(world, cfg.prompts)
+    caption = world.captioner(cfg.caption_noise) if cfg.caption_noise else None
+    data = {"prompts": cfg.prompts, "caption_noise": cfg.caption_noise}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -107,6 +149,12 @@ def pretrain(cfg: PretrainConfig) -> Path:
             arch
         ):
             raise VgpoError(f"{resume_path}: written for another architecture/world; use a new --out")
+        written = {**_OLD_DATA, **state.get("data", {})}
+        if written != data:
+            raise VgpoError(
+                f"{resume_path}: written for prompts={written['prompts']!r}, caption_noise="
+                f"{written['caption_noise']!r}, not {cfg.prompts!r}, {cfg.caption_noise!r}; use a new --out"
+            )
         net.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -120,7 +168,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     started = time.time()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", dynamic_ncols=True)
     for step in bar:
-        images, texts, t, noise = _batch(world, prompts, cfg, step, model.latent_shape)
+        images, texts, t, noise = _batch(world, prompts, cfg, step, model.latent_shape, caption)
         with torch.no_grad():  # the autoencoder, when there is one, is frozen
             x0 = model.encode_images(images)
         tb = t.view(-1, 1, 1, 1)
@@ -152,6 +200,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
             atomic_torch_save(
                 {
                     "arch": to_dict(arch),
+                    "data": data,
                     "net": net.state_dict(),
                     "ema": ema.state_dict(),
                     "opt": opt.state_dict(),

@@ -8,6 +8,7 @@ prompt-file worlds ``geneval``, ``ocr`` and ``pickscore`` (``prompts_file``: pro
 from __future__ import annotations
 
 import importlib
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,12 @@ class World:
     format_table(metrics) -> str, the printable table (GenEval-style for shapes).
     vocabulary() -> words and characters the tiny model's tokenizer must know.
     headline: the key of ``evaluate``'s metrics that progress bars, plots and benchmarks report.
+    composition_space() -> every prompt the world can compose, test compositions included: what
+        web-like pretraining renders. None where a world has no such finite space.
+    caption_noise(spec) -> caption(metadata, rng) -> str: checks caption corruption rates (a mapping,
+        or a preset name such as "web") once and returns the function that captions a scene rendered
+        from ``metadata`` with them, drawing from the ``random.Random`` it is given. None where a world
+        has no noisy captions.
     """
 
     name: str
@@ -50,6 +57,8 @@ class World:
     headline: str = "overall/strict"  # the metric of ``evaluate`` that summarises a run
     val_file: Path | None = None
     train_minus_val_file: Path | None = None
+    composition_space: Callable[[], list[dict]] | None = None
+    caption_noise: Callable[[dict | str], Callable[[dict, random.Random], str]] | None = None
 
     def prompt_file(self, split: str) -> Path:
         """The shipped prompt file of ``split`` (one of ``SPLITS``); a one-line VgpoError for an unknown
@@ -60,6 +69,18 @@ class World:
         if path is None:
             raise VgpoError(f"split: world '{self.name}' has no '{split}' split (pass a prompt file instead)")
         return path
+
+    def all_compositions(self) -> list[dict]:
+        """``composition_space()``; a one-line VgpoError where the world has none."""
+        if self.composition_space is None:
+            raise VgpoError(f"prompts: world '{self.name}' has no composition space to render ('all')")
+        return self.composition_space()
+
+    def captioner(self, spec: dict | str) -> Callable[[dict, random.Random], str]:
+        """``caption_noise(spec)``; a one-line VgpoError where the world has no noisy captions."""
+        if self.caption_noise is None:
+            raise VgpoError(f"caption_noise: world '{self.name}' has no noisy captions; leave caption_noise empty")
+        return self.caption_noise(spec)
 
 
 #: Prompt splits a world can ship: train/test, and for choosing recipes val with train_minus_val.

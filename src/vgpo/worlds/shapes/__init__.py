@@ -5,13 +5,14 @@ antialiased renderer (``render``), and a batched palette/connected-component det
 scores images GenEval's way (``score``) for evaluation tables and the ``geneval-shapes`` rewards, and
 Flow-GRPO's reward server's way for the ``geneval-shapes-server`` training reward. Splits: train, test
 (held-out compositions), and for choosing recipes val (held-out compositions carved from train) with
-train_minus_val (what a run judged on val trains on).
+train_minus_val (what a run judged on val trains on). Web-like pretraining renders the whole composition
+space under noisy captions (``prompts.composition_space``, ``prompts.noisy_caption``).
 """
 
 from pathlib import Path
 
 from vgpo.worlds import World
-from vgpo.worlds.shapes.prompts import load_prompts, vocabulary
+from vgpo.worlds.shapes.prompts import composition_space, load_prompts, noisy_captioner, vocabulary
 from vgpo.worlds.shapes.renderer import IMAGE_SIZE, render
 from vgpo.worlds.shapes.score import evaluate, format_table
 
@@ -30,4 +31,6 @@ WORLD = World(
     vocabulary=vocabulary,
     val_file=DATA / "val.jsonl",
     train_minus_val_file=DATA / "train_minus_val.jsonl",
+    composition_space=composition_space,
+    caption_noise=noisy_captioner,
 )

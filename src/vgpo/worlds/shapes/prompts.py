@@ -1,4 +1,5 @@
-"""Shapes prompts: vocabulary, GenEval-format metadata, phrasing, loading, splits and perturbations.
+"""Shapes prompts: vocabulary, GenEval-format metadata, phrasing, loading, splits, perturbations and the
+noisy captions of web-like pretraining.
 
 Metadata follows GenEval's JSONL format, one object per line::
 
@@ -14,12 +15,15 @@ this include's objects are ``rel`` include ``j``'s objects ("a X left of a Y": X
 from __future__ import annotations
 
 import json
+import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
 from itertools import combinations, permutations
 from pathlib import Path
 from typing import Any
 
+from vgpo.config import doc
 from vgpo.errors import VgpoError
 from vgpo.worlds import read_prompt_lines
 
@@ -353,3 +357,94 @@ def perturb(meta: dict, rng: random.Random) -> dict:
         if exc["class"] == old_class and key in ("class", "count"):
             exc["class"], exc["count"] = include[i]["class"], include[i]["count"] + 1
     return _meta(meta["tag"], include, exclude)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Noisy captions
+
+
+def composition_space() -> list[dict]:
+    """Every prompt of every tag, train, validation and test compositions alike: what web-like
+    pretraining renders (a real base has seen every kind of composition; RL then aligns, not teaches)."""
+    return [m for tag in TAGS for group in scenes(tag) for m in group]
+
+
+@dataclass(frozen=True)
+class CaptionNoise:
+    """Rates at which a caption misdescribes its picture, each corruption drawn independently."""
+
+    relation: float = doc(0.0, "position prompts: the relation replaced by one of the other three")
+    color: float = doc(0.0, "per coloured object: another colour (half the time) or no colour word (the other half)")
+    count: float = doc(0.0, "counting prompts: the number off by one, staying within 1..MAX_COUNT")
+    omit: float = doc(0.0, "two-object scenes (two_object, position, color_attr): one object left out of the caption")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            rate = getattr(self, f.name)
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
+                raise VgpoError(f"caption_noise.{f.name}: expected a finite rate in [0, 1], got {rate!r}")
+            if not 0.0 <= rate <= 1.0:
+                raise VgpoError(f"caption_noise.{f.name}: expected a rate in [0, 1], got {rate}")
+
+
+#: The web-like rates of the probe that first pretrained a base on the whole composition space (its
+#: rates as the learning-results issue lists them: relation 0.3, colour 0.3, count 0.25, omission 0.15).
+WEB_CAPTION_NOISE = CaptionNoise(relation=0.3, color=0.3, count=0.25, omit=0.15)
+#: Named rates ``caption_noise`` accepts instead of a mapping.
+CAPTION_NOISE_PRESETS = {"web": WEB_CAPTION_NOISE}
+
+
+def caption_noise(spec: dict | str) -> CaptionNoise:
+    """``CaptionNoise`` from a mapping of rates ({relation, color, count, omit}; absent keys are 0) or a
+    preset name ("web"); a one-line VgpoError naming ``caption_noise.<key>`` otherwise."""
+    if isinstance(spec, str):
+        if spec not in CAPTION_NOISE_PRESETS:
+            raise VgpoError(
+                f"caption_noise: unknown preset {spec!r}; expected one of {', '.join(CAPTION_NOISE_PRESETS)} "
+                "or a mapping of rates"
+            )
+        return CAPTION_NOISE_PRESETS[spec]
+    if not isinstance(spec, dict):
+        raise VgpoError(f"caption_noise: expected a mapping of rates or a preset name, got {spec!r}")
+    known = [f.name for f in fields(CaptionNoise)]
+    unknown = sorted(str(k) for k in set(spec) - set(known))
+    if unknown:
+        raise VgpoError(f"caption_noise.{unknown[0]}: unknown rate; expected some of {', '.join(known)}")
+    return CaptionNoise(**spec)
+
+
+def noisy_caption(meta: dict, noise: CaptionNoise, rng: random.Random) -> str:
+    """The caption of a scene rendered from ``meta``, as a web caption might misdescribe it: each
+    corruption of ``noise`` applied independently with its rate (see ``CaptionNoise``). The corrupted
+    metadata is phrased by ``phrase``, so every caption is valid vocabulary; with all rates 0 it is
+    ``phrase(meta)``. The picture is not touched: pretraining renders ``meta`` and trains on this."""
+    tag = meta["tag"]
+    include = [dict(o) for o in meta["include"]]
+    for obj in include:
+        if "position" in obj and rng.random() < noise.relation:
+            rel, target = obj["position"]
+            obj["position"] = [rng.choice([r for r in RELATIONS if r != rel]), target]
+    for obj in include:
+        if "color" in obj and rng.random() < noise.color:
+            if rng.random() < 0.5:
+                obj["color"] = rng.choice([c for c in COLORS if c != obj["color"]])
+            else:
+                del obj["color"]
+    exclude = [dict(e) for e in meta.get("exclude", [])]
+    if tag == "counting" and rng.random() < noise.count:
+        obj = include[0]
+        n = obj["count"]
+        obj["count"] = n + rng.choice([step for step in (-1, 1) if 1 <= n + step <= MAX_COUNT])
+        exclude = [{"class": obj["class"], "count": obj["count"] + 1}]
+    if len(include) == 2 and rng.random() < noise.omit:
+        kept = {k: v for k, v in include[rng.randrange(2)].items() if k != "position"}
+        # The remaining object phrased alone, as single_object or colors phrase one object.
+        return phrase(_meta("colors" if "color" in kept else "single_object", [kept]))
+    return phrase({"tag": tag, "include": include, "exclude": exclude})
+
+
+def noisy_captioner(spec: dict | str) -> Callable[[dict, random.Random], str]:
+    """``caption(meta, rng)`` with the rates of ``spec`` (checked once, here): the shapes world's
+    ``World.caption_noise``."""
+    noise = caption_noise(spec)
+    return lambda meta, rng: noisy_caption(meta, noise, rng)
