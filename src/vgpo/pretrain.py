@@ -18,6 +18,7 @@ import copy
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +97,14 @@ def training_prompts(world: World, prompts: str) -> list[dict]:
     return world.load_prompts(Path(prompts))
 
 
-def _batch(world, prompts: list[dict], cfg: PretrainConfig, step: int, latent_shape: tuple[int, ...], caption=None):
+def _batch(
+    world: World,
+    prompts: list[dict],
+    cfg: PretrainConfig,
+    step: int,
+    latent_shape: tuple[int, ...],
+    caption: Callable[[dict, random.Random], str] | None = None,
+):
     """One step's (images, texts, t, noise), a pure function of (seed, step). ``caption(meta, rng)``,
     when given, writes each text in place of the exact prompt (the image stays a render of the metadata),
     from a ``random.Random`` of (seed, step, index) of its own, so the torch draws are those of exact
