@@ -188,3 +188,15 @@ def test_resume_files_without_data_fields_were_exact_train_split(capsys, tmp_pat
     torch.save(state, tmp_path / "old" / "resume.pt")
     assert "resume.pt" in _run_error(capsys, TINY + run + ["--steps", "2", "--prompts", "all"])
     _run(capsys, TINY + run + ["--steps", "2"])
+
+
+def test_bf16_pretraining_runs_under_autocast_and_records_it(capsys, tmp_path):
+    """``precision: bf16`` trains under autocast with float32 weights, a finite loss, and says so."""
+    assert "precision" in _run_error(capsys, TINY + ["--out", str(tmp_path / "bad"), "--precision", "fp16"])
+    _run(capsys, TINY + ["--out", str(tmp_path / "bf16"), "--steps", "2", "--precision", "bf16"])
+    meta = json.loads((tmp_path / "bf16" / "config.json").read_text())["pretrain"]
+    assert meta["precision"] == "bf16" and meta["completed_steps"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "bf16" / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
+    state = torch.load(tmp_path / "bf16" / "resume.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state["net"].values() if v.is_floating_point())

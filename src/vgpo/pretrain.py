@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from vgpo.config import check_fields, doc, to_dict
 from vgpo.errors import VgpoError
-from vgpo.models.tiny import TinyConfig, TinyFlowModel
+from vgpo.models.tiny import TINY_PRECISIONS, TinyConfig, TinyFlowModel
 from vgpo.train.guards import check_step
 from vgpo.utils import append_line, atomic_torch_save, atomic_write_text, derive_seed, load_torch
 from vgpo.worlds import SPLITS, World, balanced_choice, get_world
@@ -68,6 +68,9 @@ class PretrainConfig:
     save_every: int = doc(100, "steps between checkpoints")
     grad_clip: float = doc(1.0, "gradient-norm clip")
     threads: int = doc(0, "torch CPU threads (0: torch's default)")
+    precision: str = doc(
+        "fp32", "U-Net forward/backward: fp32 (the shipped bases), bf16 (autocast; weights, loss, EMA stay float32), auto"
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)  # every float finite
@@ -80,6 +83,8 @@ class PretrainConfig:
             raise VgpoError(f"ema_decay: expected in [0, 1), got {self.ema_decay}")
         if self.lr <= 0:
             raise VgpoError(f"lr: expected > 0, got {self.lr}")
+        if self.precision not in TINY_PRECISIONS:
+            raise VgpoError(f"precision: expected one of {', '.join(TINY_PRECISIONS)}, got {self.precision!r}")
         if len(self.channels) != 3:
             raise VgpoError(f"channels: expected 3 widths, got {self.channels}")
         if not isinstance(self.caption_noise, (dict, str)):
@@ -143,7 +148,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         text_encoder=cfg.text_encoder,
         latent=cfg.latent,
     )
-    model = TinyFlowModel(arch)
+    model = TinyFlowModel(arch, precision=cfg.precision)
     net = model.net
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -182,7 +187,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
         tb = t.view(-1, 1, 1, 1)
         xt = (1 - tb) * x0 + tb * noise
         ids, mask = model.tokenize(texts)
-        pred = net(xt, t, net.text(ids, mask))
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=model.precision == "bf16"):
+            pred = net(xt, t, net.text(ids, mask)).float()
         loss = F.mse_loss(pred, noise - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
