@@ -69,7 +69,7 @@ class PretrainConfig:
     grad_clip: float = doc(1.0, "gradient-norm clip")
     threads: int = doc(0, "torch CPU threads (0: torch's default)")
     precision: str = doc(
-        "fp32", "U-Net forward/backward: fp32 (the shipped bases), bf16 (autocast; weights, loss, EMA stay float32), auto"
+        "fp32", "U-Net forward/backward: fp32 (the shipped bases), bf16 (autocast; weights, loss, EMA float32), auto"
     )
 
     def __post_init__(self) -> None:
