@@ -88,3 +88,26 @@ def test_eval_writes_table_json_and_grid(capsys, tmp_path, tiny_checkpoint):
     payload = json.loads(out_json.read_text())
     assert payload["images"] == 6 and 0.0 <= payload["metrics"]["overall/strict"] <= 1.0
     assert grid.stat().st_size > 0
+
+
+def test_demo_writes_a_report_with_the_gain_and_its_standard_errors(capsys, tmp_path, tiny_checkpoint, monkeypatch):
+    import yaml
+
+    from conftest import TINY_RUN
+    from vgpo.train import cli as train_cli
+
+    preset = tmp_path / "demo.yaml"
+    preset.write_text(yaml.safe_dump({**TINY_RUN, "checkpoint": str(tiny_checkpoint), "epochs": 1, "eval_base": True}))
+    monkeypatch.setattr(train_cli, "DEMO_PRESET", preset)
+    main(["demo", "--out", str(tmp_path / "demo")])
+    report = (tmp_path / "demo" / "report" / "REPORT.md").read_text()
+    first, gain = report.splitlines()[0], report.splitlines()[2]
+    assert first.startswith("# vgpo demo: sde+ppo+tcrm+adae on shapes, 1 epochs")
+    assert gain.startswith("Held-out overall/strict: ") and "1 SE of each score" in gain
+    assert {p.name for p in (tmp_path / "demo" / "report").iterdir()} == {
+        "REPORT.md",
+        "before.png",
+        "after.png",
+        "reward.png",
+    }
+    assert "report:" in capsys.readouterr().out

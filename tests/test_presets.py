@@ -203,3 +203,20 @@ def test_composed_presets_run_an_epoch_on_a_tiny_model(tmp_path, tiny_checkpoint
     out = train(from_dict(TrainConfig, data, f"{name}: "))
     (m,) = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if "losses/grad_norm" in ln]
     assert m["losses/grad_norm"] > 0 and m["charts/optimizer_steps"] == 1
+
+
+def test_demo_preset_trains_from_a_shipped_base_on_the_train_split():
+    """The demo's checkpoint is shipped, and it trains and evaluates on the world's own splits (its
+    recipe was chosen on val, its score is read on test)."""
+    cfg = load(CONFIGS / "shapes-vgpo-demo.yaml")
+    root = CONFIGS.parent
+    assert (root / cfg.checkpoint / "model.safetensors").is_file()
+    assert cfg.train_prompts == "" and cfg.test_prompts == ""
+    assert (cfg.eval_num_steps, cfg.eval_every) == (40, 0)
+
+
+def test_web_base_records_what_its_pretraining_saw():
+    meta = json.loads((CONFIGS.parent / "checkpoints" / "shapes-base-web" / "config.json").read_text())
+    assert meta["arch"]["text_encoder"] == "ordered"
+    assert (meta["pretrain"]["prompts"], meta["pretrain"]["caption_noise"]) == ("all", "web")
+    assert meta["pretrain"]["completed_steps"] == meta["pretrain"]["steps"]

@@ -3,6 +3,8 @@ terms) on hand-made detections and on rendered scenes, beside GenEval's evaluati
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -150,3 +152,12 @@ def test_evaluation_keeps_genevals_semantics():
     # Extra objects pass GenEval's color_attr check (minimum counts); counting's exclude still fails a third circle.
     assert metrics["color_attr/strict"] == 1.0 and metrics["counting/strict"] == 0.0
     assert server_value(images, [COLOR_ATTR, counting]).tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_strict_standard_error_is_the_binomial_one():
+    from vgpo.worlds.shapes.score import strict_standard_error
+
+    metrics = {"counting/strict": 0.5, "counting/n": 40, "colors/strict": 0.9, "colors/n": 50}
+    expected = math.sqrt(0.5 * 0.5 / 40 + 0.9 * 0.1 / 50) / 2
+    assert strict_standard_error(metrics) == pytest.approx(expected, rel=1e-12)
+    assert strict_standard_error({"colors/strict": 1.0, "colors/n": 47}) == 0.0

@@ -191,6 +191,18 @@ def evaluate(images: torch.Tensor, metadata: Sequence[dict]) -> dict:
     return metrics
 
 
+def strict_standard_error(metrics: dict) -> float:
+    """Standard error of ``overall/strict`` from an ``evaluate`` result: each tag's accuracy as a binomial
+    proportion over its images, ``sqrt(sum_t p_t (1 - p_t) / n_t) / T``. It is the sampling noise of the
+    images drawn; it treats a repeated test prompt's images as independent, as GenEval's four images per
+    prompt are treated."""
+    tags = [t for t in TAGS if f"{t}/n" in metrics]
+    if not tags:
+        raise VgpoError("strict_standard_error: expected an evaluate() result with per-tag keys")
+    var = sum(metrics[f"{t}/strict"] * (1 - metrics[f"{t}/strict"]) / metrics[f"{t}/n"] for t in tags)
+    return math.sqrt(var) / len(tags)
+
+
 def format_table(metrics: dict) -> str:
     """GenEval-style table: one row per tag (strict accuracy, partial score, images), then overall."""
     lines = [f"{'task':<16}{'strict':>8}{'partial':>9}{'n':>7}"]
