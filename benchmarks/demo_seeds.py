@@ -25,15 +25,16 @@ from shuffled_control import shuffling_hooks  # noqa: E402
 from vgpo.config import from_dict, load_yaml, parse_overrides  # noqa: E402
 from vgpo.train import TrainConfig, train  # noqa: E402
 from vgpo.train.cli import DEMO_PRESET  # noqa: E402
+from vgpo.train.run_folder import eval_files  # noqa: E402
 from vgpo.worlds.shapes.score import strict_standard_error  # noqa: E402
 
 
 def _finished(run: Path, epochs: int) -> bool:
-    return (run / "eval" / f"epoch_{epochs:04d}.json").is_file()
+    return any(path.stem == f"epoch_{epochs:04d}" for path in eval_files(run))
 
 
 def _evals(run: Path) -> tuple[dict, dict]:
-    evals = sorted((run / "eval").glob("epoch_*.json"))
+    evals = eval_files(run)
     return json.loads(evals[0].read_text()), json.loads(evals[-1].read_text())
 
 

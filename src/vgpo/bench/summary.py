@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vgpo.train.run_folder import EVAL, METRICS
+from vgpo.train.run_folder import METRICS, eval_files
 from vgpo.worlds import get_world
 
 from . import quality as Q
@@ -95,7 +95,7 @@ def _num(v: Any) -> float | None:
 def read_evals(run_dir: Path, max_epoch: int) -> dict:
     """{"epochs": [...], "metrics": {key: [...]}} from eval/epoch_XXXX.json (sample counts "*/n" left out)."""
     files = []
-    for path in sorted((run_dir / EVAL).glob("epoch_*.json")):
+    for path in eval_files(run_dir):
         m = re.fullmatch(r"epoch_(\d+)", path.stem)
         if m and int(m.group(1)) <= max_epoch:
             files.append((int(m.group(1)), json.loads(path.read_text())))

@@ -25,6 +25,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from vgpo.train import TrainConfig, train
     from vgpo.train.algorithms import describe, resolve
+    from vgpo.train.run_folder import eval_files
     from vgpo.worlds import get_world
     from vgpo.worlds.shapes.score import strict_standard_error  # the demo preset is a Shapes run
 
@@ -39,7 +40,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     world = get_world(cfg.world)
     report = out / "report"
     report.mkdir(exist_ok=True)
-    evals = sorted((out / "eval").glob("epoch_*.json"))
+    evals = eval_files(out)
     before, after = json.loads(evals[0].read_text()), json.loads(evals[-1].read_text())
     shutil.copy(evals[0].with_suffix(".png"), report / "before.png")
     shutil.copy(evals[-1].with_suffix(".png"), report / "after.png")

@@ -357,6 +357,12 @@ def plot_run(out: Path, headline: str) -> None:
     plot_rewards(out / METRICS, out / "reward.png", headline)
 
 
+def eval_files(out: Path) -> list[Path]:
+    """The run's held-out evaluations, eval/epoch_NNNN.json, in epoch order (the first is the base's when
+    the run evaluated it)."""
+    return sorted((out / EVAL).glob("epoch_*.json"))
+
+
 def save_eval(out: Path, tag: str, metrics: dict) -> Path:
     """Write eval/<tag>.json; returns the eval folder (the caller writes <tag>.png there)."""
     folder = out / EVAL
