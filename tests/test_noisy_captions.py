@@ -6,10 +6,11 @@ import random
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from vgpo.cli import main
 from vgpo.errors import VgpoError
-from vgpo.pretrain import PretrainConfig, _batch, training_prompts
+from vgpo.pretrain import PretrainConfig, _batch, lr_factor, training_prompts
 from vgpo.worlds import get_world
 from vgpo.worlds.shapes.prompts import (
     CLASSES,
@@ -200,3 +201,25 @@ def test_bf16_pretraining_runs_under_autocast_and_records_it(capsys, tmp_path):
     assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
     state = torch.load(tmp_path / "bf16" / "resume.pt", weights_only=True)
     assert all(v.dtype == torch.float32 for v in state["net"].values() if v.is_floating_point())
+
+
+def test_cooldown_decays_the_learning_rate_linearly_over_the_last_steps():
+    cfg = PretrainConfig(steps=10, warmup_steps=2, cooldown_steps=4)
+    assert [lr_factor(cfg, s) for s in range(10)] == [0.5, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25]
+    assert [lr_factor(PretrainConfig(steps=10, warmup_steps=2), s) for s in (0, 9)] == [0.5, 1]
+    with pytest.raises(VgpoError, match="cooldown_steps"):
+        PretrainConfig(steps=10, cooldown_steps=11)
+
+
+def test_a_run_extended_with_a_cooldown_ends_where_a_straight_one_does(capsys, tmp_path):
+    # The cooldown touches only the last steps, so training 2 constant steps, then resuming to 4 with a
+    # 2-step cooldown, is the same computation as 4 steps with that cooldown from the start.
+    tiny = TINY + ["--warmup-steps", "1"]
+    _run(capsys, tiny + ["--out", str(tmp_path / "straight"), "--steps", "4", "--cooldown-steps", "2"])
+    _run(capsys, tiny + ["--out", str(tmp_path / "extended"), "--steps", "2"])
+    _run(capsys, tiny + ["--out", str(tmp_path / "extended"), "--steps", "4", "--cooldown-steps", "2"])
+    straight, extended = (load_file(tmp_path / run / "model.safetensors") for run in ("straight", "extended"))
+    assert straight.keys() == extended.keys()
+    assert all(torch.equal(straight[k], extended[k]) for k in straight)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "extended" / "log.jsonl").read_text().splitlines()]
+    assert lrs[-1] == 0.0  # the rate after the last step: the cooldown ends at 0

@@ -213,3 +213,42 @@ if __name__ == "__main__":  # the figures quoted in docs/learning-study.md: pyth
                 f"ordered, untrained, seed {seed}: {a} | {b} | "
                 + ", ".join(f"{k} {v:.3f}" for k, v in separations(untrained, a, b).items())
             )
+
+
+@pytest.mark.parametrize("film_text", [True, False])
+def test_film_text_false_leaves_cross_attention_the_only_way_in(tmp_path, film_text):
+    # With film_text=False the pooled prompt has no path into the U-Net: changing it leaves the velocity
+    # unchanged, while the default FiLM reads it. The option round-trips through a checkpoint.
+    torch.manual_seed(0)
+    model = TinyFlowModel(TinyConfig(vocab=get_world("shapes").vocabulary(), film_text=film_text), precision="fp32")
+    with torch.no_grad():
+        for p in model.net.parameters():
+            if not p.any():  # zero-initialised output layers would hide every difference
+                p.normal_(0.0, 0.1)
+    assert (model.net.text_proj is None) == (not film_text)
+    cond = model.encode_prompts(["a red circle and a blue square"])
+    x, sigma = torch.randn(1, 3, 32, 32), torch.tensor([0.7])
+    moved = {**cond, "pooled": cond["pooled"] + 1.0}
+    with torch.no_grad():
+        changed = not torch.equal(model.velocity(x, sigma, cond), model.velocity(x, sigma, moved))
+    assert changed == film_text
+    model.save(tmp_path / "ck")
+    assert TinyFlowModel.load(tmp_path / "ck").cfg.film_text == film_text
+
+
+def test_full_resolution_cross_attention_adds_two_cross_only_blocks(tmp_path):
+    vocab = get_world("shapes").vocabulary()
+    torch.manual_seed(0)
+    plain = TinyFlowModel(TinyConfig(vocab=vocab))
+    torch.manual_seed(0)
+    full = TinyFlowModel(TinyConfig(vocab=vocab, full_res_cross_attention=True))
+    assert plain.net.attn_d0 is None and plain.net.attn_u0 is None
+    extra = set(full.net.state_dict()) - set(plain.net.state_dict())
+    assert extra and all(k.startswith(("attn_d0.", "attn_u0.")) for k in extra)
+    assert not any(".qkv." in k for k in extra)  # cross-attention only at 32x32
+    x, sigma = torch.randn(2, 3, 32, 32), torch.tensor([0.3, 0.9])
+    cond = full.encode_prompts(["a red circle", "a blue square"])
+    assert full.velocity(x, sigma, cond).shape == x.shape
+    full.save(tmp_path / "ck")
+    loaded = TinyFlowModel.load(tmp_path / "ck")
+    assert loaded.cfg.full_res_cross_attention and set(loaded.net.state_dict()) == set(full.net.state_dict())

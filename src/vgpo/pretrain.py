@@ -20,6 +20,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -55,6 +56,12 @@ class PretrainConfig:
     batch_size: int = doc(64, "images per step")
     lr: float = doc(1e-3, "peak AdamW learning rate")
     warmup_steps: int = doc(100, "linear learning-rate warm-up")
+    cooldown_steps: int = doc(
+        0,
+        "linear decay of the learning rate to 0 over the last N steps (warmup-stable-decay); 0: constant after "
+        "warm-up. Only the last N steps depend on `steps`, so a run resumed with more steps and a cooldown "
+        "matches one trained straight",
+    )
     weight_decay: float = doc(0.0, "AdamW weight decay")
     ema_decay: float = doc(0.995, "EMA decay of the saved weights (warmed up as min(decay, (1+n)/(10+n)))")
     prompt_dropout: float = doc(0.1, "probability of training on the empty prompt (CFG's unconditional model)")
@@ -64,6 +71,12 @@ class PretrainConfig:
     shift: float = doc(3.0, "schedule shift stored with the model (SD3.5-M uses 3)")
     text_encoder: str = doc("mean", "text encoder: mean (the shipped bases) or ordered (keeps word order)")
     latent: str = doc("", "autoencoder folder (`vgpo pretrain-ae`) to work in its latent space; empty: pixels")
+    film_text: bool = doc(
+        True, "pooled prompt in the U-Net's FiLM (the shipped bases); false: the prompt enters by cross-attention only"
+    )
+    full_res_cross_attention: bool = doc(
+        False, "cross-attention to the prompt also at full resolution (no self-attention there); shipped bases: false"
+    )
     seed: int = doc(0, "seed of initialisation and of every batch")
     save_every: int = doc(100, "steps between checkpoints")
     grad_clip: float = doc(1.0, "gradient-norm clip")
@@ -77,6 +90,8 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "save_every"):
             if getattr(self, name) < 1:
                 raise VgpoError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if not 0 <= self.cooldown_steps <= self.steps:
+            raise VgpoError(f"cooldown_steps: expected in [0, steps={self.steps}], got {self.cooldown_steps}")
         if not 0.0 <= self.prompt_dropout < 1.0:
             raise VgpoError(f"prompt_dropout: expected in [0, 1), got {self.prompt_dropout}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -91,6 +106,15 @@ class PretrainConfig:
             raise VgpoError(f"caption_noise: expected a mapping of rates or a preset name, got {self.caption_noise!r}")
         if self.caption_noise == "":
             self.caption_noise = {}  # the empty flag value means what the empty mapping does: exact captions
+
+
+def lr_factor(cfg: PretrainConfig, step: int) -> float:
+    """Learning-rate multiplier for optimizer step ``step`` (0-based): linear warm-up, constant, then the
+    optional linear cooldown to 0 over the last ``cooldown_steps`` (the step after the last would be 0)."""
+    factor = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if cfg.cooldown_steps:
+        factor *= min(1.0, (cfg.steps - step) / cfg.cooldown_steps)
+    return factor
 
 
 def training_prompts(world: World, prompts: str) -> list[dict]:
@@ -147,20 +171,21 @@ def pretrain(cfg: PretrainConfig) -> Path:
         world=cfg.world,
         text_encoder=cfg.text_encoder,
         latent=cfg.latent,
+        film_text=cfg.film_text,
+        full_res_cross_attention=cfg.full_res_cross_attention,
     )
     model = TinyFlowModel(arch, precision=cfg.precision)
     net = model.net
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, cfg))
     start, wall_before, invocations = 0, 0.0, 1
     resume_path = out / "resume.pt"
     if resume_path.is_file():
         state = load_torch(resume_path)  # tensors and plain containers only: a crafted file cannot run code
-        # Resume files written before the text_encoder/latent options hold neither: they were mean/pixels.
-        if not isinstance(state, dict) or {"text_encoder": "mean", "latent": "", **state.get("arch", {})} != to_dict(
-            arch
-        ):
+        # Resume files written before the text_encoder/latent/film_text options hold none: mean/pixels/FiLM.
+        older = {"text_encoder": "mean", "latent": "", "film_text": True, "full_res_cross_attention": False}
+        if not isinstance(state, dict) or {**older, **state.get("arch", {})} != to_dict(arch):
             raise VgpoError(f"{resume_path}: written for another architecture/world; use a new --out")
         written = {**_OLD_DATA, **state.get("data", {})}
         if written != data:

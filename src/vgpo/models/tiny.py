@@ -57,6 +57,13 @@ class TinyConfig:
     world: str = "shapes"
     text_encoder: str = "mean"  # models/text_encoder.py: "mean" (the shipped bases) or "ordered" (keeps word order)
     latent: str = ""  # autoencoder folder (`vgpo pretrain-ae`) whose latents the U-Net works in; "" = pixels
+    # The pooled prompt in every ResBlock's FiLM (the shipped bases, as SD3's pooled CLIP); False: the prompt
+    # reaches the U-Net only through cross-attention, which is spatial, so a colour can only be drawn where
+    # the pixels attend to it (a probe of attribute binding, docs/learning-study.md).
+    film_text: bool = True
+    # Cross-attention to the prompt also at full resolution (after the first and last ResBlocks; no
+    # self-attention there, whose cost grows with the square of the pixel count). Another binding probe.
+    full_res_cross_attention: bool = False
 
 
 #: LoRA targets on the tiny U-Net: the attention projections (Flow-GRPO's choice on SD3) plus the
@@ -118,19 +125,22 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
 
 
 class AttnBlock(nn.Module):
-    """Self-attention over pixels, then cross-attention from pixels to the prompt tokens."""
+    """Self-attention over pixels (unless ``self_attention`` is False), then cross-attention from pixels to
+    the prompt tokens."""
 
-    def __init__(self, ch: int, text_dim: int, heads: int):
+    def __init__(self, ch: int, text_dim: int, heads: int, self_attention: bool = True):
         super().__init__()
         self.heads = heads
-        self.norm1 = nn.GroupNorm(8, ch)
-        self.qkv = nn.Linear(ch, 3 * ch)
-        self.out1 = nn.Linear(ch, ch)
+        self.self_attention = self_attention
+        if self_attention:
+            self.norm1 = nn.GroupNorm(8, ch)
+            self.qkv = nn.Linear(ch, 3 * ch)
+            self.out1 = nn.Linear(ch, ch)
         self.norm2 = nn.GroupNorm(8, ch)
         self.q = nn.Linear(ch, ch)
         self.kv = nn.Linear(text_dim, 2 * ch)
         self.out2 = nn.Linear(ch, ch)
-        for out in (self.out1, self.out2):
+        for out in (self.out1, self.out2) if self_attention else (self.out2,):
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)
 
@@ -144,10 +154,11 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: Condition) -> torch.Tensor:
         b, c, hh, ww = x.shape
-        h = self.norm1(x).flatten(2).transpose(1, 2)
-        q, k, v = self.qkv(h).chunk(3, dim=-1)
-        a = _attention(self._split(q), self._split(k), self._split(v))
-        x = x + self.out1(self._merge(a)).transpose(1, 2).view(b, c, hh, ww)
+        if self.self_attention:
+            h = self.norm1(x).flatten(2).transpose(1, 2)
+            q, k, v = self.qkv(h).chunk(3, dim=-1)
+            a = _attention(self._split(q), self._split(k), self._split(v))
+            x = x + self.out1(self._merge(a)).transpose(1, 2).view(b, c, hh, ww)
         h = self.norm2(x).flatten(2).transpose(1, 2)
         k, v = self.kv(cond["tokens"]).chunk(2, dim=-1)
         mask = cond["mask"] | (~cond["mask"].any(dim=1, keepdim=True))  # empty prompt: attend to padding
@@ -165,9 +176,12 @@ class TinyUNet(nn.Module):
         self.cfg = cfg
         self.text = build_text_encoder(vocab_size, cfg)
         self.time_mlp = nn.Sequential(nn.Linear(128, e), nn.SiLU(), nn.Linear(e, e))
-        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, e), nn.SiLU(), nn.Linear(e, e))
+        film = cfg.film_text
+        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, e), nn.SiLU(), nn.Linear(e, e)) if film else None
         self.conv_in = nn.Conv2d(in_channels, c0, 3, padding=1)
         self.down0 = ResBlock(c0, c0, e)
+        full = cfg.full_res_cross_attention
+        self.attn_d0 = AttnBlock(c0, cfg.text_dim, cfg.heads, self_attention=False) if full else None
         self.pool0 = nn.Conv2d(c0, c0, 3, stride=2, padding=1)
         self.down1, self.attn_d1 = ResBlock(c0, c1, e), AttnBlock(c1, cfg.text_dim, cfg.heads)
         self.pool1 = nn.Conv2d(c1, c1, 3, stride=2, padding=1)
@@ -176,6 +190,7 @@ class TinyUNet(nn.Module):
         self.up2, self.attn_u2 = ResBlock(c2 + c2, c2, e), AttnBlock(c2, cfg.text_dim, cfg.heads)
         self.up1, self.attn_u1 = ResBlock(c2 + c1, c1, e), AttnBlock(c1, cfg.text_dim, cfg.heads)
         self.up0 = ResBlock(c1 + c0, c0, e)
+        self.attn_u0 = AttnBlock(c0, cfg.text_dim, cfg.heads, self_attention=False) if full else None
         self.norm_out = nn.GroupNorm(8, c0)
         self.conv_out = nn.Conv2d(c0, in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
@@ -187,15 +202,21 @@ class TinyUNet(nn.Module):
         return [p for p in self.parameters() if id(p) not in text]
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Condition) -> torch.Tensor:
-        emb = self.time_mlp(_timestep_embedding(sigma, 128)) + self.text_proj(cond["pooled"])
+        emb = self.time_mlp(_timestep_embedding(sigma, 128))
+        if self.text_proj is not None:
+            emb = emb + self.text_proj(cond["pooled"])
         up = lambda t: F.interpolate(t, scale_factor=2.0, mode="nearest")  # noqa: E731
         h0 = self.down0(self.conv_in(x), emb)
+        if self.attn_d0 is not None:
+            h0 = self.attn_d0(h0, cond)
         h1 = self.attn_d1(self.down1(self.pool0(h0), emb), cond)
         h2 = self.attn_d2(self.down2(self.pool1(h1), emb), cond)
         h = self.attn_mid(self.mid(h2, emb), cond)
         h = self.attn_u2(self.up2(torch.cat([h, h2], 1), emb), cond)
         h = self.attn_u1(self.up1(torch.cat([up(h), h1], 1), emb), cond)
         h = self.up0(torch.cat([up(h), h0], 1), emb)
+        if self.attn_u0 is not None:
+            h = self.attn_u0(h, cond)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
