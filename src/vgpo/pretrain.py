@@ -183,9 +183,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     resume_path = out / "resume.pt"
     if resume_path.is_file():
         state = load_torch(resume_path)  # tensors and plain containers only: a crafted file cannot run code
-        # Resume files written before the text_encoder/latent/film_text options hold none: mean/pixels/FiLM.
-        older = {"text_encoder": "mean", "latent": "", "film_text": True, "full_res_cross_attention": False}
-        if not isinstance(state, dict) or {**older, **state.get("arch", {})} != to_dict(arch):
+        # Resume files written before an architecture option existed lack it; they were built with its default.
+        if not isinstance(state, dict) or {**to_dict(TinyConfig()), **state.get("arch", {})} != to_dict(arch):
             raise VgpoError(f"{resume_path}: written for another architecture/world; use a new --out")
         written = {**_OLD_DATA, **state.get("data", {})}
         if written != data:
