@@ -161,3 +161,17 @@ def test_strict_standard_error_is_the_binomial_one():
     expected = math.sqrt(0.5 * 0.5 / 40 + 0.9 * 0.1 / 50) / 2
     assert strict_standard_error(metrics) == pytest.approx(expected, rel=1e-12)
     assert strict_standard_error({"colors/strict": 1.0, "colors/n": 47}) == 0.0
+
+
+def test_evaluation_monitors_the_extra_objects_its_minimum_counts_let_pass():
+    """The hacking monitor beside GenEval's score: a duplicated object passes the strict score but shows
+    as an extra object, and the scene is no longer exactly as asked."""
+    exact = meta("color_attr", obj("circle", color="red"), obj("square", color="blue"))
+    duplicated = meta("color_attr", obj("circle", 2, color="red"), obj("square", color="blue"))
+    images = torch.stack([WORLD.render(exact, 0), WORLD.render(duplicated, 0)])
+    both = evaluate(images, [COLOR_ATTR, COLOR_ATTR])
+    assert both["color_attr/strict"] == 1.0
+    assert both["monitor/extra_objects"] == 0.5 and both["monitor/exact_scene"] == 0.5
+    alone = evaluate(images[:1], [COLOR_ATTR])
+    assert (alone["monitor/extra_objects"], alone["monitor/exact_scene"]) == (0.0, 1.0)
+    assert "beyond those asked for" in WORLD.format_table(both)

@@ -163,21 +163,36 @@ def _check_batch(images: torch.Tensor, metadata: Sequence[dict], what: str) -> N
 def score(images: torch.Tensor, metadata: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     """(strict, partial), each a (B,) float32 CPU tensor, for images (B, 3, H, W) in [0, 1]."""
     _check_batch(images, metadata, "shapes score")
-    checks = [constraints(found, meta) for found, meta in zip(detect(images), metadata)]
+    return _strict_partial(detect(images), metadata)
+
+
+def _strict_partial(
+    detections: Sequence[Sequence[Detection]], metadata: Sequence[dict]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    checks = [constraints(found, meta) for found, meta in zip(detections, metadata)]
     strict = torch.tensor([float(all(c)) for c in checks], dtype=torch.float32)
     partial = torch.tensor([sum(c) / len(c) for c in checks], dtype=torch.float32)
     return strict, partial
 
 
+def extra_objects(found: Sequence[Detection], meta: dict) -> bool:
+    """True when the image holds more objects than the prompt's includes ask for in all: the duplicate
+    that GenEval's minimum counts let pass (and the strict reward does not punish)."""
+    return len(found) > sum(req["count"] for req in meta["include"])
+
+
 def evaluate(images: torch.Tensor, metadata: Sequence[dict]) -> dict:
-    """Per-tag and overall accuracy, flat keys ``"<tag>/strict"``, ``"<tag>/partial"``, ``"<tag>/n"``.
+    """Per-tag and overall accuracy, flat keys ``"<tag>/strict"``, ``"<tag>/partial"``, ``"<tag>/n"``, and
+    the hacking monitor ``"monitor/extra_objects"``, ``"monitor/exact_scene"`` (fractions of all images).
 
     ``overall/*`` is GenEval's overall score: the mean over the tags present of each tag's accuracy, so
     a tag's number of images sets its precision, not its weight. ``overall/n`` counts all images.
     """
     if not metadata:
         raise VgpoError("shapes evaluate: expected at least one image")
-    strict, partial = score(images, metadata)
+    _check_batch(images, metadata, "shapes evaluate")
+    detections = detect(images)
+    strict, partial = _strict_partial(detections, metadata)
     metrics: dict = {}
     tags = [tag for tag in TAGS if any(m["tag"] == tag for m in metadata)]
     for tag in tags:
@@ -188,6 +203,10 @@ def evaluate(images: torch.Tensor, metadata: Sequence[dict]) -> dict:
     metrics["overall/strict"] = sum(metrics[f"{t}/strict"] for t in tags) / len(tags)
     metrics["overall/partial"] = sum(metrics[f"{t}/partial"] for t in tags) / len(tags)
     metrics["overall/n"] = len(metadata)
+    # The reward-hacking monitor beside the task score: images with objects beyond those asked for, and
+    # scenes exactly as asked (the reward server's strict_correct: exact counts), over all images.
+    metrics["monitor/extra_objects"] = sum(map(extra_objects, detections, metadata)) / len(metadata)
+    metrics["monitor/exact_scene"] = sum(server_terms(f, m)[1] for f, m in zip(detections, metadata)) / len(metadata)
     return metrics
 
 
@@ -213,4 +232,9 @@ def format_table(metrics: dict) -> str:
             f"{tag:<16}{metrics[f'{tag}/strict']:>8.2%}{metrics[f'{tag}/partial']:>9.2%}{metrics[f'{tag}/n']:>7d}"
         )
     lines.append("overall = mean over tasks of each task's accuracy (GenEval)")
+    if "monitor/extra_objects" in metrics:
+        lines.append(
+            f"monitor: {metrics['monitor/extra_objects']:.2%} of images hold objects beyond those asked for, "
+            f"{metrics['monitor/exact_scene']:.2%} are exactly the scene asked for (exact counts)"
+        )
     return "\n".join(lines)
