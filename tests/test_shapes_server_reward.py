@@ -130,7 +130,11 @@ def test_rendered_extra_object_lowers_it_while_evaluation_still_passes(seed):
     assert server_value(images, asked).tolist() == pytest.approx([0.5, 1 / 3, 0.5, 0.0])
     strict, partial = score(images, asked)
     assert strict.tolist() == [1.0] * 4 and partial.tolist() == [1.0] * 4
-    assert build("geneval-shapes-strict")(images, [m["prompt"] for m in asked], asked).tolist() == [1.0] * 4
+    prompts = [m["prompt"] for m in asked]
+    assert build("geneval-shapes-strict")(images, prompts, asked).tolist() == [1.0] * 4
+    # The binary exact-scene reward: 1 on the scenes asked for, 0 once one object too many is drawn.
+    assert build("geneval-shapes-exact")(exact_images, prompts, asked).tolist() == [1.0] * 4
+    assert build("geneval-shapes-exact")(images, prompts, asked).tolist() == [0.0] * 4
 
 
 def test_rendered_wrong_count_zeroes_colour_term():
@@ -138,6 +142,7 @@ def test_rendered_wrong_count_zeroes_colour_term():
     drawn = meta("color_attr", obj("circle", color="red"), obj("square", 2, color="blue"))
     images = torch.stack([WORLD.render(drawn, s) for s in range(3)])
     assert server_value(images, [COLOR_ATTR] * 3).tolist() == pytest.approx([0.5] * 3)  # [1, 1 | 0, 0]
+    assert build("geneval-shapes-exact")(images, [COLOR_ATTR["prompt"]] * 3, [COLOR_ATTR] * 3).tolist() == [0.0] * 3
 
 
 def test_evaluation_keeps_genevals_semantics():

@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     "geneval-shapes": "vgpo.worlds.shapes.reward",
     "geneval-shapes-strict": "vgpo.worlds.shapes.reward",
     "geneval-shapes-server": "vgpo.worlds.shapes.reward",
+    "geneval-shapes-exact": "vgpo.worlds.shapes.reward",
     "ocr": "vgpo.rewards.ocr",
     "pickscore": "vgpo.rewards.hf",
     "clipscore": "vgpo.rewards.hf",

@@ -2,7 +2,8 @@
 
 ``geneval-shapes`` and ``geneval-shapes-strict`` score GenEval's evaluation semantics (counts are
 minimums), the same rules as the evaluation tables; ``geneval-shapes-server`` is the reward Flow-GRPO
-trains on, its GenEval reward server's exact-count score (``score.server_terms``).
+trains on, its GenEval reward server's exact-count score (``score.server_terms``);
+``geneval-shapes-exact`` is that server's binary ``strict_correct``: exact counts without partial credit.
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ class ShapesServerReward:
     ``vgpo.worlds.shapes.score.server_terms`` for every rule and how it differs from GenEval's evaluation
     (minimum counts), which the evaluation tables keep using."""
 
+    def __init__(self, exact: bool = False) -> None:
+        self.exact = exact
+
     def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
-        return server_score(images, metadata)[1]
+        exact, value = server_score(images, metadata)
+        return exact if self.exact else value
 
 
 @register("geneval-shapes")
@@ -56,3 +61,11 @@ def strict_reward() -> Reward:
 def server_reward() -> Reward:
     """Flow-GRPO's GenEval reward-server score: exact counts, per-object partial terms (``ShapesServerReward``)."""
     return ShapesServerReward()
+
+
+@register("geneval-shapes-exact")
+def exact_reward() -> Reward:
+    """1 for a scene exactly as asked (every count exact, every colour and relation right), else 0: the
+    reward server's ``strict_correct``. GenEval's strict score without its minimum-count loophole (an extra
+    object gives 0) and the server score without its partial credit (a scene in the wrong colours gives 0)."""
+    return ShapesServerReward(exact=True)
