@@ -1,14 +1,23 @@
 """Does `vgpo demo` learn? Its preset on several seeds, each beside its shuffled-advantage control.
 
     python benchmarks/demo_seeds.py [--seeds 0 1 2] [--out runs/demo-seeds] [--set field=value ...]
+    # on two cores: two processes at one thread each share one --out, then --keep assembles the table
+    python benchmarks/demo_seeds.py --seeds 0 --set threads=1 --out D &
+    python benchmarks/demo_seeds.py --seeds 1 --set threads=1 --out D; wait
+    python benchmarks/demo_seeds.py --seeds 2 --kinds run --set threads=1 --out D &
+    python benchmarks/demo_seeds.py --seeds 2 --kinds control --set threads=1 --out D; wait
+    python benchmarks/demo_seeds.py --seeds 0 1 2 --keep --set threads=1 --out D
 
 For each seed, trains the demo preset (``configs/shapes-vgpo-demo.yaml``, overridden by ``--set``) and
 its control: the same run with every epoch's advantages permuted across its samples
 (``shuffled_control.shuffling_hooks``), so the control has the run's prompts, noise and update size but
 no information from the reward. Prints one row per seed: the held-out strict score of the base and after
 RL with its standard error (``strict_standard_error``: binomial per tag), the control's, the gain, the
-gap to the control in units of the standard error of the difference, and each run's wall time; writes
-the same table to ``<out>/demo_seeds.md`` and the raw numbers to ``<out>/demo_seeds.json``.
+gap to the control in units of the standard error of the difference, the hacking monitor (the fraction
+of images with more objects than the prompt asks for, base -> run / control: a reward that counts
+objects as minimums can be gamed by duplicating them), and each run's wall time (kept beside the run in
+``wall_s.txt``, so a ``--keep`` assembly reports it too); writes the same table to
+``<out>/demo_seeds.md`` and the raw numbers to ``<out>/demo_seeds.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from vgpo.train.cli import DEMO_PRESET  # noqa: E402
 from vgpo.train.run_folder import eval_files  # noqa: E402
 from vgpo.worlds.shapes.score import strict_standard_error  # noqa: E402
 
+WALL_FILE = "wall_s.txt"
+
 
 def _finished(run: Path, epochs: int) -> bool:
     return any(path.stem == f"epoch_{epochs:04d}" for path in eval_files(run))
@@ -43,7 +54,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/demo-seeds"))
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a preset field")
-    parser.add_argument("--no-control", action="store_true", help="train the real runs only")
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=["run", "control"],
+        default=["run", "control"],
+        help="which of each seed's pair to train and report (split a pair across two processes)",
+    )
     parser.add_argument(
         "--keep", action="store_true", help="reuse a run folder that already holds a finished run of the same seed"
     )
@@ -52,7 +69,7 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         row: dict = {"seed": seed}
-        for kind in ["run"] + ([] if args.no_control else ["control"]):
+        for kind in args.kinds:
             cfg = from_dict(TrainConfig, {**data, "seed": seed, "out": str(args.out / f"{kind}-seed{seed}")}, "")
             started = time.time()
             kept = args.keep and _finished(Path(cfg.out), cfg.epochs)
@@ -60,13 +77,16 @@ def main() -> None:
                 out = cfg.out
             else:
                 out = train(cfg, hooks=shuffling_hooks(seed) if kind == "control" else None, overwrite=True)
+                (Path(out) / WALL_FILE).write_text(f"{time.time() - started:.1f}\n")
             before, after = _evals(Path(out))
+            wall = Path(out) / WALL_FILE
             row[kind] = {
                 "base": before["overall/strict"],
                 "after": after["overall/strict"],
                 "se": strict_standard_error(after),
-                "wall_s": None if kept else round(time.time() - started, 1),
+                "wall_s": float(wall.read_text()) if wall.exists() else None,
                 "tags": {k: v for k, v in after.items() if k.endswith("/strict")},
+                "monitor": {k: [before.get(k), after.get(k)] for k in ("monitor/extra_objects", "monitor/exact_scene")},
             }
         rows.append(row)
         print(_line(row), flush=True)
@@ -78,29 +98,39 @@ def main() -> None:
 
 
 def _seconds(result: dict) -> str:
-    return "kept" if result["wall_s"] is None else f"{result['wall_s']:.0f}"
+    return "n/a" if result["wall_s"] is None else f"{result['wall_s']:.0f}"
 
 
 def _header() -> str:
     return (
         "| seed | base | after RL ± SE | gain | control after ± SE | run - control (in SE of the difference) | "
-        "wall s (run, control) |\n|---|---|---|---|---|---|---|"
+        "extra objects: base -> run / control | wall s (run, control) |\n|---|---|---|---|---|---|---|---|"
     )
 
 
 def _line(row: dict) -> str:
-    run = row["run"]
-    cells = [str(row["seed"]), f"{run['base']:.3f}", f"{run['after']:.3f} ± {run['se']:.3f}"]
-    cells.append(f"{run['after'] - run['base']:+.3f}")
-    ctl = row.get("control")
-    if ctl:
-        gap = run["after"] - ctl["after"]
-        se = math.hypot(run["se"], ctl["se"])
-        cells += [f"{ctl['after']:.3f} ± {ctl['se']:.3f}", f"{gap:+.3f} ({gap / se:+.1f} SE)"]
-        cells.append(f"{_seconds(run)}, {_seconds(ctl)}")
+    run, ctl = row.get("run"), row.get("control")
+    first = run or ctl
+    cells = [str(row["seed"]), f"{first['base']:.3f}"]
+    if run:
+        cells += [f"{run['after']:.3f} ± {run['se']:.3f}", f"{run['after'] - run['base']:+.3f}"]
     else:
-        cells += ["-", "-", _seconds(run)]
+        cells += ["-", "-"]
+    cells.append(f"{ctl['after']:.3f} ± {ctl['se']:.3f}" if ctl else "-")
+    if run and ctl:
+        gap = run["after"] - ctl["after"]
+        cells.append(f"{gap:+.3f} ({gap / math.hypot(run['se'], ctl['se']):+.1f} SE)")
+    else:
+        cells.append("-")
+    extra = [_share(r["monitor"]["monitor/extra_objects"][1]) if r else "-" for r in (run, ctl)]
+    cells.append(f"{_share(first['monitor']['monitor/extra_objects'][0])} -> {extra[0]} / {extra[1]}")
+    cells.append(", ".join(_seconds(r) if r else "-" for r in (run, ctl)))
     return "| " + " | ".join(cells) + " |"
+
+
+def _share(value: float | None) -> str:
+    # runs evaluated before the monitor existed have no such metric
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":
