@@ -1,6 +1,7 @@
 """Does `vgpo demo` learn? Its preset on several seeds, each beside its shuffled-advantage control.
 
     python benchmarks/demo_seeds.py [--seeds 0 1 2] [--out runs/demo-seeds] [--set field=value ...]
+    python benchmarks/demo_seeds.py --config configs/text-nft-vgpo.yaml ...   # any preset, any world
     # on two cores: two processes at one thread each share one --out, then --keep assembles the table
     python benchmarks/demo_seeds.py --seeds 0 --set threads=1 --out D &
     python benchmarks/demo_seeds.py --seeds 1 --set threads=1 --out D; wait
@@ -8,14 +9,15 @@
     python benchmarks/demo_seeds.py --seeds 2 --kinds control --set threads=1 --out D; wait
     python benchmarks/demo_seeds.py --seeds 0 1 2 --keep --set threads=1 --out D
 
-For each seed, trains the demo preset (``configs/shapes-vgpo-demo.yaml``, overridden by ``--set``) and
-its control: the same run with every epoch's advantages permuted across its samples
+For each seed, trains the demo preset (``configs/shapes-vgpo-demo.yaml``, or ``--config``, overridden by
+``--set``) and its control: the same run with every epoch's advantages permuted across its samples
 (``shuffled_control.shuffling_hooks``), so the control has the run's prompts, noise and update size but
-no information from the reward. Prints one row per seed: the held-out strict score of the base and after
-RL with its standard error (``strict_standard_error``: binomial per tag), the control's, the gain, the
-gap to the control in units of the standard error of the difference, the hacking monitor (the fraction
-of images with more objects than the prompt asks for, base -> run / control: a reward that counts
-objects as minimums can be gamed by duplicating them), and each run's wall time (kept beside the run in
+no information from the reward. Prints one row per seed: the world's held-out headline score of the base
+and after RL with its standard error (``World.standard_error``: on Shapes binomial per tag, on text the
+OCR scores' spread over the images), the control's, the gain, the gap to the control in units of the
+standard error of the difference, on Shapes the hacking monitor (the fraction of images with more objects
+than the prompt asks for, base -> run / control: a reward that counts objects as minimums can be gamed
+by duplicating them), and each run's wall time (kept beside the run in
 ``wall_s.txt``, so a ``--keep`` assembly reports it too); writes the same table to
 ``<out>/demo_seeds.md`` and the raw numbers to ``<out>/demo_seeds.json``.
 """
@@ -35,7 +37,7 @@ from vgpo.config import from_dict, load_yaml, parse_overrides  # noqa: E402
 from vgpo.train import TrainConfig, train  # noqa: E402
 from vgpo.train.cli import DEMO_PRESET  # noqa: E402
 from vgpo.train.run_folder import eval_files  # noqa: E402
-from vgpo.worlds.shapes.score import strict_standard_error  # noqa: E402
+from vgpo.worlds import get_world  # noqa: E402
 
 WALL_FILE = "wall_s.txt"
 
@@ -53,6 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/demo-seeds"))
+    parser.add_argument("--config", type=Path, default=DEMO_PRESET, help="the preset to train (default: the demo's)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a preset field")
     parser.add_argument(
         "--kinds",
@@ -65,12 +68,13 @@ def main() -> None:
         "--keep", action="store_true", help="reuse a run folder that already holds a finished run of the same seed"
     )
     args = parser.parse_args()
-    data = {**load_yaml(DEMO_PRESET), **parse_overrides(args.set)}
+    data = {**load_yaml(args.config), **parse_overrides(args.set)}
     rows = []
     for seed in args.seeds:
         row: dict = {"seed": seed}
         for kind in args.kinds:
             cfg = from_dict(TrainConfig, {**data, "seed": seed, "out": str(args.out / f"{kind}-seed{seed}")}, "")
+            world = get_world(cfg.world)
             started = time.time()
             kept = args.keep and _finished(Path(cfg.out), cfg.epochs)
             if kept:
@@ -81,18 +85,23 @@ def main() -> None:
             before, after = _evals(Path(out))
             wall = Path(out) / WALL_FILE
             row[kind] = {
-                "base": before["overall/strict"],
-                "after": after["overall/strict"],
-                "se": strict_standard_error(after),
+                "headline": world.headline,
+                "base": before[world.headline],
+                "after": after[world.headline],
+                "se": world.headline_standard_error(after),
                 "wall_s": float(wall.read_text()) if wall.exists() else None,
-                "tags": {k: v for k, v in after.items() if k.endswith("/strict")},
-                "monitor": {k: [before.get(k), after.get(k)] for k in ("monitor/extra_objects", "monitor/exact_scene")},
+                "final": after,
+                "monitor": {
+                    k: [before.get(k), after.get(k)]
+                    for k in ("monitor/extra_objects", "monitor/exact_scene")
+                    if k in after  # Shapes evaluations carry the hacking monitor, other worlds none
+                },
             }
         rows.append(row)
         print(_line(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "demo_seeds.json").write_text(json.dumps({"preset": data, "rows": rows}, indent=2) + "\n")
-    table = [_header(), *(_line(r) for r in rows)]
+    table = [_header(rows[0]), *(_line(r) for r in rows)]
     (args.out / "demo_seeds.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
 
@@ -101,11 +110,18 @@ def _seconds(result: dict) -> str:
     return "n/a" if result["wall_s"] is None else f"{result['wall_s']:.0f}"
 
 
-def _header() -> str:
-    return (
-        "| seed | base | after RL ± SE | gain | control after ± SE | run - control (in SE of the difference) | "
-        "extra objects: base -> run / control | wall s (run, control) |\n|---|---|---|---|---|---|---|---|"
-    )
+def _header(row: dict) -> str:
+    first = row.get("run") or row.get("control")
+    cells = ["seed", f"base {first['headline']}", "after RL ± SE", "gain", "control after ± SE"]
+    cells += ["run - control (in SE of the difference)"]
+    if _has_monitor(first):
+        cells.append("extra objects: base -> run / control")
+    cells.append("wall s (run, control)")
+    return "| " + " | ".join(cells) + " |\n" + "|---" * len(cells) + "|"
+
+
+def _has_monitor(result: dict) -> bool:
+    return "monitor/extra_objects" in result["monitor"]
 
 
 def _line(row: dict) -> str:
@@ -122,8 +138,9 @@ def _line(row: dict) -> str:
         cells.append(f"{gap:+.3f} ({gap / math.hypot(run['se'], ctl['se']):+.1f} SE)")
     else:
         cells.append("-")
-    extra = [_share(r["monitor"]["monitor/extra_objects"][1]) if r else "-" for r in (run, ctl)]
-    cells.append(f"{_share(first['monitor']['monitor/extra_objects'][0])} -> {extra[0]} / {extra[1]}")
+    if _has_monitor(first):
+        extra = [_share(r["monitor"]["monitor/extra_objects"][1]) if r else "-" for r in (run, ctl)]
+        cells.append(f"{_share(first['monitor']['monitor/extra_objects'][0])} -> {extra[0]} / {extra[1]}")
     cells.append(", ".join(_seconds(r) if r else "-" for r in (run, ctl)))
     return "| " + " | ".join(cells) + " |"
 

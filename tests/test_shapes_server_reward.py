@@ -8,7 +8,9 @@ import math
 import pytest
 import torch
 
+from vgpo.errors import VgpoError
 from vgpo.rewards import available, build
+from vgpo.worlds import get_world
 from vgpo.worlds.shapes import WORLD
 from vgpo.worlds.shapes.detect import Detection
 from vgpo.worlds.shapes.prompts import phrase
@@ -166,6 +168,9 @@ def test_strict_standard_error_is_the_binomial_one():
     expected = math.sqrt(0.5 * 0.5 / 40 + 0.9 * 0.1 / 50) / 2
     assert strict_standard_error(metrics) == pytest.approx(expected, rel=1e-12)
     assert strict_standard_error({"colors/strict": 1.0, "colors/n": 47}) == 0.0
+    assert get_world("shapes").headline_standard_error(metrics) == strict_standard_error(metrics)
+    with pytest.raises(VgpoError, match="geneval.*no standard error"):
+        get_world("geneval").headline_standard_error(metrics)
 
 
 def test_evaluation_monitors_the_extra_objects_its_minimum_counts_let_pass():

@@ -144,6 +144,9 @@ def test_evaluate_and_table():
     assert WORLD.headline in metrics
     assert metrics["ocr/exact"] == pytest.approx(5 / 6)
     assert metrics["ocr/accuracy"] == pytest.approx(5 / 6)
+    # five scores of 1 and one of 0: sample variance 1/6, standard error sqrt(1/6 / 6) = 1/6
+    assert metrics["ocr/accuracy_se"] == pytest.approx(1 / 6)
+    assert WORLD.headline_standard_error(metrics) == metrics["ocr/accuracy_se"]
     assert sum(metrics[k] for k in metrics if k.startswith("len") and k.endswith("/count")) == 6
     table = WORLD.format_table(metrics)
     assert "overall" in table and "0.833" in table and "letters" in table

@@ -27,7 +27,6 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from vgpo.train.algorithms import describe, resolve
     from vgpo.train.run_folder import eval_files
     from vgpo.worlds import get_world
-    from vgpo.worlds.shapes.score import strict_standard_error  # the demo preset is a Shapes run
 
     if not DEMO_PRESET.is_file():
         raise VgpoError(f"{DEMO_PRESET}: not found; run `vgpo demo` from the repository root")
@@ -50,8 +49,9 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         f"# vgpo demo: {describe(resolve(cfg))} on {cfg.world}, {cfg.epochs} epochs, {wall / 60:.1f} min",
         "",
         f"Held-out {key}: {before[key]:.3f} (base) -> {after[key]:.3f} (after RL), {after[key] - before[key]:+.3f} "
-        f"(1 SE of each score {strict_standard_error(before):.3f} and {strict_standard_error(after):.3f}, binomial "
-        "per tag; `python benchmarks/demo_seeds.py` compares seeds and shuffled-advantage controls)",
+        f"(1 SE of each score {world.headline_standard_error(before):.3f} and "
+        f"{world.headline_standard_error(after):.3f}, the sampling noise of the images drawn; "
+        "`python benchmarks/demo_seeds.py` compares seeds and shuffled-advantage controls)",
         "",
         "## Base",
         "```",

@@ -36,6 +36,9 @@ class World:
     format_table(metrics) -> str, the printable table (GenEval-style for shapes).
     vocabulary() -> words and characters the tiny model's tokenizer must know.
     headline: the key of ``evaluate``'s metrics that progress bars, plots and benchmarks report.
+    standard_error(metrics) -> float: the headline's sampling standard error from an ``evaluate`` result
+        (the noise of the images drawn), what the demo report and ``benchmarks/demo_seeds.py`` quote.
+        None where a world cannot say.
     composition_space() -> every prompt the world can compose, test compositions included: what
         web-like pretraining renders. None where a world has no such finite space.
     caption_noise(spec) -> caption(metadata, rng) -> str: checks caption corruption rates (a mapping,
@@ -55,6 +58,7 @@ class World:
     format_table: Callable[[dict], str]
     vocabulary: Callable[[], list[str]]
     headline: str = "overall/strict"  # the metric of ``evaluate`` that summarises a run
+    standard_error: Callable[[dict], float] | None = None
     val_file: Path | None = None
     train_minus_val_file: Path | None = None
     composition_space: Callable[[], list[dict]] | None = None
@@ -69,6 +73,12 @@ class World:
         if path is None:
             raise VgpoError(f"split: world '{self.name}' has no '{split}' split (pass a prompt file instead)")
         return path
+
+    def headline_standard_error(self, metrics: dict) -> float:
+        """``standard_error(metrics)``; a one-line VgpoError where the world has none."""
+        if self.standard_error is None:
+            raise VgpoError(f"world '{self.name}' has no standard error for its headline {self.headline}")
+        return self.standard_error(metrics)
 
     def all_compositions(self) -> list[dict]:
         """``composition_space()``; a one-line VgpoError where the world has none."""

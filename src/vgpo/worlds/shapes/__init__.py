@@ -14,7 +14,7 @@ from pathlib import Path
 from vgpo.worlds import World
 from vgpo.worlds.shapes.prompts import composition_space, load_prompts, noisy_captioner, vocabulary
 from vgpo.worlds.shapes.renderer import IMAGE_SIZE, render
-from vgpo.worlds.shapes.score import evaluate, format_table
+from vgpo.worlds.shapes.score import evaluate, format_table, strict_standard_error
 
 DATA = Path(__file__).parent / "data"
 
@@ -29,6 +29,7 @@ WORLD = World(
     evaluate=evaluate,
     format_table=format_table,
     vocabulary=vocabulary,
+    standard_error=strict_standard_error,
     val_file=DATA / "val.jsonl",
     train_minus_val_file=DATA / "train_minus_val.jsonl",
     composition_space=composition_space,

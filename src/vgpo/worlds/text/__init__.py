@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vgpo.worlds import World
 
-from .evaluate import evaluate, format_table
+from .evaluate import accuracy_standard_error, evaluate, format_table
 from .prompts import TEMPLATES, load_prompts, make_metadata, target_text, template_words
 from .render import IMAGE_SIZE, render, render_text
 
@@ -38,6 +38,7 @@ WORLD = World(
     format_table=format_table,
     vocabulary=vocabulary,
     headline="ocr/accuracy",
+    standard_error=accuracy_standard_error,
     val_file=DATA_DIR / "val_words.txt",
     train_minus_val_file=DATA_DIR / "train_minus_val_words.txt",
 )

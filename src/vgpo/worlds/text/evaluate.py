@@ -1,12 +1,14 @@
 """Evaluation of the text world: the OCR reward's mean (``ocr/accuracy``) and the exact-match rate.
 
-Keys: ``ocr/accuracy`` (mean Flow-GRPO OCR reward), ``ocr/exact`` (recognised text, spaces removed and
-lower-cased, equals the target), ``ocr/count``, and per target length N: ``len{N}/accuracy``,
-``len{N}/exact``, ``len{N}/count``.
+Keys: ``ocr/accuracy`` (mean Flow-GRPO OCR reward), ``ocr/accuracy_se`` (its standard error over the
+images: sample standard deviation / sqrt(count); 0 for a single image), ``ocr/exact`` (recognised text,
+spaces removed and lower-cased, equals the target), ``ocr/count``, and per target length N:
+``len{N}/accuracy``, ``len{N}/exact``, ``len{N}/count``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -39,8 +41,11 @@ def evaluate(images: torch.Tensor, metadata: Sequence[dict]) -> dict:
     texts = [text for text, _ in judge.read(images)]
     scores = [ocr_score(text, target) for text, target in zip(texts, targets)]
     exact = [float(normalize(text) == normalize(target)) for text, target in zip(texts, targets)]
+    mean = sum(scores) / len(scores)
+    variance = sum((s - mean) ** 2 for s in scores) / (len(scores) - 1) if len(scores) > 1 else 0.0
     metrics: dict = {
-        "ocr/accuracy": sum(scores) / len(scores),
+        "ocr/accuracy": mean,
+        "ocr/accuracy_se": math.sqrt(variance / len(scores)),
         "ocr/exact": sum(exact) / len(exact),
         "ocr/count": len(scores),
     }
@@ -50,6 +55,13 @@ def evaluate(images: torch.Tensor, metadata: Sequence[dict]) -> dict:
         metrics[f"len{length}/exact"] = sum(exact[i] for i in idx) / len(idx)
         metrics[f"len{length}/count"] = len(idx)
     return metrics
+
+
+def accuracy_standard_error(metrics: dict) -> float:
+    """Standard error of ``ocr/accuracy`` from an ``evaluate`` result (the images treated as independent)."""
+    if "ocr/accuracy_se" not in metrics:
+        raise VgpoError("text standard error: expected an evaluate() result with 'ocr/accuracy_se'")
+    return metrics["ocr/accuracy_se"]
 
 
 def format_table(metrics: dict) -> str:
