@@ -8,6 +8,7 @@
     python benchmarks/demo_seeds.py --seeds 2 --kinds run --set threads=1 --out D &
     python benchmarks/demo_seeds.py --seeds 2 --kinds control --set threads=1 --out D; wait
     python benchmarks/demo_seeds.py --seeds 0 1 2 --keep --set threads=1 --out D
+    # a killed pair continues from its checkpoints with the same command and --resume
 
 For each seed, trains the demo preset (``configs/shapes-vgpo-demo.yaml``, or ``--config``, overridden by
 ``--set``) and its control: the same run with every epoch's advantages permuted across its samples
@@ -36,7 +37,7 @@ from shuffled_control import shuffling_hooks  # noqa: E402
 from vgpo.config import from_dict, load_yaml, parse_overrides  # noqa: E402
 from vgpo.train import TrainConfig, train  # noqa: E402
 from vgpo.train.cli import DEMO_PRESET  # noqa: E402
-from vgpo.train.run_folder import eval_files  # noqa: E402
+from vgpo.train.run_folder import eval_files, has_checkpoint  # noqa: E402
 from vgpo.worlds import get_world  # noqa: E402
 
 WALL_FILE = "wall_s.txt"
@@ -67,6 +68,11 @@ def main() -> None:
     parser.add_argument(
         "--keep", action="store_true", help="reuse a run folder that already holds a finished run of the same seed"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run from its last checkpoint (its wall time is then reported as n/a)",
+    )
     args = parser.parse_args()
     data = {**load_yaml(args.config), **parse_overrides(args.set)}
     rows = []
@@ -80,8 +86,12 @@ def main() -> None:
             if kept:
                 out = cfg.out
             else:
-                out = train(cfg, hooks=shuffling_hooks(seed) if kind == "control" else None, overwrite=True)
-                (Path(out) / WALL_FILE).write_text(f"{time.time() - started:.1f}\n")
+                # The control's permutation is a function of (seed, epoch), so a resumed control is the same run.
+                resume = args.resume and has_checkpoint(Path(cfg.out))
+                hooks = shuffling_hooks(seed) if kind == "control" else None
+                out = train(cfg, hooks=hooks, resume=resume, overwrite=not resume)
+                if not resume:  # a resumed run's first part was not timed
+                    (Path(out) / WALL_FILE).write_text(f"{time.time() - started:.1f}\n")
             before, after = _evals(Path(out))
             wall = Path(out) / WALL_FILE
             row[kind] = {

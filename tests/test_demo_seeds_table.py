@@ -39,3 +39,39 @@ def test_shapes_rows_carry_the_monitor():
     header, line = demo_seeds._header(row), demo_seeds._line(row)
     assert "extra objects" in header and "0.30 -> 0.24 / 0.33" in line
     assert header.splitlines()[0].count("|") == line.count("|")
+
+
+def _fake_train(calls: list):
+    """Stands in for vgpo.train.train: records how it was called and writes a base and a final evaluation."""
+
+    def train(cfg, hooks=None, resume=False, overwrite=False):
+        out = Path(cfg.out)
+        calls.append({"kind": out.name.split("-")[0], "resume": resume, "overwrite": overwrite, "hooks": hooks})
+        for epoch, acc in ((0, 0.35), (cfg.epochs, 0.40)):
+            path = out / "eval" / f"epoch_{epoch:04d}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f'{{"ocr/accuracy": {acc}, "ocr/accuracy_se": 0.02}}')
+        return out
+
+    return train
+
+
+def test_resume_continues_a_killed_run_and_leaves_its_wall_time_unknown(tmp_path, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(demo_seeds, "train", _fake_train(calls))
+    killed = tmp_path / "control-seed0" / "checkpoint"
+    killed.mkdir(parents=True)
+    (killed / "state.json").write_text('{"epoch": 20}')
+    config = Path(__file__).resolve().parent.parent / "configs" / "text-nft-vgpo.yaml"
+    argv = ["demo_seeds.py", "--config", str(config), "--seeds", "0", "--set", "epochs=2", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--resume"])
+    demo_seeds.main()
+    by_kind = {c["kind"]: c for c in calls}
+    # the run had no checkpoint: trained afresh and timed; the killed control continued, with its hooks
+    assert by_kind["run"]["resume"] is False and by_kind["run"]["overwrite"] is True
+    assert by_kind["control"]["resume"] is True and by_kind["control"]["overwrite"] is False
+    assert by_kind["control"]["hooks"] is not None and by_kind["run"]["hooks"] is None
+    assert (tmp_path / "run-seed0" / demo_seeds.WALL_FILE).exists()
+    assert not (tmp_path / "control-seed0" / demo_seeds.WALL_FILE).exists()
+    table = (tmp_path / "demo_seeds.md").read_text()
+    assert "n/a" in table and "0.400 ± 0.020" in table
