@@ -1,15 +1,24 @@
 """A fingerprint of short training runs, recorded before the trainer became a composition of sampler,
 advantage and objective (tests/data/trainer_golden.json); test_trainer_golden.py asserts the current
-trainer reproduces it. Regenerate only on a deliberate change of results:
+trainer reproduces it.
 
-    PYTHONPATH=src python tests/_trainer_golden.py tests/data/trainer_golden.json
+The fingerprint is bit-level and so belongs to a host: CPU kernels round reductions differently per
+instruction set, and Adam turns the rounding noise in near-zero gradients (a few small biases) into
+steps of size lr. The file holds one record per host key (`host_key()`: ATen's CPU capability and the
+CPU vendor), each made by the pre-refactor trainer (commit 5125fd3) on that host:
+
+    git worktree add /tmp/pre-refactor 5125fd3
+    (cd /tmp/pre-refactor && PYTHONPATH=src:tests python tests/_trainer_golden.py /tmp/recorded.json)
+    PYTHONPATH=src python tests/_trainer_golden.py --add /tmp/recorded.json   # files it under this host
+
+Regenerate a record only on a deliberate change of results.
 """
 
 from __future__ import annotations
 
 import json
+import platform
 import sys
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -46,15 +55,34 @@ def run_case(checkpoint: Path, out: Path, extra: dict) -> dict:
     return fingerprint(train(cfg))
 
 
-def main(path: str) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import _random_tiny
+GOLDEN_FILE = Path(__file__).parent / "data" / "trainer_golden.json"
 
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = _random_tiny("shapes", (16, 16), Path(tmp) / "tiny")
-        golden = {name: run_case(ckpt, Path(tmp) / name, extra) for name, extra in CASES.items()}
-    Path(path).write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
+
+def host_key() -> str:
+    """What decides the bits of a float32 run on CPU: ATen's kernel set and the vendor (MKL and oneDNN pick
+    their code paths by it), e.g. "AVX512/GenuineIntel"."""
+    import torch
+
+    vendor = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        ids = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("vendor_id")]
+        vendor = ids[0] if ids else vendor
+    return f"{torch.backends.cpu.get_cpu_capability()}/{vendor}"
+
+
+def add(recorded: str) -> None:
+    """File a record made by the pre-refactor trainer under this host's key."""
+    golden = json.loads(GOLDEN_FILE.read_text())
+    record = json.loads(Path(recorded).read_text())
+    if set(record) != set(CASES):
+        raise SystemExit(f"{recorded}: cases {sorted(record)}, expected {sorted(CASES)}")
+    golden[host_key()] = record
+    GOLDEN_FILE.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
+    print(f"{GOLDEN_FILE}: recorded {host_key()}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1:2] != ["--add"] or len(sys.argv) != 3:
+        raise SystemExit("usage: python tests/_trainer_golden.py --add RECORDED.json (see the docstring)")
+    add(sys.argv[2])
