@@ -62,6 +62,7 @@ def test_resume_continues_a_killed_run_and_leaves_its_wall_time_unknown(tmp_path
     killed = tmp_path / "control-seed0" / "checkpoint"
     killed.mkdir(parents=True)
     (killed / "state.json").write_text('{"epoch": 20}')
+    (killed.parent / demo_seeds.WALL_FILE).write_text("123.0\n")  # left by an earlier, finished run
     config = Path(__file__).resolve().parent.parent / "configs" / "text-nft-vgpo.yaml"
     argv = ["demo_seeds.py", "--config", str(config), "--seeds", "0", "--set", "epochs=2", "--out", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", [*argv, "--resume"])
