@@ -71,7 +71,8 @@ def main() -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue a killed run from its last checkpoint (its wall time is then reported as n/a)",
+        help="continue a killed run from its last checkpoint (its wall time is then reported as n/a); "
+        "a finished run is assembled with --keep",
     )
     args = parser.parse_args()
     data = {**load_yaml(args.config), **parse_overrides(args.set)}
@@ -89,8 +90,8 @@ def main() -> None:
                 # The control's permutation is a function of (seed, epoch), so a resumed control is the same run.
                 resume = args.resume and has_checkpoint(Path(cfg.out))
                 hooks = shuffling_hooks(seed) if kind == "control" else None
-                if resume:  # a wall time left from an earlier, finished run in this folder is not this run's
-                    (Path(cfg.out) / WALL_FILE).unlink(missing_ok=True)
+                # A wall time left in the folder by an earlier run is not this run's (a resumed run gets none).
+                (Path(cfg.out) / WALL_FILE).unlink(missing_ok=True)
                 out = train(cfg, hooks=hooks, resume=resume, overwrite=not resume)
                 if not resume:  # a resumed run's first part was not timed
                     (Path(out) / WALL_FILE).write_text(f"{time.time() - started:.1f}\n")

@@ -1,6 +1,7 @@
 """The trainer reproduces the results it gave before it became a composition of sampler, advantage and
-objective (tests/data/trainer_golden.json, recorded by that trainer on each host the tests run on: the
-fingerprint is bit-level, see tests/_trainer_golden.py).
+objective (tests/data/trainer_golden.json: one record per host kind, made by that trainer there, since
+last-bit rounding differences between CPU kernels grow past the tolerance below; see
+tests/_trainer_golden.py). On a host kind with no record the test skips and says how to record one.
 
 The one deliberate change since, the PPO update's CFG gradient (the unconditional branch is now
 detached by default, as Flow-GRPO), is switched back for the comparison (cfg_uncond_grad); the golden runs
