@@ -64,11 +64,9 @@ def host_key() -> str:
     their code paths by it), e.g. "AVX512/GenuineIntel"."""
     import torch
 
-    vendor = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        ids = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("vendor_id")]
-        vendor = ids[0] if ids else vendor
+    from vgpo.perf import cpuinfo_field
+
+    vendor = cpuinfo_field("vendor_id") or platform.processor() or platform.machine()
     return f"{torch.backends.cpu.get_cpu_capability()}/{vendor}"
 
 

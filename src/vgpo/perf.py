@@ -48,27 +48,28 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def cpu_flags() -> set[str]:
+def cpuinfo_field(name: str) -> str:
+    """The first value of a /proc/cpuinfo field ("flags", "cpu MHz", "vendor_id"); "" where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(name):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return ""
+
+
+def cpu_flags() -> set[str]:
+    return set(cpuinfo_field("flags").split())
 
 
 def cpuinfo_mhz() -> float:
     """The clock /proc/cpuinfo reports (a VM's TSC rate, often below the boost clock the cores run at)."""
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("cpu MHz"):
-                    return float(line.split(":", 1)[1])
-    except (OSError, ValueError):
-        pass
-    return 0.0
+        return float(cpuinfo_field("cpu MHz"))
+    except ValueError:
+        return 0.0
 
 
 @dataclass
