@@ -22,6 +22,7 @@ well (``grpo-keep``: GRPO without dropping zero-std groups, the same update work
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -40,6 +41,8 @@ from vgpo.perf import count_flops, cpu_peak, matmul_ceiling
 from vgpo.rewards import build as build_reward
 from vgpo.train import TrainConfig
 from vgpo.train.advantages import zero_std_groups
+from vgpo.train.objectives import get_objective
+from vgpo.train.old_policy import OldPolicy
 from vgpo.train.trainer import compute_advantages, sample_epoch, score_epoch, update
 from vgpo.worlds import get_world
 
@@ -55,6 +58,7 @@ class Variant:
     params: list = field(default_factory=list)
     optimizer: object = None
     ema: list | None = None
+    old_policy: OldPolicy | None = None  # nft/awm's lagged weights, kept as the trainer keeps them
     flops: dict = field(default_factory=dict)  # per rollout sample / kept update sample / eval image
     times: dict = field(default_factory=lambda: {p: [] for p in PHASES})
     cpu: dict = field(default_factory=lambda: {p: [] for p in PHASES})  # process CPU seconds (all threads)
@@ -75,7 +79,25 @@ def build(name: str, preset: str, precision: str, out: Path, **overrides) -> Var
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     ema = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
-    return Variant(name, precision, cfg, model, params, optimizer, ema)
+    old_policy = OldPolicy(params) if get_objective(cfg.parts.objective).uses_old_policy else None
+    return Variant(name, precision, cfg, model, params, optimizer, ema, old_policy)
+
+
+def draw_rollouts(v: Variant, train_prompts: list, epoch: int, sigmas: torch.Tensor):
+    """The epoch's samples, drawn by the old policy where the objective samples with it (nft), as the trainer."""
+    by_old = v.old_policy is not None and get_objective(v.cfg.parts.objective).samples_with_old_policy
+    with v.old_policy.active() if by_old else contextlib.nullcontext():
+        return sample_epoch(v.cfg, v.model, train_prompts, epoch, sigmas)
+
+
+def train_step(v: Variant, batch, advantages: torch.Tensor, keep: torch.Tensor, epoch: int) -> None:
+    """The update, then the old policy's decay step (nft/awm), as the trainer."""
+    cfg = v.cfg
+    stats = update(cfg, v.model, v.params, v.optimizer, v.ema, batch, advantages, keep, epoch, v.old_policy)
+    if v.old_policy is not None:
+        v.old_policy.step(
+            stats.optimizer_steps, cfg.old_policy_decay_rate, cfg.old_policy_decay_max, cfg.old_policy_decay_flat
+        )
 
 
 def run_epoch(v: Variant, epoch: int, train_prompts: list, test_prompts: list, world, reward_fn) -> dict:
@@ -83,7 +105,7 @@ def run_epoch(v: Variant, epoch: int, train_prompts: list, test_prompts: list, w
     cfg, model = v.cfg, v.model
     sigmas = model.schedule(cfg.num_steps)
     marks = [(time.perf_counter(), time.process_time())]
-    batch = sample_epoch(cfg, model, train_prompts, epoch, sigmas)
+    batch = draw_rollouts(v, train_prompts, epoch, sigmas)
     marks.append((time.perf_counter(), time.process_time()))
     scores = score_epoch(cfg, model, reward_fn, batch)
     marks.append((time.perf_counter(), time.process_time()))
@@ -91,7 +113,7 @@ def run_epoch(v: Variant, epoch: int, train_prompts: list, test_prompts: list, w
     zero = zero_std_groups(scores.final, batch.group_ids)
     keep = ~zero if cfg.drops_zero_std else torch.ones_like(zero)
     marks.append((time.perf_counter(), time.process_time()))
-    update(cfg, v.model, v.params, v.optimizer, v.ema, batch, advantages, keep, epoch)
+    train_step(v, batch, advantages, keep, epoch)
     marks.append((time.perf_counter(), time.process_time()))
     evaluate_world(
         model,
@@ -114,12 +136,12 @@ def count_epoch(v: Variant, epoch: int, train_prompts: list, test_prompts: list,
     cfg, model = v.cfg, v.model
     sigmas = model.schedule(cfg.num_steps)
     holder = {}
-    rollout = count_flops(lambda: holder.setdefault("batch", sample_epoch(cfg, model, train_prompts, epoch, sigmas)))
+    rollout = count_flops(lambda: holder.setdefault("batch", draw_rollouts(v, train_prompts, epoch, sigmas)))
     batch = holder["batch"]
     scores = score_epoch(cfg, model, reward_fn, batch)
     advantages, _ = compute_advantages(cfg, scores.final, scores.values, batch.group_ids)
     keep = torch.ones(len(batch.metadata), dtype=torch.bool)  # every sample: the count per sample is exact
-    upd = count_flops(lambda: update(cfg, v.model, v.params, v.optimizer, v.ema, batch, advantages, keep, epoch))
+    upd = count_flops(lambda: train_step(v, batch, advantages, keep, epoch))
     evl = count_flops(
         lambda: evaluate_world(
             model,
