@@ -173,7 +173,12 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=16, help="held-out prompts timed per epoch (0: none)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--clock-ghz", type=float, default=0.0, help="core clock for the peak (0: /proc/cpuinfo's)")
-    parser.add_argument("--fma-units", type=int, default=2, help="512-bit FMA pipes per core for the peak")
+    parser.add_argument(
+        "--fma-units",
+        type=int,
+        default=2,
+        help="vector FMA pipes per core for the peak (AVX-512 or AVX2 wide, from the CPU flags)",
+    )
     parser.add_argument("--out", default="", help="default runs/speed-<world>")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
