@@ -138,6 +138,15 @@ def test_a_resumed_run_ends_where_a_straight_one_does(tmp_path):
 def test_train_config_is_validated():
     with pytest.raises(VgpoError, match="^splits:"):
         AutoencoderTrainConfig(splits=["dev"])
+    with pytest.raises(VgpoError, match="^cooldown_steps:"):
+        AutoencoderTrainConfig(steps=10, cooldown_steps=11)
+
+
+def test_cooldown_decays_the_learning_rate_to_zero_over_the_last_steps(tmp_path):
+    out = pretrain_autoencoder(_train_cfg(tmp_path, steps=6, warmup_steps=2, cooldown_steps=3, lr=1e-3))
+    # the log holds the rate after each step, i.e. the one the next step uses (0 after the last)
+    rates = [json.loads(line)["lr"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert rates == pytest.approx([1e-3, 1e-3, 1e-3, 2e-3 / 3, 1e-3 / 3, 0.0])
 
 
 def latent_model(tmp_path, **extra) -> TinyFlowModel:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,9 @@ from vgpo.models.tiny import TINY_PRECISIONS, TinyConfig, TinyFlowModel
 from vgpo.train.guards import check_step
 from vgpo.utils import append_line, atomic_torch_save, atomic_write_text, derive_seed, load_torch
 from vgpo.worlds import SPLITS, World, balanced_choice, get_world
+
+if TYPE_CHECKING:  # (pretrain_ae imports this module)
+    from vgpo.pretrain_ae import AutoencoderTrainConfig
 
 #: What resume files written before the prompts/caption_noise options were trained on.
 _OLD_DATA = {"prompts": "train", "caption_noise": {}}
@@ -108,9 +112,10 @@ class PretrainConfig:
             self.caption_noise = {}  # the empty flag value means what the empty mapping does: exact captions
 
 
-def lr_factor(cfg: PretrainConfig, step: int) -> float:
+def lr_factor(cfg: PretrainConfig | AutoencoderTrainConfig, step: int) -> float:
     """Learning-rate multiplier for optimizer step ``step`` (0-based): linear warm-up, constant, then the
-    optional linear cooldown to 0 over the last ``cooldown_steps`` (the step after the last would be 0)."""
+    optional linear cooldown to 0 over the last ``cooldown_steps`` (the step after the last would be 0).
+    Shared by both pretraining commands (their configs name the three fields alike)."""
     factor = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
     if cfg.cooldown_steps:
         factor *= min(1.0, (cfg.steps - step) / cfg.cooldown_steps)

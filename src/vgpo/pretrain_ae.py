@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from vgpo.config import check_fields, doc, to_dict
 from vgpo.errors import VgpoError
 from vgpo.models.autoencoder import Autoencoder, AutoencoderConfig, latent_statistics
-from vgpo.pretrain import _truncate_log
+from vgpo.pretrain import _truncate_log, lr_factor
 from vgpo.utils import atomic_torch_save, atomic_write_text, derive_seed, load_torch
 from vgpo.worlds import SPLITS, World, balanced_choice, get_world
 
@@ -35,6 +36,11 @@ class AutoencoderTrainConfig:
     batch_size: int = doc(64, "renders per step")
     lr: float = doc(2e-3, "peak Adam learning rate")
     warmup_steps: int = doc(20, "linear learning-rate warm-up")
+    cooldown_steps: int = doc(
+        0,
+        "linear decay of the learning rate to 0 over the last N steps, as `vgpo pretrain`'s; 0: constant after "
+        "warm-up (the autoencoders of docs/learning-study.md section 5)",
+    )
     channels: list[int] = doc([32, 64], "widths at full resolution and at 1/2 and 1/4")
     latent_channels: int = doc(4, "latent channels (the latents are H/4 x W/4)")
     splits: list[str] = doc(["train", "test"], "prompt splits whose metadata is rendered (pixels only: no labels)")
@@ -50,6 +56,8 @@ class AutoencoderTrainConfig:
                 raise VgpoError(f"{name}: expected >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise VgpoError(f"lr: expected > 0, got {self.lr}")
+        if not 0 <= self.cooldown_steps <= self.steps:
+            raise VgpoError(f"cooldown_steps: expected in [0, steps={self.steps}], got {self.cooldown_steps}")
         if not self.splits or any(s not in SPLITS for s in self.splits):
             raise VgpoError(f"splits: expected a non-empty list of {', '.join(SPLITS)}, got {self.splits}")
 
@@ -85,7 +93,7 @@ def pretrain_autoencoder(cfg: AutoencoderTrainConfig) -> Path:
     arch_key = to_dict(arch)  # before the factors are measured into it
     ae = Autoencoder(arch)
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, cfg))
     start, wall_before, invocations = 0, 0.0, 1
     resume_path = out / "resume.pt"
     if resume_path.is_file():
