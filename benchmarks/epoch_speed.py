@@ -100,6 +100,22 @@ def train_step(v: Variant, batch, advantages: torch.Tensor, keep: torch.Tensor, 
         )
 
 
+def evaluate(v: Variant, world, test_prompts: list) -> None:
+    """The held-out evaluation on ``test_prompts`` (one image each, the preset's steps and CFG); none if empty."""
+    if test_prompts:
+        cfg = v.cfg
+        evaluate_world(
+            v.model,
+            world,
+            test_prompts,
+            num_steps=cfg.eval_num_steps,
+            guidance_scale=cfg.eval_guidance,
+            images_per_prompt=1,
+            seed=cfg.seed,
+            batch_size=cfg.eval_batch_size,
+        )
+
+
 def run_epoch(v: Variant, epoch: int, train_prompts: list, test_prompts: list, world, reward_fn) -> dict:
     """One epoch's phases; returns (wall seconds, process CPU seconds, samples) per phase."""
     cfg, model = v.cfg, v.model
@@ -115,16 +131,7 @@ def run_epoch(v: Variant, epoch: int, train_prompts: list, test_prompts: list, w
     marks.append((time.perf_counter(), time.process_time()))
     train_step(v, batch, advantages, keep, epoch)
     marks.append((time.perf_counter(), time.process_time()))
-    evaluate_world(
-        model,
-        world,
-        test_prompts,
-        num_steps=cfg.eval_num_steps,
-        guidance_scale=cfg.eval_guidance,
-        images_per_prompt=1,
-        seed=cfg.seed,
-        batch_size=cfg.eval_batch_size,
-    )
+    evaluate(v, world, test_prompts)
     marks.append((time.perf_counter(), time.process_time()))
     n = len(batch.metadata)
     counts = [n, scores.images_scored, n, int(keep.sum()) * cfg.inner_epochs, len(test_prompts)]
@@ -142,20 +149,9 @@ def count_epoch(v: Variant, epoch: int, train_prompts: list, test_prompts: list,
     advantages, _ = compute_advantages(cfg, scores.final, scores.values, batch.group_ids)
     keep = torch.ones(len(batch.metadata), dtype=torch.bool)  # every sample: the count per sample is exact
     upd = count_flops(lambda: train_step(v, batch, advantages, keep, epoch))
-    evl = count_flops(
-        lambda: evaluate_world(
-            model,
-            world,
-            test_prompts,
-            num_steps=cfg.eval_num_steps,
-            guidance_scale=cfg.eval_guidance,
-            images_per_prompt=1,
-            seed=cfg.seed,
-            batch_size=cfg.eval_batch_size,
-        )
-    )
+    evl = count_flops(lambda: evaluate(v, world, test_prompts))
     n = len(batch.metadata)
-    v.flops = {"rollout": rollout / n, "update": upd / (n * cfg.inner_epochs), "eval": evl / len(test_prompts)}
+    v.flops = {"rollout": rollout / n, "update": upd / (n * cfg.inner_epochs), "eval": evl / max(1, len(test_prompts))}
 
 
 def main() -> None:

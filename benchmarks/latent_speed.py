@@ -5,20 +5,23 @@ latent space, at the same U-Net widths and at wider ones.
 
 Each model is an untrained tiny model of the shipped base's text and time embeddings (speed does not
 depend on the weights) saved under ``--out``; each runs ``--epochs`` epochs of ``configs/shapes-grpo.yaml``
-(8 prompts x 8 images, 10 steps, every sample kept) with the first epoch dropped as warm-up, as
-``benchmarks/epoch_speed.py`` times the presets.
+(8 prompts x 8 images, 10 steps, every sample kept) through ``benchmarks/epoch_speed.py``'s phases, with
+the first epoch dropped as warm-up; medians over the other epochs, wall and process CPU seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
+import statistics
 from pathlib import Path
 
 import torch
 
-from epoch_speed import timed_run
+from epoch_speed import build, run_epoch
 from vgpo.models.tiny import TinyConfig, TinyFlowModel
+from vgpo.rewards import build as build_reward
 from vgpo.worlds import get_world
 
 MODELS = {  # name: (channels, latent?)
@@ -26,6 +29,7 @@ MODELS = {  # name: (channels, latent?)
     "latent 8x8x4, widths 32/64/128": ((32, 64, 128), True),
     "latent 8x8x4, widths 64/128/256": ((64, 128, 256), True),
 }
+TRAIN_PHASES = ("rollout", "reward", "advantage", "update")
 
 
 def main() -> None:
@@ -35,7 +39,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default="runs/speed-latent")
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs: at least 2 (the first is a warm-up)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     world, out = get_world("shapes"), Path(args.out)
+    train_prompts = world.load_prompts(world.train_file)
     rows = {}
     for i, (name, (channels, latent)) in enumerate(MODELS.items()):
         torch.manual_seed(0)
@@ -48,16 +57,21 @@ def main() -> None:
         )
         model = TinyFlowModel(cfg)
         model.save(out / f"model-{i}")
-        summary = timed_run(
+        v = build(
             f"run-{i}",
             "configs/shapes-grpo.yaml",
+            "fp32",
             out,
-            args.epochs,
             checkpoint=str(out / f"model-{i}"),
             drop_zero_std_groups=False,
-            threads=args.threads,
         )
-        samples = 8 * 8  # the preset's prompts_per_epoch x group_size
+        reward_fn = build_reward(v.cfg.reward_spec(world.reward))
+        epochs = [run_epoch(v, e, train_prompts, [], world, reward_fn) for e in range(args.epochs)][1:]
+        summary = {f"time/{p}_s": statistics.median(e[p][0] for e in epochs) for p in TRAIN_PHASES}
+        summary["time/epoch_s"] = statistics.median(sum(e[p][0] for p in TRAIN_PHASES) for e in epochs)
+        summary["cpu/epoch_s"] = statistics.median(sum(e[p][1] for p in TRAIN_PHASES) for e in epochs)
+        summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        samples = epochs[0]["rollout"][2]  # the preset's prompts_per_epoch x group_size
         rows[name] = {
             "params_M": round(model.num_parameters() / 1e6, 2),
             "samples_per_s": samples / summary["time/epoch_s"],
@@ -65,9 +79,10 @@ def main() -> None:
         }
         print(
             f"{name}: {rows[name]['samples_per_s']:.1f} samples/s "
-            f"(epoch {summary['time/epoch_s']:.2f} s: rollout {summary['time/rollout_s']:.2f}, "
-            f"reward {summary['time/reward_s']:.2f}, update {summary['time/update_s']:.2f}), "
-            f"{rows[name]['params_M']} M parameters, peak RSS {summary['peak_rss_mb']:.0f} MB",
+            f"(epoch {summary['time/epoch_s']:.2f} s, {summary['cpu/epoch_s']:.2f} CPU s: rollout "
+            f"{summary['time/rollout_s']:.2f}, reward {summary['time/reward_s']:.2f}, update "
+            f"{summary['time/update_s']:.2f}), {rows[name]['params_M']} M parameters, "
+            f"peak RSS so far {summary['peak_rss_mb']:.0f} MB",
             flush=True,
         )
     (out / "speed.json").write_text(json.dumps(rows, indent=2) + "\n")
