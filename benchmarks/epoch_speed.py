@@ -282,7 +282,9 @@ def main() -> None:
     for base in (v for v in variants if v.precision == "fp32"):
         stem = base.name.removesuffix("-fp32")
         for other in (v for v in variants if v.name != base.name and v.name.rsplit("-", 1)[0] == stem):
-            for p in ("rollout", "update", "eval", "epoch"):
+            for p in (
+                ("rollout", "update", "eval", "epoch") if any(base.samples["eval"]) else ("rollout", "update", "epoch")
+            ):
                 for what, key in (("wall", "times"), ("CPU", "cpu")):
                     a = (
                         results[base.name][f"epoch_{'' if key == 'times' else 'cpu_'}seconds"]

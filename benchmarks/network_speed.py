@@ -7,7 +7,7 @@ SDPA's math kernel, attention in bf16, threads), with wall and process CPU time 
 
 Variants: ``fp32``, ``bf16`` (autocast, as ``model_options.precision: bf16``), with suffixes: ``-cl``
 channels-last weights and inputs; ``-compiled`` the network through ``torch.compile`` (inductor, static
-shapes; its compile time is the warm-up column); ``-math`` attention through ``SDPBackend.MATH``; ``-a16`` attention
+shapes; its compile time is in the first-calls column: the first forward and forward+backward, timed); ``-math`` attention through ``SDPBackend.MATH``; ``-a16`` attention
 in the autocast dtype (the model computes it in float32); ``-t1``/``-t2`` torch threads for that
 variant (CPU seconds then add up both threads' time). ``--batch F B``: the forward's batch (128 = a
 rollout chunk of 64 with CFG) and the forward+backward's (32 = a micro-batch of 16 with CFG).
@@ -97,6 +97,11 @@ def main() -> None:
         return {"forward": forward, "backward": backward}
 
     runs = {name: make(name) for name in args.variants}
+    warmup = {}
+    for name in runs:  # first calls, timed: oneDNN primitive creation; torch.compile's compilation
+        w = time.perf_counter()
+        runs[name]["forward"](), runs[name]["backward"]()
+        warmup[name] = time.perf_counter() - w
     flops = {
         "forward": count_flops(runs[args.variants[0]]["forward"]),
         "backward": count_flops(runs[args.variants[0]]["backward"]),
@@ -104,11 +109,6 @@ def main() -> None:
     reference = make("fp32")["forward"]()
     times = {(n, k): [] for n in runs for k in ("forward", "backward")}
     cpu = {key: [] for key in times}
-    warmup = {}
-    for name in runs:  # warm-up (oneDNN primitive creation; torch.compile's compilation)
-        w = time.perf_counter()
-        runs[name]["forward"](), runs[name]["backward"]()
-        warmup[name] = time.perf_counter() - w
     for _ in range(args.repeats):
         for kind in ("forward", "backward"):
             for name in runs:
@@ -122,7 +122,7 @@ def main() -> None:
     )
     print(
         f"{'variant':14}{'pass':10}{'wall s median (min-max)':>27}{'CPU s':>8}{'GFLOP/s':>9}{'vs fp32':>9}{'rel. err':>10}"
-        f"{'warm-up s':>11}"
+        f"{'first calls s':>14}"
     )
     for name in runs:
         v = runs[name]["forward"]()
@@ -134,7 +134,8 @@ def main() -> None:
             speed = f"{statistics.median(ratios):8.2f}x" if ratios else f"{'-':>9}"
             print(
                 f"{name:14}{kind:10}{med:12.3f} ({min(ts):.3f}-{max(ts):.3f}){statistics.median(cpu[name, kind]):8.3f}"
-                f"{flops[kind] / med / 1e9:9.1f}{speed}{err:10.1e}{warmup[name]:11.1f}"
+                f"{flops[kind] / med / 1e9:9.1f}{speed}{err:10.1e}"
+                + (f"{warmup[name]:14.1f}" if kind == "forward" else f"{'(both)':>14}")
             )
 
 

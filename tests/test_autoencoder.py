@@ -135,6 +135,16 @@ def test_a_resumed_run_ends_where_a_straight_one_does(tmp_path):
         pretrain_autoencoder(_train_cfg(tmp_path / "b", steps=6, latent_channels=2))
 
 
+def test_a_run_extended_with_a_cooldown_ends_where_a_straight_one_does(tmp_path):
+    # the cooldown touches only the last steps: 2 constant steps, resumed to 4 with a 2-step cooldown,
+    # is the computation of 4 steps with that cooldown from the start (as `vgpo pretrain`'s)
+    straight = pretrain_autoencoder(_train_cfg(tmp_path / "a", steps=4, cooldown_steps=2, save_every=2))
+    pretrain_autoencoder(_train_cfg(tmp_path / "b", steps=2, save_every=2))
+    resumed = pretrain_autoencoder(_train_cfg(tmp_path / "b", steps=4, cooldown_steps=2, save_every=2))
+    a, b = (load_file(str(d / "autoencoder.safetensors")) for d in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_train_config_is_validated():
     with pytest.raises(VgpoError, match="^splits:"):
         AutoencoderTrainConfig(splits=["dev"])
