@@ -1,30 +1,36 @@
 """Does the world's reward still read the latent autoencoder's reconstructions correctly?
 
-    python benchmarks/autoencoder_accuracy.py --ae runs/ae-shapes [--scenes 1000] [--seed 0] [--threads 2]
+    python benchmarks/autoencoder_accuracy.py --ae runs/ae-shapes [--scenes 1000] [--split test] [--seed 0] [--threads 2]
 
-Renders scenes from random test metadata (layout seeds as ``shapes_detector_accuracy.py`` draws them,
+Renders scenes from random metadata of ``--split`` (test by default, as the figures in
+docs/learning-study.md section 5; val or train to choose an autoencoder without the test split) (layout seeds as ``shapes_detector_accuracy.py`` draws them,
 not the trainer's), round-trips them through the autoencoder's latents (``encode_latents`` then
 ``decode_latents``, what a latent-space model's samples go through before a reward) and reports the
 reconstruction error and the world's headline score (Shapes: GenEval strict) on the renders and on the
-reconstructions; for Shapes also the share of violated metadata still rejected on reconstructions.
+reconstructions; for Shapes also the share of violated metadata still rejected on reconstructions, and
+which detected objects the round trip changes: per class, how many of the renders' objects are missing
+from their reconstruction's detections and how many detections are new (a square read as a circle counts
+once in each).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import random
 import time
 
 import torch
 
 from vgpo.models.autoencoder import load_autoencoder
-from vgpo.worlds import get_world
+from vgpo.worlds import SPLITS, get_world
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ae", required=True)
     parser.add_argument("--scenes", type=int, default=1000)
+    parser.add_argument("--split", default="test", choices=SPLITS, help="prompt split whose metadata is rendered")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
@@ -33,15 +39,15 @@ def main() -> None:
     ae = load_autoencoder(args.ae)
     world = get_world(ae.cfg.world)
     rng = random.Random(args.seed)
-    test = world.load_prompts(world.test_file)
-    metas = [rng.choice(test) for _ in range(args.scenes)]
+    pool = world.load_prompts(world.prompt_file(args.split))
+    metas = [rng.choice(pool) for _ in range(args.scenes)]
     images = torch.stack([world.render(m, args.seed * 1_000_003 + i) for i, m in enumerate(metas)])
     start = time.perf_counter()
     with torch.no_grad():
         recon = torch.cat([ae.decode_latents(ae.encode_latents(c)) for c in images.split(256)])
     codec_ms = (time.perf_counter() - start) / args.scenes * 1e3
     err = (recon - images).abs()
-    print(f"scenes: {args.scenes} of the {world.name} test split's metadata")
+    print(f"scenes: {args.scenes} of the {world.name} {args.split} split's metadata")
     print(
         f"reconstruction: MSE {err.pow(2).mean().item():.5f}, mean |error| {err.mean().item():.4f}, "
         f"pixels off by > 0.1: {(err.amax(1) > 0.1).float().mean().item():.3%}"
@@ -50,8 +56,21 @@ def main() -> None:
     on_renders, on_recon = (world.evaluate(x, metas)[world.headline] for x in (images, recon))
     print(f"{world.headline} on renders: {on_renders:.4f}; on reconstructions: {on_recon:.4f}")
     if world.name == "shapes":
+        from vgpo.worlds.shapes.detect import detect
         from vgpo.worlds.shapes.prompts import perturb
         from vgpo.worlds.shapes.score import score
+
+        total, lost, gained = collections.Counter(), collections.Counter(), collections.Counter()
+        for on_render, on_recon in zip(detect(images), detect(recon)):
+            before = collections.Counter((d.cls, d.color) for d in on_render)
+            after = collections.Counter((d.cls, d.color) for d in on_recon)
+            total.update(cls for cls, _ in before.elements())
+            lost.update(cls for cls, _ in (before - after).elements())
+            gained.update(cls for cls, _ in (after - before).elements())
+        print(
+            "objects the round trip changes, per class (missing of the renders' / new): "
+            + ", ".join(f"{c} {lost[c]} of {total[c]} / {gained[c]}" for c in sorted(total | gained))
+        )
 
         strict, _ = score(recon, metas)
         rejected, _ = score(recon, [perturb(m, rng) for m in metas])

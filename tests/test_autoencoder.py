@@ -7,13 +7,14 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from vgpo.errors import VgpoError
 from vgpo.models.autoencoder import Autoencoder, AutoencoderConfig, latent_statistics, load_autoencoder
 from vgpo.models.tiny import TinyConfig, TinyFlowModel
 from vgpo.pretrain import PretrainConfig, pretrain
-from vgpo.pretrain_ae import AutoencoderTrainConfig, pretrain_autoencoder, render_batch
+from vgpo.pretrain_ae import AutoencoderTrainConfig, edge_mask, pretrain_autoencoder, reconstruction_loss, render_batch
 from vgpo.rewards import build
 from vgpo.sampling.rollout import rollout
 from vgpo.worlds import get_world
@@ -145,11 +146,33 @@ def test_a_run_extended_with_a_cooldown_ends_where_a_straight_one_does(tmp_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_edge_weight_counts_an_error_at_an_edge_more_than_one_in_a_flat_region():
+    target = torch.zeros(1, 3, 8, 8)
+    target[:, :, 2:6, 2:6] = 1.0  # a square: its border rows/columns and the ring around it are edges
+    mask = edge_mask(target)
+    assert mask[0, 0, 0, 0] == 0 and mask[0, 0, 4, 4] == 0  # far background, square's interior
+    assert mask[0, 0, 1, 1] == 1 and mask[0, 0, 2, 2] == 1 and mask[0, 0, 5, 3] == 1
+    assert mask.sum() == 6 * 6 - 2 * 2  # the block 1..6 around the square, less its flat interior 3..4
+    at_edge, flat = target.clone(), target.clone()
+    at_edge[0, 0, 2, 2] += 0.5
+    flat[0, 0, 0, 7] += 0.5
+    # plain MSE cannot tell them apart; weight 3 makes the edge error (1 + 3) / 1 = 4 times the other
+    plain = F.mse_loss(flat, target)
+    assert reconstruction_loss(at_edge, target, 0.0) == reconstruction_loss(flat, target, 0.0) == plain
+    ratio = reconstruction_loss(at_edge, target, 3.0) / reconstruction_loss(flat, target, 3.0)
+    assert ratio.item() == pytest.approx(4.0)
+    # normalised to mean weight 1: a uniform error costs what plain MSE says
+    uniform = target + 0.1
+    assert reconstruction_loss(uniform, target, 3.0).item() == pytest.approx(F.mse_loss(uniform, target).item())
+
+
 def test_train_config_is_validated():
     with pytest.raises(VgpoError, match="^splits:"):
         AutoencoderTrainConfig(splits=["dev"])
     with pytest.raises(VgpoError, match="^cooldown_steps:"):
         AutoencoderTrainConfig(steps=10, cooldown_steps=11)
+    with pytest.raises(VgpoError, match="^edge_weight:"):
+        AutoencoderTrainConfig(edge_weight=-1.0)
 
 
 def test_cooldown_decays_the_learning_rate_to_zero_over_the_last_steps(tmp_path):

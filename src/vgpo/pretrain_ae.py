@@ -2,7 +2,8 @@
 
 It only has to reconstruct pixels, so it sees renders of the prompts of every split it is given
 (default: train and test, the whole composition space), each with a fresh layout seed. Loss: mean
-squared error in [-1, 1] pixel space; Adam with linear warm-up. Every batch is a pure function of
+squared error in [-1, 1] pixel space, optionally weighted up at the renders' edges (``edge_weight``);
+Adam with linear warm-up and an optional cooldown. Every batch is a pure function of
 (seed, step), so a resumed run continues where the killed one stopped; ``resume.pt`` and the
 checkpoint are written atomically. At every save the latent scaling and shift factors are measured on
 a fixed, seeded set of renders (``stats_images``), as SD3's are.
@@ -41,6 +42,12 @@ class AutoencoderTrainConfig:
         "linear decay of the learning rate to 0 over the last N steps, as `vgpo pretrain`'s; 0: constant after "
         "warm-up (the autoencoders of docs/learning-study.md section 5)",
     )
+    edge_weight: float = doc(
+        0.0,
+        "extra loss weight on pixels at the render's edges (a 3x3 neighbourhood that is not flat): 1 + edge_weight "
+        "there, 1 elsewhere, normalised to mean 1. The Shapes detector reads a square by its corners, and a "
+        "blurred corner reads as a circle (docs/learning-study.md section 5); 0: plain mean squared error",
+    )
     channels: list[int] = doc([32, 64], "widths at full resolution and at 1/2 and 1/4")
     latent_channels: int = doc(4, "latent channels (the latents are H/4 x W/4)")
     splits: list[str] = doc(["train", "test"], "prompt splits whose metadata is rendered (pixels only: no labels)")
@@ -56,6 +63,8 @@ class AutoencoderTrainConfig:
                 raise VgpoError(f"{name}: expected >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise VgpoError(f"lr: expected > 0, got {self.lr}")
+        if self.edge_weight < 0:
+            raise VgpoError(f"edge_weight: expected >= 0, got {self.edge_weight}")
         if not 0 <= self.cooldown_steps <= self.steps:
             raise VgpoError(f"cooldown_steps: expected in [0, steps={self.steps}], got {self.cooldown_steps}")
         if not self.splits or any(s not in SPLITS for s in self.splits):
@@ -68,6 +77,22 @@ def render_batch(world: World, prompts: list[dict], n: int, seed: int) -> torch.
     metas = [prompts[i] for i in balanced_choice(prompts, n, gen)]
     seeds = torch.randint(2**31, (n,), generator=gen).tolist()
     return torch.stack([world.render(m, s) for m, s in zip(metas, seeds)])
+
+
+def edge_mask(images: torch.Tensor, threshold: float = 1e-3) -> torch.Tensor:
+    """(B, 1, H, W) float mask of the pixels whose 3x3 neighbourhood (edge-padded) is not one colour."""
+    padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
+    spread = F.max_pool2d(padded, 3, stride=1) + F.max_pool2d(-padded, 3, stride=1)  # max - min per channel
+    return (spread.amax(1, keepdim=True) > threshold).to(images.dtype)
+
+
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, edge_weight: float) -> torch.Tensor:
+    """Mean squared error, each pixel weighted by 1 + edge_weight on the target's edges and the weights
+    normalised to mean 1, so the loss's scale (and the learning rate's meaning) stays that of plain MSE."""
+    if edge_weight == 0:
+        return F.mse_loss(recon, target)  # exactly the loss the section-5 autoencoders were trained with
+    weight = 1.0 + edge_weight * edge_mask(target)
+    return ((recon - target).pow(2) * weight).mean() / weight.mean()
 
 
 def reconstruction_error(ae: Autoencoder, images: torch.Tensor) -> float:
@@ -113,7 +138,7 @@ def pretrain_autoencoder(cfg: AutoencoderTrainConfig) -> Path:
     for step in bar:
         images = render_batch(world, prompts, cfg.batch_size, derive_seed(cfg.seed, step))
         x = images * 2.0 - 1.0
-        loss = F.mse_loss(ae(x), x)
+        loss = reconstruction_loss(ae(x), x, cfg.edge_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
