@@ -61,16 +61,30 @@ def main() -> None:
         from vgpo.worlds.shapes.score import score
 
         total, lost, gained = collections.Counter(), collections.Counter(), collections.Counter()
+        width_total, width_lost = collections.Counter(), collections.Counter()  # (class, box width in px)
         for on_render, on_recon in zip(detect(images), detect(recon)):
-            before = collections.Counter((d.cls, d.color) for d in on_render)
-            after = collections.Counter((d.cls, d.color) for d in on_recon)
-            total.update(cls for cls, _ in before.elements())
-            lost.update(cls for cls, _ in (before - after).elements())
-            gained.update(cls for cls, _ in (after - before).elements())
+            unmatched = collections.Counter((d.cls, d.color) for d in on_recon)
+            for d in on_render:
+                width = (d.cls, d.bbox[2] - d.bbox[0])
+                total[d.cls] += 1
+                width_total[width] += 1
+                if unmatched[d.cls, d.color]:
+                    unmatched[d.cls, d.color] -= 1
+                else:
+                    lost[d.cls] += 1
+                    width_lost[width] += 1
+            gained.update(cls for cls, _ in unmatched.elements())
         print(
             "objects the round trip changes, per class (missing of the renders' / new): "
             + ", ".join(f"{c} {lost[c]} of {total[c]} / {gained[c]}" for c in sorted(total | gained))
         )
+        for cls in sorted(lost):
+            print(
+                f"  {cls}s missing, by box width: "
+                + ", ".join(
+                    f"{w} px {width_lost[cls, w]} of {n}" for (c, w), n in sorted(width_total.items()) if c == cls
+                )
+            )
 
         strict, _ = score(recon, metas)
         rejected, _ = score(recon, [perturb(m, rng) for m in metas])
