@@ -30,10 +30,13 @@ def shapes_renders(n: int, seed: int = 0) -> torch.Tensor:
     return render_batch(world, world.load_prompts(world.train_file), n, seed)
 
 
-@pytest.mark.parametrize("image_size,latent", [((32, 32), (4, 8, 8)), ((32, 96), (4, 8, 24))])
-def test_shapes_of_latents_and_reconstructions(image_size, latent):
-    # Shapes' 32x32 renders to 8x8x4, the text world's 32x96 to 8x24x4.
-    ae = small_ae(image_size)
+@pytest.mark.parametrize(
+    "image_size,downsample,latent",
+    [((32, 32), 4, (4, 8, 8)), ((32, 96), 4, (4, 8, 24)), ((32, 32), 2, (4, 16, 16))],
+)
+def test_shapes_of_latents_and_reconstructions(image_size, downsample, latent):
+    # Shapes' 32x32 renders to 8x8x4, the text world's 32x96 to 8x24x4; 16x16x4 with one stage.
+    ae = small_ae(image_size, downsample=downsample)
     assert ae.latent_shape == latent
     images = torch.rand(2, 3, *image_size)
     z = ae.encode_latents(images)
@@ -50,6 +53,24 @@ def test_config_is_validated():
         AutoencoderConfig(channels=(12, 16))
     with pytest.raises(VgpoError, match="^scaling_factor:"):
         AutoencoderConfig(scaling_factor=0.0)
+    with pytest.raises(VgpoError, match="^downsample:"):
+        AutoencoderConfig(downsample=8)
+    with pytest.raises(VgpoError, match="^image_size: .*downsample=4"):
+        AutoencoderConfig(image_size=(34, 32))
+
+
+def test_a_downsample_4_checkpoint_written_before_the_option_still_loads(tmp_path):
+    # the parameter names of the two-stage autoencoder are those it had before `downsample` existed
+    # (second stride-2 stage at encoder.4, its upsampling at decoder.2), and a config.json without the
+    # field reads as 4
+    ae = small_ae()
+    assert isinstance(ae.encoder[4], torch.nn.Conv2d) and ae.encoder[4].stride == (2, 2)
+    assert len(ae.encoder) == 9 and len(ae.decoder) == 9
+    ae.save(tmp_path / "ae")
+    meta = json.loads((tmp_path / "ae" / "config.json").read_text())
+    del meta["arch"]["downsample"]
+    (tmp_path / "ae" / "config.json").write_text(json.dumps(meta))
+    assert load_autoencoder(tmp_path / "ae").cfg == ae.cfg
 
 
 def test_scaling_and_shift_are_sd3s_convention():
@@ -182,8 +203,8 @@ def test_cooldown_decays_the_learning_rate_to_zero_over_the_last_steps(tmp_path)
     assert rates == pytest.approx([1e-3, 1e-3, 1e-3, 2e-3 / 3, 1e-3 / 3, 0.0])
 
 
-def latent_model(tmp_path, **extra) -> TinyFlowModel:
-    small_ae(scaling_factor=1.5, shift_factor=0.1).save(tmp_path / "ae")
+def latent_model(tmp_path, downsample: int = 4, **extra) -> TinyFlowModel:
+    small_ae(scaling_factor=1.5, shift_factor=0.1, downsample=downsample).save(tmp_path / "ae")
     world = get_world("shapes")
     torch.manual_seed(0)
     cfg = TinyConfig(
@@ -203,9 +224,10 @@ def latent_model(tmp_path, **extra) -> TinyFlowModel:
     return model
 
 
-def test_latent_model_rolls_out_decodes_and_is_rewarded(tmp_path):
-    model = latent_model(tmp_path, text_encoder="ordered")
-    assert model.latent_shape == (4, 8, 8)
+@pytest.mark.parametrize("downsample,side", [(4, 8), (2, 16)])
+def test_latent_model_rolls_out_decodes_and_is_rewarded(tmp_path, downsample, side):
+    model = latent_model(tmp_path, downsample, text_encoder="ordered")
+    assert model.latent_shape == (4, side, side)
     metas = get_world("shapes").load_prompts(get_world("shapes").train_file)[:3]
     cond = model.encode_prompts([m["prompt"] for m in metas])
     traj = rollout(
@@ -217,7 +239,7 @@ def test_latent_model_rolls_out_decodes_and_is_rewarded(tmp_path):
         4.5,
         generator=torch.Generator().manual_seed(0),
     )
-    assert traj.final.shape == (3, 4, 8, 8)
+    assert traj.final.shape == (3, 4, side, side)
     images = model.decode(traj.final)
     assert images.shape == (3, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
     scores = build("geneval-shapes-server")(images, [m["prompt"] for m in metas], metas)
@@ -226,7 +248,7 @@ def test_latent_model_rolls_out_decodes_and_is_rewarded(tmp_path):
     renders = shapes_renders(2)
     with torch.no_grad():
         z = model.encode_images(renders)
-        assert z.shape == (2, 4, 8, 8)
+        assert z.shape == (2, 4, side, side)
         ae = model.autoencoder
         torch.testing.assert_close(model.decode(z), ae.decode_latents(ae.encode_latents(renders)))
     # The U-Net is what trains; the autoencoder stays frozen and out of the checkpoint.

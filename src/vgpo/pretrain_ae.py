@@ -48,8 +48,13 @@ class AutoencoderTrainConfig:
         "there, 1 elsewhere, normalised to mean 1. The Shapes detector reads a square by its corners, and a "
         "blurred corner reads as a circle (docs/learning-study.md section 5); 0: plain mean squared error",
     )
-    channels: list[int] = doc([32, 64], "widths at full resolution and at 1/2 and 1/4")
-    latent_channels: int = doc(4, "latent channels (the latents are H/4 x W/4)")
+    channels: list[int] = doc([32, 64], "widths at full resolution and at 1/2 (and 1/4)")
+    latent_channels: int = doc(4, "latent channels")
+    downsample: int = doc(
+        4,
+        "spatial downsampling, 4 (latents H/4 x W/4, two stride-2 stages) or 2 (one stage): 2 keeps 6-8 px "
+        "objects over 3-4 latent cells (docs/learning-study.md section 5) at 4x the flow model's latent area",
+    )
     splits: list[str] = doc(["train", "test"], "prompt splits whose metadata is rendered (pixels only: no labels)")
     stats_images: int = doc(512, "renders the latent scaling/shift factors are measured on")
     seed: int = doc(0, "seed of initialisation, of every batch and of the statistics renders")
@@ -113,6 +118,7 @@ def pretrain_autoencoder(cfg: AutoencoderTrainConfig) -> Path:
         image_size=tuple(world.image_size),
         channels=tuple(cfg.channels),
         latent_channels=cfg.latent_channels,
+        downsample=cfg.downsample,
         world=cfg.world,
     )
     arch_key = to_dict(arch)  # before the factors are measured into it

@@ -2,8 +2,9 @@
 
 Deterministic (no KL term): the world's images are flat-coloured renders that it only has to
 reconstruct, and the flow model needs latents of a known scale, which the scaling and shift factors
-give. The encoder downsamples by 4 (two stride-2 convolutions): 32x32x3 Shapes renders to 8x8x4
-latents, the text world's 32x96x3 to 8x24x4. As SD3 does, the flow model sees
+give. The encoder downsamples by 4 (two stride-2 convolutions; ``downsample``): 32x32x3 Shapes renders
+to 8x8x4 latents, the text world's 32x96x3 to 8x24x4; ``downsample=2`` drops the second stage (16x16
+latents for Shapes), for objects too small for a 4x latent cell. As SD3 does, the flow model sees
 ``(z - shift_factor) * scaling_factor``, with both factors measured on renders after training so that
 the latents it is trained on have mean 0 and standard deviation 1 (``vgpo pretrain-ae`` computes them).
 A checkpoint is a folder with ``autoencoder.safetensors`` and ``config.json``.
@@ -23,25 +24,29 @@ from torch import nn
 from vgpo.errors import VgpoError
 from vgpo.utils import atomic_save_safetensors, atomic_write_text
 
-#: Spatial downsampling of the encoder (two stride-2 stages).
-DOWNSAMPLE = 4
+#: Spatial downsampling factors the encoder offers (one or two stride-2 stages).
+DOWNSAMPLES = (2, 4)
 
 
 @dataclass
 class AutoencoderConfig:
     """Architecture and latent statistics of an autoencoder (stored in its config.json)."""
 
-    image_size: tuple[int, int] = (32, 32)  # (H, W) of the images, multiples of 4
-    channels: tuple[int, int] = (32, 64)  # widths at full and at 1/2 and 1/4 resolution
+    image_size: tuple[int, int] = (32, 32)  # (H, W) of the images, multiples of downsample
+    channels: tuple[int, int] = (32, 64)  # widths at full resolution and at 1/2 (and 1/4)
     latent_channels: int = 4
+    downsample: int = 4  # latents are (H / downsample, W / downsample); 2 or 4
     scaling_factor: float = 1.0  # latents seen by the flow model: (z - shift_factor) * scaling_factor
     shift_factor: float = 0.0
     world: str = "shapes"
 
     def __post_init__(self) -> None:
         self.image_size, self.channels = tuple(self.image_size), tuple(self.channels)
-        if len(self.image_size) != 2 or any(s % DOWNSAMPLE or s < DOWNSAMPLE for s in self.image_size):
-            raise VgpoError(f"image_size: expected (H, W), multiples of {DOWNSAMPLE}, got {self.image_size}")
+        if self.downsample not in DOWNSAMPLES:
+            raise VgpoError(f"downsample: expected one of {DOWNSAMPLES}, got {self.downsample}")
+        ds = self.downsample
+        if len(self.image_size) != 2 or any(s % ds or s < ds for s in self.image_size):
+            raise VgpoError(f"image_size: expected (H, W), multiples of downsample={ds}, got {self.image_size}")
         if len(self.channels) != 2 or any(c < 8 or c % 8 for c in self.channels):
             raise VgpoError(f"channels: expected 2 widths, multiples of 8 (GroupNorm), got {self.channels}")
         if self.latent_channels < 1:
@@ -79,13 +84,15 @@ class Autoencoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         c0, c1 = cfg.channels
+        # The second stage (at 1/4) sits in the middle of each list, so a downsample-4 autoencoder keeps the
+        # parameter names it had before downsample 2 existed and its checkpoints still load.
+        quarter = cfg.downsample == 4
         self.encoder = nn.Sequential(
             nn.Conv2d(3, c0, 3, padding=1),
             _Block(c0, c0),
             nn.Conv2d(c0, c1, 3, stride=2, padding=1),
             _Block(c1, c1),
-            nn.Conv2d(c1, c1, 3, stride=2, padding=1),
-            _Block(c1, c1),
+            *([nn.Conv2d(c1, c1, 3, stride=2, padding=1), _Block(c1, c1)] if quarter else []),
             nn.GroupNorm(8, c1),
             nn.SiLU(),
             nn.Conv2d(c1, cfg.latent_channels, 1),
@@ -93,8 +100,7 @@ class Autoencoder(nn.Module):
         self.decoder = nn.Sequential(
             nn.Conv2d(cfg.latent_channels, c1, 3, padding=1),
             _Block(c1, c1),
-            _Up(c1, c1),
-            _Block(c1, c1),
+            *([_Up(c1, c1), _Block(c1, c1)] if quarter else []),
             _Up(c1, c0),
             _Block(c0, c0),
             nn.GroupNorm(8, c0),
@@ -105,7 +111,7 @@ class Autoencoder(nn.Module):
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         h, w = self.cfg.image_size
-        return (self.cfg.latent_channels, h // DOWNSAMPLE, w // DOWNSAMPLE)
+        return (self.cfg.latent_channels, h // self.cfg.downsample, w // self.cfg.downsample)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
