@@ -24,11 +24,11 @@ from vgpo.models.tiny import TinyConfig, TinyFlowModel
 from vgpo.rewards import build as build_reward
 from vgpo.worlds import get_world
 
-MODELS = {  # name: (channels, latent?)
-    "pixel 32x32x3, widths 32/64/128 (the shipped base's)": ((32, 64, 128), False),
-    "latent 8x8x4, widths 32/64/128": ((32, 64, 128), True),
-    "latent 8x8x4, widths 64/128/256": ((64, 128, 256), True),
-}
+MODELS = [  # (U-Net widths, in the autoencoder's latent space?, note)
+    ((32, 64, 128), False, " (the shipped base's)"),
+    ((32, 64, 128), True, ""),
+    ((64, 128, 256), True, ""),
+]
 TRAIN_PHASES = ("rollout", "reward", "advantage", "update")
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     world, out = get_world("shapes"), Path(args.out)
     train_prompts = world.load_prompts(world.train_file)
     rows = {}
-    for i, (name, (channels, latent)) in enumerate(MODELS.items()):
+    for i, (channels, latent, note) in enumerate(MODELS):
         torch.manual_seed(0)
         cfg = TinyConfig(
             vocab=world.vocabulary(),
@@ -56,6 +56,8 @@ def main() -> None:
             latent=args.ae if latent else "",
         )
         model = TinyFlowModel(cfg)
+        c, h, w = model.latent_shape
+        name = f"{'latent' if latent else 'pixel'} {h}x{w}x{c}, widths {'/'.join(map(str, channels))}{note}"
         model.save(out / f"model-{i}")
         v = build(
             f"run-{i}",
