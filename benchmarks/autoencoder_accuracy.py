@@ -2,11 +2,11 @@
 
     python benchmarks/autoencoder_accuracy.py --ae runs/ae-shapes [--scenes 1000] [--split test] [--seed 0] [--threads 2]
 
-Renders scenes from random metadata of ``--split`` (test by default, as the figures in
-docs/learning-study.md section 5; val or train to choose an autoencoder without the test split) (layout seeds as ``shapes_detector_accuracy.py`` draws them,
-not the trainer's), round-trips them through the autoencoder's latents (``encode_latents`` then
-``decode_latents``, what a latent-space model's samples go through before a reward) and reports the
-reconstruction error and the world's headline score (Shapes: GenEval strict) on the renders and on the
+Renders scenes from random metadata of ``--split`` (test by default, as the first figures in
+docs/learning-study.md section 5; val to choose an autoencoder without the test split), with layout seeds
+as ``shapes_detector_accuracy.py`` draws them (not the trainer's), round-trips them through the
+autoencoder's latents (``encode_latents`` then ``decode_latents``, what a latent-space model's samples go
+through before a reward) and reports the reconstruction error and the world's headline score (Shapes: GenEval strict) on the renders and on the
 reconstructions; for Shapes also the share of violated metadata still rejected on reconstructions, and
 which detected objects the round trip changes: per class, how many of the renders' objects are missing
 from their reconstruction's detections and how many detections are new (a square read as a circle counts
