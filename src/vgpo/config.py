@@ -213,3 +213,14 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def same_as_written(written: Any, cfg: Any) -> bool:
+    """Whether a config saved as a dict (a resume file's) describes ``cfg``.
+
+    Files written before a field existed lack it; they were built with its default, so a missing
+    field reads as the default rather than as a mismatch.
+    """
+    if not isinstance(written, dict):
+        return False
+    return {**to_dict(type(cfg)()), **written} == to_dict(cfg)

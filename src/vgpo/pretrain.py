@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vgpo.config import check_fields, doc, to_dict
+from vgpo.config import check_fields, doc, same_as_written, to_dict
 from vgpo.errors import VgpoError
 from vgpo.models.tiny import TINY_PRECISIONS, TinyConfig, TinyFlowModel
 from vgpo.train.guards import check_step
@@ -188,8 +188,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     resume_path = out / "resume.pt"
     if resume_path.is_file():
         state = load_torch(resume_path)  # tensors and plain containers only: a crafted file cannot run code
-        # Resume files written before an architecture option existed lack it; they were built with its default.
-        if not isinstance(state, dict) or {**to_dict(TinyConfig()), **state.get("arch", {})} != to_dict(arch):
+        if not isinstance(state, dict) or not same_as_written(state.get("arch"), arch):
             raise VgpoError(f"{resume_path}: written for another architecture/world; use a new --out")
         written = {**_OLD_DATA, **state.get("data", {})}
         if written != data:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vgpo.config import check_fields, doc, to_dict
+from vgpo.config import check_fields, doc, same_as_written, to_dict
 from vgpo.errors import VgpoError
 from vgpo.models.autoencoder import Autoencoder, AutoencoderConfig, latent_statistics
 from vgpo.pretrain import _truncate_log, lr_factor
@@ -52,8 +52,8 @@ class AutoencoderTrainConfig:
     latent_channels: int = doc(4, "latent channels")
     downsample: int = doc(
         4,
-        "spatial downsampling, 4 (latents H/4 x W/4, two stride-2 stages) or 2 (one stage): 2 keeps 6-8 px "
-        "objects over 3-4 latent cells (docs/learning-study.md section 5) at 4x the flow model's latent area",
+        "spatial downsampling, 4 (latents H/4 x W/4, two stride-2 stages) or 2 (one stage): 2 costs the flow "
+        "model 4x the latent area and did not round-trip small squares better (docs/learning-study.md section 5)",
     )
     splits: list[str] = doc(["train", "test"], "prompt splits whose metadata is rendered (pixels only: no labels)")
     stats_images: int = doc(512, "renders the latent scaling/shift factors are measured on")
@@ -129,7 +129,7 @@ def pretrain_autoencoder(cfg: AutoencoderTrainConfig) -> Path:
     resume_path = out / "resume.pt"
     if resume_path.is_file():
         state = load_torch(resume_path)  # tensors and plain containers only: a crafted file cannot run code
-        if not isinstance(state, dict) or state.get("arch") != arch_key:
+        if not isinstance(state, dict) or not same_as_written(state.get("arch"), arch):
             raise VgpoError(f"{resume_path}: written for another architecture/world; use a new --out")
         ae.load_state_dict(state["ae"])
         opt.load_state_dict(state["opt"])
