@@ -10,7 +10,8 @@ through before a reward) and reports the reconstruction error and the world's he
 reconstructions; for Shapes also the share of violated metadata still rejected on reconstructions, and
 which detected objects the round trip changes: per class, how many of the renders' objects are missing
 from their reconstruction's detections and how many detections are new (a square read as a circle counts
-once in each).
+once in each); and for the rendered squares, the square score the detector reads on their reconstruction
+(kept and lost, against its threshold) and whether a lost square's box grew or shrank.
 """
 
 from __future__ import annotations
@@ -20,10 +21,16 @@ import collections
 import random
 import time
 
+import numpy as np
 import torch
 
 from vgpo.models.autoencoder import load_autoencoder
 from vgpo.worlds import SPLITS, get_world
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
+    """Pixels shared by two boxes (x0, y0, x1, y1) with exclusive ends."""
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
 
 
 def main() -> None:
@@ -56,24 +63,20 @@ def main() -> None:
     on_renders, on_recon = (world.evaluate(x, metas)[world.headline] for x in (images, recon))
     print(f"{world.headline} on renders: {on_renders:.4f}; on reconstructions: {on_recon:.4f}")
     if world.name == "shapes":
-        from vgpo.worlds.shapes.detect import detect
+        from vgpo.worlds.shapes.detect import SQUARE_MIN_SCORE, detect, unmatched
         from vgpo.worlds.shapes.prompts import perturb
         from vgpo.worlds.shapes.score import score
 
+        on_renders_found, on_recon_found = detect(images), detect(recon)
         total, lost, gained = collections.Counter(), collections.Counter(), collections.Counter()
         width_total, width_lost = collections.Counter(), collections.Counter()  # (class, box width in px)
-        for on_render, on_recon in zip(detect(images), detect(recon)):
-            unmatched = collections.Counter((d.cls, d.color) for d in on_recon)
-            for d in on_render:
-                width = (d.cls, d.bbox[2] - d.bbox[0])
-                total[d.cls] += 1
-                width_total[width] += 1
-                if unmatched[d.cls, d.color]:
-                    unmatched[d.cls, d.color] -= 1
-                else:
-                    lost[d.cls] += 1
-                    width_lost[width] += 1
-            gained.update(cls for cls, _ in unmatched.elements())
+        for on_render, on_recon in zip(on_renders_found, on_recon_found):
+            missing, new = unmatched(on_render, on_recon)
+            total.update(d.cls for d in on_render)
+            width_total.update((d.cls, d.bbox[2] - d.bbox[0]) for d in on_render)
+            lost.update(d.cls for d in missing)
+            width_lost.update((d.cls, d.bbox[2] - d.bbox[0]) for d in missing)
+            gained.update(d.cls for d in new)
         print(
             "objects the round trip changes, per class (missing of the renders' / new): "
             + ", ".join(f"{c} {lost[c]} of {total[c]} / {gained[c]}" for c in sorted(total | gained))
@@ -84,6 +87,38 @@ def main() -> None:
                 + ", ".join(
                     f"{w} px {width_lost[cls, w]} of {n}" for (c, w), n in sorted(width_total.items()) if c == cls
                 )
+            )
+
+        # Each rendered square against the reconstruction's same-colour detection whose box overlaps it
+        # most: is the square lost near the detector's threshold, and how did its box change?
+        kept_scores, lost_squares = [], []
+        for on_render, on_recon in zip(on_renders_found, on_recon_found):
+            for d in (d for d in on_render if d.cls == "square"):
+                best = max(
+                    (r for r in on_recon if r.color == d.color), key=lambda r: _overlap(r.bbox, d.bbox), default=None
+                )
+                if best is None or _overlap(best.bbox, d.bbox) == 0:
+                    lost_squares.append(("gone", float("nan"), 0))
+                elif best.cls == "square":
+                    kept_scores.append(best.square_score)
+                else:
+                    grown = (best.bbox[2] - best.bbox[0] + best.bbox[3] - best.bbox[1]) - (
+                        d.bbox[2] - d.bbox[0] + d.bbox[3] - d.bbox[1]
+                    )
+                    lost_squares.append((best.cls, best.square_score, grown))
+        if kept_scores and lost_squares:
+            lost_scores = np.array([s for _, s, _ in lost_squares if s == s])
+            grown = np.array([g for _, s, g in lost_squares if s == s])
+            print(
+                f"squares kept: {len(kept_scores)}, square score on reconstruction min {min(kept_scores):.3f}, "
+                f"median {np.median(kept_scores):.3f} (threshold {SQUARE_MIN_SCORE})"
+            )
+            read_as = collections.Counter(c for c, _, _ in lost_squares)
+            print(
+                f"squares lost: {len(lost_squares)} ({', '.join(f'{k} {v}' for k, v in read_as.items())}); "
+                f"their square score quartiles {np.percentile(lost_scores, [25, 50, 75]).round(3).tolist()}, "
+                f"within 0.02 of the threshold {(lost_scores >= SQUARE_MIN_SCORE - 0.02).mean():.0%}; "
+                f"box width + height grew {(grown > 0).mean():.0%}, shrank {(grown < 0).mean():.0%}"
             )
 
         strict, _ = score(recon, metas)

@@ -13,7 +13,7 @@ from vgpo.errors import VgpoError
 from vgpo.rewards import build
 from vgpo.worlds import get_world
 from vgpo.worlds.shapes import WORLD
-from vgpo.worlds.shapes.detect import Detection, detect
+from vgpo.worlds.shapes.detect import SQUARE_MIN_SCORE, Detection, detect, unmatched
 from vgpo.worlds.shapes.prompts import (
     CLASSES,
     COLORS,
@@ -153,6 +153,9 @@ def test_counting_renders_exact_counts(cls: str):
         m = meta("counting", obj(cls, n), exclude=[obj(cls, n + 1)])
         found = detect(torch.stack([WORLD.render(m, seed) for seed in range(10)]))
         assert all(len(f) == n and {d.cls for d in f} == {cls} for f in found)
+        # the score a detection's class was read from is kept, on the right side of the square threshold
+        if cls != "triangle":
+            assert all((d.square_score >= SQUARE_MIN_SCORE) == (cls == "square") for f in found for d in f)
 
 
 def test_crowded_scenes_fit_and_impossible_ones_say_so(monkeypatch: pytest.MonkeyPatch):
@@ -164,6 +167,17 @@ def test_crowded_scenes_fit_and_impossible_ones_say_so(monkeypatch: pytest.Monke
 
 
 # --- detector and scoring ---------------------------------------------------------------------------
+
+
+def test_unmatched_counts_objects_by_class_and_colour():
+    reference = [det("square", "red", 8, 8), det("square", "red", 20, 8), det("circle", "blue", 8, 20)]
+    found = [det("circle", "red", 8, 8), det("square", "red", 24, 24), det("circle", "blue", 9, 20)]
+    missing, extra = unmatched(reference, found)
+    # one red square read as a red circle: missing from one side, new on the other; positions play no part
+    assert [(d.cls, d.color) for d in missing] == [("square", "red")]
+    assert [(d.cls, d.color) for d in extra] == [("circle", "red")]
+    assert unmatched(reference, reference) == ([], [])
+    assert unmatched(reference, []) == (reference, [])
 
 
 def test_detector_on_blank_noise_and_nan():

@@ -11,6 +11,7 @@ circle does neither. Everything is vectorised over the batch except building the
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,13 +41,15 @@ _STRUCTURE[1] = True
 @dataclass(frozen=True)
 class Detection:
     """One object: class and colour names, box centre (x, y) in pixels, box (x0, y0, x1, y1) with
-    exclusive ends, and area (coverage-weighted pixel count)."""
+    exclusive ends, area (coverage-weighted pixel count), and the square score its class was read from
+    (pixel fill + CORNER_WEIGHT * corner coverage; squares at >= SQUARE_MIN_SCORE), kept for diagnostics."""
 
     cls: str
     color: str
     center: tuple[float, float]
     bbox: tuple[int, int, int, int]
     area: float
+    square_score: float = float("nan")
 
 
 def _background(x: np.ndarray) -> np.ndarray:
@@ -73,9 +76,9 @@ def _unmix(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return alpha.reshape(b, -1, h, w), np.where(foreground, best, -1).reshape(b, h, w), coverage.reshape(b, h, w)
 
 
-def _classify(drop: np.ndarray, fill: np.ndarray, corner: np.ndarray) -> np.ndarray:
+def _classify(drop: np.ndarray, square_score: np.ndarray) -> np.ndarray:
     """Class index per component (0 circle, 1 square, 2 triangle) from the features measured above."""
-    return np.where(drop > TRIANGLE_MIN_DROP, 2, np.where(fill + CORNER_WEIGHT * corner >= SQUARE_MIN_SCORE, 1, 0))
+    return np.where(drop > TRIANGLE_MIN_DROP, 2, np.where(square_score >= SQUARE_MIN_SCORE, 1, 0))
 
 
 def detect(images: torch.Tensor) -> list[list[Detection]]:
@@ -105,7 +108,8 @@ def detect(images: torch.Tensor) -> list[list[Detection]]:
         + corners[plane, y1 - 1, x0]
         + corners[plane, y1 - 1, x1 - 1]
     ) / 4
-    shape = _classify((mean_y - (y0 + y1 - 1) / 2) / (y1 - y0), pixels / ((x1 - x0) * (y1 - y0)), corner)
+    square_score = pixels / ((x1 - x0) * (y1 - y0)) + CORNER_WEIGHT * corner
+    shape = _classify((mean_y - (y0 + y1 - 1) / 2) / (y1 - y0), square_score)
     keep = np.flatnonzero(pixels >= MIN_AREA_FRACTION * h * w)
     found: list[list[Detection]] = [[] for _ in range(b)]
     for i in keep[np.argsort(-area[keep], kind="stable")]:
@@ -117,6 +121,26 @@ def detect(images: torch.Tensor) -> list[list[Detection]]:
                 ((left + right) / 2, (top + bottom) / 2),
                 (left, top, right, bottom),
                 float(area[i]),
+                float(square_score[i]),
             )
         )
     return found
+
+
+def unmatched(reference: list[Detection], found: list[Detection]) -> tuple[list[Detection], list[Detection]]:
+    """Compare two detections of one scene by (class, colour), as counts: the objects of ``reference``
+    that ``found`` lacks, and those of ``found`` that ``reference`` lacks (a square read as a circle is in
+    each). Used to see which objects an image's change (a round trip, noise) misreads."""
+    spare = collections.Counter((d.cls, d.color) for d in found)
+    missing = []
+    for d in reference:
+        if spare[d.cls, d.color]:
+            spare[d.cls, d.color] -= 1
+        else:
+            missing.append(d)
+    extra = []
+    for d in found:
+        if spare[d.cls, d.color]:
+            spare[d.cls, d.color] -= 1
+            extra.append(d)
+    return missing, extra
