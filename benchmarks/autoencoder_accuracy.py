@@ -10,7 +10,7 @@ through before a reward) and reports the reconstruction error and the world's he
 reconstructions; for Shapes also the share of violated metadata still rejected on reconstructions, and
 which detected objects the round trip changes: per class, how many of the renders' objects are missing
 from their reconstruction's detections and how many detections are new (a square read as a circle counts
-once in each); and for the rendered squares, the square score the detector reads on their reconstruction
+once in each); and for the rendered squares, the squareness the detector reads on their reconstruction
 (kept and lost, against its threshold) and whether a lost square's box grew or shrank.
 """
 
@@ -100,23 +100,23 @@ def main() -> None:
                 if best is None or _overlap(best.bbox, d.bbox) == 0:
                     lost_squares.append(("gone", float("nan"), 0))
                 elif best.cls == "square":
-                    kept_scores.append(best.square_score)
+                    kept_scores.append(best.squareness)
                 else:
                     grown = (best.bbox[2] - best.bbox[0] + best.bbox[3] - best.bbox[1]) - (
                         d.bbox[2] - d.bbox[0] + d.bbox[3] - d.bbox[1]
                     )
-                    lost_squares.append((best.cls, best.square_score, grown))
+                    lost_squares.append((best.cls, best.squareness, grown))
         if kept_scores and lost_squares:
             lost_scores = np.array([s for _, s, _ in lost_squares if s == s])
             grown = np.array([g for _, s, g in lost_squares if s == s])
             print(
-                f"squares kept: {len(kept_scores)}, square score on reconstruction min {min(kept_scores):.3f}, "
+                f"squares kept: {len(kept_scores)}, squareness on reconstruction min {min(kept_scores):.3f}, "
                 f"median {np.median(kept_scores):.3f} (threshold {SQUARE_MIN_SCORE})"
             )
             read_as = collections.Counter(c for c, _, _ in lost_squares)
             print(
                 f"squares lost: {len(lost_squares)} ({', '.join(f'{k} {v}' for k, v in read_as.items())}); "
-                f"their square score quartiles {np.percentile(lost_scores, [25, 50, 75]).round(3).tolist()}, "
+                f"their squareness quartiles {np.percentile(lost_scores, [25, 50, 75]).round(3).tolist()}, "
                 f"within 0.02 of the threshold {(lost_scores >= SQUARE_MIN_SCORE - 0.02).mean():.0%}; "
                 f"box width + height grew {(grown > 0).mean():.0%}, shrank {(grown < 0).mean():.0%}"
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -155,7 +156,7 @@ def test_counting_renders_exact_counts(cls: str):
         assert all(len(f) == n and {d.cls for d in f} == {cls} for f in found)
         # the score a detection's class was read from is kept, on the right side of the square threshold
         if cls != "triangle":
-            assert all((d.square_score >= SQUARE_MIN_SCORE) == (cls == "square") for f in found for d in f)
+            assert all((d.squareness >= SQUARE_MIN_SCORE) == (cls == "square") for f in found for d in f)
 
 
 def test_crowded_scenes_fit_and_impossible_ones_say_so(monkeypatch: pytest.MonkeyPatch):
@@ -178,6 +179,19 @@ def test_unmatched_counts_objects_by_class_and_colour():
     assert [(d.cls, d.color) for d in extra] == [("circle", "red")]
     assert unmatched(reference, reference) == ([], [])
     assert unmatched(reference, []) == (reference, [])
+
+
+def test_shapes_survive_pixel_noise_too_small_to_see():
+    # Noise of 1% of the pixel range: the box-fill test used before read about 1 square in 20 as a circle here.
+    images = torch.stack(
+        [WORLD.render(meta("counting", obj(cls, 2)), seed) for cls in ("square", "circle") for seed in range(60)]
+    )
+    noisy = (images + 0.01 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    found = detect(noisy)
+    assert [sorted(d.cls for d in f) for f in found] == [["square"] * 2] * 60 + [["circle"] * 2] * 60
+    # a square's coverage fills its widest row x tallest column; a disc's fills pi/4 of it
+    squares, circles = [d.squareness for f in found[:60] for d in f], [d.squareness for f in found[60:] for d in f]
+    assert min(squares) > 0.97 and abs(sum(circles) / len(circles) - math.pi / 4) < 0.03
 
 
 def test_detector_on_blank_noise_and_nan():
