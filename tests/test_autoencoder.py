@@ -1,5 +1,5 @@
 """The latent autoencoder (models/autoencoder.py), its trainer (`vgpo pretrain-ae`) and the tiny model in its
-latent space. Random small autoencoders throughout: no trained checkpoint is needed."""
+latent space. Random small autoencoders, and the shipped `checkpoints/shapes-ae` where a test says so."""
 
 from __future__ import annotations
 
@@ -286,3 +286,16 @@ def test_pretraining_in_latent_space(tmp_path):
     model = TinyFlowModel.load(out)
     assert model.latent_shape == (4, 8, 8) and model.cfg.text_encoder == "ordered"
     assert model.net.conv_in.in_channels == 4 and model.net.conv_out.out_channels == 4
+
+
+def test_the_shipped_shapes_autoencoder_keeps_what_the_detector_reads():
+    # docs/learning-study.md section 13: 99.2% strict on 1,000 val reconstructions (renders: 100%)
+    ae = load_autoencoder("checkpoints/shapes-ae", image_size=(32, 32))
+    world = get_world("shapes")
+    metas = world.load_prompts(world.prompt_file("val"))[:96]
+    images = torch.stack([world.render(m, i) for i, m in enumerate(metas)])
+    with torch.no_grad():
+        recon = ae.decode_latents(ae.encode_latents(images))
+    assert ae.latent_shape == (4, 8, 8) and F.mse_loss(recon, images).item() < 5e-4
+    strict = world.evaluate(recon, metas)["overall/strict"]
+    assert strict >= 0.95, strict
