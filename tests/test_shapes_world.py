@@ -194,6 +194,13 @@ def test_shapes_survive_pixel_noise_too_small_to_see():
     assert min(squares) > 0.97 and abs(sum(circles) / len(circles) - math.pi / 4) < 0.03
 
 
+def test_squareness_in_chunks_equals_all_at_once(monkeypatch: pytest.MonkeyPatch):
+    images = torch.stack([WORLD.render(m, i) for i, m in enumerate(TEST[:40])])
+    whole = detect(images)
+    monkeypatch.setattr("vgpo.worlds.shapes.detect._SQUARENESS_CHUNK", 7)
+    assert sum(map(len, whole)) > 7 and detect(images) == whole
+
+
 def test_detector_on_blank_noise_and_nan():
     assert detect(torch.full((2, 3, 32, 32), 0.93)) == [[], []]
     noise = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
