@@ -106,9 +106,9 @@ def main() -> None:
                         d.bbox[2] - d.bbox[0] + d.bbox[3] - d.bbox[1]
                     )
                     lost_squares.append((best.cls, best.squareness, grown))
-        if kept_scores and lost_squares:
-            lost_scores = np.array([s for _, s, _ in lost_squares if s == s])
-            grown = np.array([g for _, s, g in lost_squares if s == s])
+        lost_scores = np.array([s for _, s, _ in lost_squares if s == s])  # squares read as another class
+        grown = np.array([g for _, s, g in lost_squares if s == s])
+        if kept_scores and lost_scores.size:
             print(
                 f"squares kept: {len(kept_scores)}, squareness on reconstruction min {min(kept_scores):.3f}, "
                 f"median {np.median(kept_scores):.3f} (threshold {SQUARE_MIN_SCORE})"
