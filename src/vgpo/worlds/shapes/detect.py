@@ -133,9 +133,10 @@ def detect(images: torch.Tensor) -> list[list[Detection]]:
     plane, x0, y0, x1, y1 = box.T  # x1, y1 exclusive
     keep = np.flatnonzero(pixels >= MIN_AREA_FRACTION * h * w)
     squareness = np.full(n, np.nan)
+    plane_alpha, unclaimed = alpha.reshape(b * k, h, w), index < 0
     for start in range(0, keep.size, _SQUARENESS_CHUNK):  # in chunks: bounded memory on broken samples
         ids = keep[start : start + _SQUARENESS_CHUNK]
-        squareness[ids] = _squareness(alpha.reshape(b * k, h, w), labels, index < 0, box, ids)
+        squareness[ids] = _squareness(plane_alpha, labels, unclaimed, box, ids)
     shape = _classify((mean_y - (y0 + y1 - 1) / 2) / (y1 - y0), squareness)
     found: list[list[Detection]] = [[] for _ in range(b)]
     for i in keep[np.argsort(-area[keep], kind="stable")]:
