@@ -182,22 +182,25 @@ def test_unmatched_counts_objects_by_class_and_colour():
 
 
 def test_shapes_survive_pixel_noise_too_small_to_see():
-    # Noise of 1% of the pixel range: the box-fill test used before read about 1 square in 20 as a circle here.
-    images = torch.stack(
-        [WORLD.render(meta("counting", obj(cls, 2)), seed) for cls in ("square", "circle") for seed in range(60)]
-    )
+    # Noise of 1% of the pixel range: the box-fill square test used before read about 1 square in 20 as a
+    # circle here, and the box-centre drop test for triangles missed some triangles and called some squares ones.
+    classes = ("square", "circle", "triangle")
+    images = torch.stack([WORLD.render(meta("counting", obj(cls, 2)), seed) for cls in classes for seed in range(60)])
     noisy = (images + 0.01 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     found = detect(noisy)
-    assert [sorted(d.cls for d in f) for f in found] == [["square"] * 2] * 60 + [["circle"] * 2] * 60
+    assert [sorted(d.cls for d in f) for f in found] == [[cls] * 2 for cls in classes for _ in range(60)]
+    squares, circles, triangles = ([d for f in found[i * 60 : (i + 1) * 60] for d in f] for i in range(3))
     # a square's coverage fills its widest row x tallest column; a disc's fills pi/4 of it
-    squares, circles = [d.squareness for f in found[:60] for d in f], [d.squareness for f in found[60:] for d in f]
-    assert min(squares) > 0.97 and abs(sum(circles) / len(circles) - math.pi / 4) < 0.03
+    assert min(d.squareness for d in squares) > 0.97
+    assert abs(sum(d.squareness for d in circles) / len(circles) - math.pi / 4) < 0.03
+    # a symmetric row profile has no skew; a triangle's, growing linearly to its base, about -0.57 (apex up)
+    assert max(abs(d.skew) for d in squares + circles) < 0.1 and max(d.skew for d in triangles) < -0.45
 
 
-def test_squareness_in_chunks_equals_all_at_once(monkeypatch: pytest.MonkeyPatch):
+def test_shape_features_in_chunks_equal_all_at_once(monkeypatch: pytest.MonkeyPatch):
     images = torch.stack([WORLD.render(m, i) for i, m in enumerate(TEST[:40])])
     whole = detect(images)
-    monkeypatch.setattr("vgpo.worlds.shapes.detect._SQUARENESS_CHUNK", 7)
+    monkeypatch.setattr("vgpo.worlds.shapes.detect._SHAPE_CHUNK", 7)
     assert sum(map(len, whole)) > 7 and detect(images) == whole
 
 

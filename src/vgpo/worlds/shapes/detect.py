@@ -5,10 +5,12 @@ colour whose mixing line passes closest to the pixel wins, and the pixel is fore
 covers at least half of it. Unmixing (rather than nearest palette colour) keeps antialiased edges with
 their object: a half-covered blue edge pixel lies nearer to purple than to blue, but on blue's line.
 Components are found per colour, so touching objects of different colours stay apart. The shape is read
-off the component's coverage: a triangle's mass sits low in its box; a square's coverage, summed along
-rows and along columns, is flat, so its area equals its widest row times its tallest column, where a
-circle's is pi/4 of that. Sums over whole rows barely move under pixel noise a viewer cannot see; the
-share of a box's pixels above coverage 0.5, the test used before, does (docs/learning-study.md section 13).
+off the component's coverage summed along rows (its row profile) and along columns: a triangle's row
+profile grows from apex to base, so it is skewed; a square's profiles are flat, so its area equals its
+widest row times its tallest column, where a circle's is pi/4 of that. Sums over whole rows barely move
+under pixel noise a viewer cannot see; the tests used before, which hung on the box (the share of its
+pixels above coverage 0.5, the mass centre's drop below its middle), did (docs/learning-study.md
+sections 13 and 15).
 Everything is vectorised over the batch except building the Detection lists.
 """
 
@@ -28,15 +30,14 @@ _PALETTE = np.array([PALETTE[c] for c in COLORS], dtype=np.float32)  # (K, 3)
 MIN_COVERAGE = 0.5  # a pixel is foreground when its colour covers at least this much of it
 MAX_RESIDUAL = 0.25  # RGB distance from the mixing line beyond which a pixel is no palette colour
 MIN_AREA_FRACTION = 8 / 1024  # smaller components are specks (8 px on a 32x32 canvas)
-# Shape thresholds, set between the ranges measured on 15k single-object renders (7-12 px):
-# a triangle's mass sits low in its box, (mean y - box centre) / box height: triangles 0.078-0.174,
-# circles and squares -0.053-0.053;
-TRIANGLE_MIN_DROP = 0.065
-# squareness, area / (widest row x tallest column) of the coverage, measured on 5,000 renders of the
-# train split's metadata (6-13 px objects): squares 0.999-1.049, circles 0.770-0.827 (triangles
-# 0.544-0.722, told apart by the drop first). The threshold sits halfway.
+# Shape thresholds, each halfway between the ranges measured on renders of the train split's metadata.
+# The skewness of the row profile (third standardised moment, y down) on 2,000 renders: triangles
+# -0.623 to -0.499 (their apex is up), circles and squares -0.045 to 0.045. It is read first.
+TRIANGLE_MAX_SKEW = -0.27
+# squareness, area / (widest row x tallest column) of the coverage, on 5,000 renders (6-13 px objects):
+# squares 0.999-1.049, circles 0.770-0.827 (triangles 0.544-0.722, told apart by the skewness first).
 SQUARE_MIN_SCORE = 0.91
-_SQUARENESS_CHUNK = 2048  # components measured at once, an (H, W) window each
+_SHAPE_CHUNK = 2048  # components measured at once, an (H, W) window each
 # Components are connected within an image and colour plane (8-neighbourhood), never across planes.
 _STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
 _STRUCTURE[1] = True
@@ -45,8 +46,9 @@ _STRUCTURE[1] = True
 @dataclass(frozen=True)
 class Detection:
     """One object: class and colour names, box centre (x, y) in pixels, box (x0, y0, x1, y1) with
-    exclusive ends, area (coverage-weighted pixel count), and the squareness its class was read from
-    (squares at >= SQUARE_MIN_SCORE), kept for diagnostics."""
+    exclusive ends, area (coverage-weighted pixel count), and the skewness and squareness its class was
+    read from (triangles at skew <= TRIANGLE_MAX_SKEW, then squares at squareness >= SQUARE_MIN_SCORE),
+    kept for diagnostics."""
 
     cls: str
     color: str
@@ -54,6 +56,7 @@ class Detection:
     bbox: tuple[int, int, int, int]
     area: float
     squareness: float = float("nan")
+    skew: float = float("nan")
 
 
 def _background(x: np.ndarray) -> np.ndarray:
@@ -80,15 +83,16 @@ def _unmix(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return alpha.reshape(b, -1, h, w), np.where(foreground, best, -1).reshape(b, h, w), coverage.reshape(b, h, w)
 
 
-def _classify(drop: np.ndarray, squareness: np.ndarray) -> np.ndarray:
+def _classify(skew: np.ndarray, squareness: np.ndarray) -> np.ndarray:
     """Class index per component (0 circle, 1 square, 2 triangle) from the features measured above."""
-    return np.where(drop > TRIANGLE_MIN_DROP, 2, np.where(squareness >= SQUARE_MIN_SCORE, 1, 0))
+    return np.where(skew <= TRIANGLE_MAX_SKEW, 2, np.where(squareness >= SQUARE_MIN_SCORE, 1, 0))
 
 
-def _squareness(
+def _shape_features(
     alpha: np.ndarray, labels: np.ndarray, background: np.ndarray, box: np.ndarray, ids: np.ndarray
-) -> np.ndarray:
-    """Area / (widest row x tallest column) of each component's coverage in its colour plane.
+) -> tuple[np.ndarray, np.ndarray]:
+    """The skewness of each component's row profile and its squareness, area / (widest row x tallest
+    column), both from its coverage in its colour plane.
 
     alpha and labels are (B*K, H, W) (coverage per colour plane, component labels), background (B, H, W) the
     pixels no colour claims, box the components' (plane, x0, y0, x1, y1), ids the components to measure.
@@ -108,7 +112,12 @@ def _squareness(
     p, r, c = plane[:, None, None], np.minimum(rows, h - 1)[:, :, None], np.minimum(cols, w - 1)[:, None, :]
     counted = inside & ((labels[p, r, c] == (ids + 1)[:, None, None]) | background[p // k, r, c])
     cover = np.where(counted, alpha[p, r, c], 0.0)
-    return cover.sum((1, 2)) / np.maximum(cover.sum(2).max(1) * cover.sum(1).max(1), 1e-12)
+    profile = cover.sum(2)  # (n, H): the row sums
+    area = np.maximum(profile.sum(1), 1e-12)
+    offset = np.arange(h)[None] - (profile * np.arange(h)[None]).sum(1, keepdims=True) / area[:, None]
+    variance = (profile * offset**2).sum(1) / area
+    skew = (profile * offset**3).sum(1) / area / np.maximum(variance, 1e-12) ** 1.5
+    return skew, area / np.maximum(profile.max(1) * cover.sum(1).max(1), 1e-12)
 
 
 def detect(images: torch.Tensor) -> list[list[Detection]]:
@@ -127,17 +136,14 @@ def detect(images: torch.Tensor) -> list[list[Detection]]:
     own = np.take_along_axis(labels.reshape(b, k, h * w), np.maximum(index, 0).reshape(b, 1, h * w), 1).ravel()
     pixels = np.bincount(own, minlength=n + 1)[1:]
     area = np.bincount(own, weights=coverage.ravel(), minlength=n + 1)[1:]
-    rows = np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (b, h, w))
-    mean_y = np.bincount(own, weights=(coverage * rows).ravel(), minlength=n + 1)[1:] / area
     box = np.array([(s[0].start, s[2].start, s[1].start, s[2].stop, s[1].stop) for s in ndimage.find_objects(labels)])
-    plane, x0, y0, x1, y1 = box.T  # x1, y1 exclusive
     keep = np.flatnonzero(pixels >= MIN_AREA_FRACTION * h * w)
-    squareness = np.full(n, np.nan)
+    skew, squareness = np.full(n, np.nan), np.full(n, np.nan)
     plane_alpha, unclaimed = alpha.reshape(b * k, h, w), index < 0
-    for start in range(0, keep.size, _SQUARENESS_CHUNK):  # in chunks: bounded memory on broken samples
-        ids = keep[start : start + _SQUARENESS_CHUNK]
-        squareness[ids] = _squareness(plane_alpha, labels, unclaimed, box, ids)
-    shape = _classify((mean_y - (y0 + y1 - 1) / 2) / (y1 - y0), squareness)
+    for start in range(0, keep.size, _SHAPE_CHUNK):  # in chunks: bounded memory on broken samples
+        ids = keep[start : start + _SHAPE_CHUNK]
+        skew[ids], squareness[ids] = _shape_features(plane_alpha, labels, unclaimed, box, ids)
+    shape = _classify(skew, squareness)
     found: list[list[Detection]] = [[] for _ in range(b)]
     for i in keep[np.argsort(-area[keep], kind="stable")]:
         p, left, top, right, bottom = (int(v) for v in box[i])
@@ -149,6 +155,7 @@ def detect(images: torch.Tensor) -> list[list[Detection]]:
                 (left, top, right, bottom),
                 float(area[i]),
                 float(squareness[i]),
+                float(skew[i]),
             )
         )
     return found
