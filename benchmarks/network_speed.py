@@ -26,23 +26,23 @@ import time
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vgpo.models import tiny
+from vgpo.models import layers, tiny
 from vgpo.perf import count_flops
 
 
 @contextlib.contextmanager
 def autocast_attention():
     """The tiny model's attention left to autocast (bf16 under bf16) instead of float32 (``-a16``)."""
-    own = tiny._attention
+    own = layers.attention
 
     def as_autocast_says(q, k, v, mask=None):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
-    tiny._attention = as_autocast_says
+    layers.attention = as_autocast_says
     try:
         yield
     finally:
-        tiny._attention = own
+        layers.attention = own
 
 
 def main() -> None:

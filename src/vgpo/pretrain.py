@@ -81,6 +81,10 @@ class PretrainConfig:
     full_res_cross_attention: bool = doc(
         False, "cross-attention to the prompt also at full resolution (no self-attention there); shipped bases: false"
     )
+    backbone: str = doc("unet", "denoising network: unet (the shipped bases) or dit (SD3's joint-attention MM-DiT)")
+    dit_width: int = doc(256, "DiT token width (backbone dit)")
+    dit_depth: int = doc(6, "DiT joint blocks (backbone dit)")
+    dit_patch: int = doc(1, "DiT square patch side in latent units (backbone dit)")
     seed: int = doc(0, "seed of initialisation and of every batch")
     save_every: int = doc(100, "steps between checkpoints")
     grad_clip: float = doc(1.0, "gradient-norm clip")
@@ -178,6 +182,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
         latent=cfg.latent,
         film_text=cfg.film_text,
         full_res_cross_attention=cfg.full_res_cross_attention,
+        backbone=cfg.backbone,
+        dit_width=cfg.dit_width,
+        dit_depth=cfg.dit_depth,
+        dit_patch=cfg.dit_patch,
     )
     model = TinyFlowModel(arch, precision=cfg.precision)
     net = model.net

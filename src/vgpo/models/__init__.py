@@ -12,6 +12,7 @@ def load_model(kind: str, checkpoint: str, options: dict | None = None, device: 
 
     options = dict(options or {})
     if kind == "tiny":
+        from vgpo.models.dit import DIT_LORA_TARGETS
         from vgpo.models.lora import LoraOptions
         from vgpo.models.tiny import TINY_LORA_TARGETS, TinyFlowModel
 
@@ -23,7 +24,8 @@ def load_model(kind: str, checkpoint: str, options: dict | None = None, device: 
         if lora is not None:
             if not isinstance(lora, dict):
                 raise VgpoError(f"model_options.lora: expected a map of LoRA options, got {lora!r}")
-            model.add_lora(LoraOptions.from_spec({"target_modules": TINY_LORA_TARGETS, **lora}, "model_options.lora"))
+            targets = DIT_LORA_TARGETS if model.cfg.backbone == "dit" else TINY_LORA_TARGETS
+            model.add_lora(LoraOptions.from_spec({"target_modules": targets, **lora}, "model_options.lora"))
         return model
     if kind in ("sd3", "flux"):
         try:

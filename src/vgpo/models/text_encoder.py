@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from vgpo.errors import VgpoError
+from vgpo.models.layers import attend_mask
 from vgpo.models.protocol import Condition
 
 if TYPE_CHECKING:
@@ -39,12 +40,6 @@ def _transformer(cfg: TinyConfig) -> nn.TransformerEncoder:
     return nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
 
 
-def _attend(mask: torch.Tensor) -> torch.Tensor:
-    # The empty prompt (CFG's null condition) has no valid token; let it attend to padding rather than
-    # produce NaNs.
-    return mask | (~mask.any(dim=1, keepdim=True))
-
-
 class TextEncoder(nn.Module):
     """``mean``: learned positions at 0.02, masked-mean pooling."""
 
@@ -57,7 +52,7 @@ class TextEncoder(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> Condition:
         h = self.embed(ids) + self.pos[: ids.shape[1]]
-        h = self.norm(self.layers(h, src_key_padding_mask=~_attend(mask)))
+        h = self.norm(self.layers(h, src_key_padding_mask=~attend_mask(mask)))
         w = mask.float().unsqueeze(-1)
         pooled = (h * w).sum(1) / w.sum(1).clamp(min=1.0)
         return {"tokens": h, "mask": mask, "pooled": pooled}
@@ -90,7 +85,7 @@ class OrderedTextEncoder(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> Condition:
         h = self.embed(ids) + self.pos[: ids.shape[1]]
-        attend = _attend(mask)
+        attend = attend_mask(mask)
         h = self.norm(self.layers(h, src_key_padding_mask=~attend))
         query = self.query.expand(ids.shape[0], -1, -1)
         pooled, _ = self.pool(query, h, h, key_padding_mask=~attend, need_weights=False)

@@ -2,18 +2,19 @@
 
 Chosen by measurement: a pixel DiT with 4x4 patches drew blocky patch noise at this
 budget, a small U-Net (FiLM from time + pooled text, self- and cross-attention to the prompt tokens
-at the two coarse resolutions) drew clean shapes. ``TinyFlowModel`` wraps it in the FlowModel
-protocol; pretraining calls the network directly so that the text encoder is trained too, RL keeps
-the text encoder frozen (as SD3's) and updates either the whole U-Net (full fine-tuning, the frozen
-checkpoint as the reference policy) or a PEFT LoRA adapter on it (``lora`` option: the
-adapter-disabled network as the reference, as Flow-GRPO and our SD3/FLUX adapters do).
+at the two coarse resolutions) drew clean shapes. On an autoencoder's latents (``latent``) the
+``backbone`` option can instead select a small MM-DiT (``dit.py``, 1x1 patches, no patch noise to
+draw). ``TinyFlowModel`` wraps either in the FlowModel protocol; pretraining calls the network
+directly so that the text encoder is trained too, RL keeps the text encoder frozen (as SD3's) and
+updates either the whole network (full fine-tuning, the frozen checkpoint as the reference policy) or
+a PEFT LoRA adapter on it (``lora`` option: the adapter-disabled network as the reference, as
+Flow-GRPO and our SD3/FLUX adapters do).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vgpo.errors import VgpoError
+from vgpo.models import layers
 from vgpo.models.autoencoder import Autoencoder, load_autoencoder
+from vgpo.models.dit import TinyDiT
 from vgpo.models.lora import (
     LoraOptions,
     adapters_disabled,
@@ -39,6 +42,9 @@ from vgpo.models.tokenizer import PromptTokenizer
 from vgpo.perf import keep_freed_memory
 from vgpo.sampling.schedule import flow_schedule
 from vgpo.utils import atomic_save_safetensors, atomic_write_text, load_safetensors
+
+#: Values of ``TinyConfig.backbone``.
+TINY_BACKBONES: tuple[str, ...] = ("unet", "dit")
 
 
 @dataclass
@@ -64,6 +70,23 @@ class TinyConfig:
     # Cross-attention to the prompt also at full resolution (after the first and last ResBlocks; no
     # self-attention there, whose cost grows with the square of the pixel count). Another binding probe.
     full_res_cross_attention: bool = False
+    # The denoising network: "unet" (TinyUNet; the shipped bases) or "dit" (models/dit.py: SD3's joint-attention
+    # MM-DiT, every latent position attending to every prompt token in every block; meant for latents).
+    backbone: str = "unet"
+    dit_width: int = 256  # DiT token width
+    dit_depth: int = 6  # DiT joint blocks
+    dit_patch: int = 1  # DiT square patch side, in latent (or pixel) units
+
+    def __post_init__(self) -> None:
+        if self.backbone not in TINY_BACKBONES:
+            raise VgpoError(f"backbone: expected one of {', '.join(TINY_BACKBONES)}, got {self.backbone!r}")
+        if self.backbone == "dit":
+            if self.dit_width < 1 or self.dit_width % (2 * self.heads):
+                raise VgpoError(f"dit_width: expected a multiple of 2*heads={2 * self.heads}, got {self.dit_width}")
+            if self.dit_depth < 1 or self.dit_patch < 1:
+                raise VgpoError(f"dit_depth, dit_patch: expected >= 1, got {self.dit_depth}, {self.dit_patch}")
+            if self.full_res_cross_attention:
+                raise VgpoError("full_res_cross_attention: a U-Net option; the DiT reads the prompt in every block")
 
 
 #: LoRA targets on the tiny U-Net: the attention projections (Flow-GRPO's choice on SD3) plus the
@@ -89,14 +112,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
-def _timestep_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
-    # Sinusoidal embedding of t = 1000*sigma (SD3's timestep convention).
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
-    args = 1000.0 * sigma.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-
 class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, emb_dim: int):
         super().__init__()
@@ -114,14 +129,6 @@ class ResBlock(nn.Module):
         scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
         return self.skip(x) + self.conv2(F.silu(h))
-
-
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    # In float32 under bf16 autocast too: with 16-32 wide heads the fused CPU kernel's bf16 backward was
-    # half of a bf16 forward+backward and slower than its float32 one (docs/speed.md). The projections
-    # around it stay in bf16.
-    with torch.autocast(q.device.type, enabled=False):
-        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
 
 
 class AttnBlock(nn.Module):
@@ -157,12 +164,12 @@ class AttnBlock(nn.Module):
         if self.self_attention:
             h = self.norm1(x).flatten(2).transpose(1, 2)
             q, k, v = self.qkv(h).chunk(3, dim=-1)
-            a = _attention(self._split(q), self._split(k), self._split(v))
+            a = layers.attention(self._split(q), self._split(k), self._split(v))
             x = x + self.out1(self._merge(a)).transpose(1, 2).view(b, c, hh, ww)
         h = self.norm2(x).flatten(2).transpose(1, 2)
         k, v = self.kv(cond["tokens"]).chunk(2, dim=-1)
-        mask = cond["mask"] | (~cond["mask"].any(dim=1, keepdim=True))  # empty prompt: attend to padding
-        a = _attention(self._split(self.q(h)), self._split(k), self._split(v), mask[:, None, None, :])
+        mask = layers.attend_mask(cond["mask"])
+        a = layers.attention(self._split(self.q(h)), self._split(k), self._split(v), mask[:, None, None, :])
         return x + self.out2(self._merge(a)).transpose(1, 2).view(b, c, hh, ww)
 
 
@@ -202,7 +209,7 @@ class TinyUNet(nn.Module):
         return [p for p in self.parameters() if id(p) not in text]
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Condition) -> torch.Tensor:
-        emb = self.time_mlp(_timestep_embedding(sigma, 128))
+        emb = self.time_mlp(layers.timestep_embedding(sigma, 128))
         if self.text_proj is not None:
             emb = emb + self.text_proj(cond["pooled"])
         up = lambda t: F.interpolate(t, scale_factor=2.0, mode="nearest")  # noqa: E731
@@ -220,6 +227,15 @@ class TinyUNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+def build_network(cfg: TinyConfig, vocab_size: int, latent_shape: tuple[int, ...]) -> nn.Module:
+    """The backbone ``cfg.backbone`` names, for latents of ``latent_shape`` (C, H, W)."""
+    if cfg.backbone == "dit":
+        if latent_shape[1] % cfg.dit_patch or latent_shape[2] % cfg.dit_patch:
+            raise VgpoError(f"dit_patch: {cfg.dit_patch} does not divide the latent size {tuple(latent_shape[1:])}")
+        return TinyDiT(cfg, vocab_size, latent_shape[0], tuple(latent_shape[1:]))
+    return TinyUNet(cfg, vocab_size, latent_shape[0])
+
+
 class TinyFlowModel:
     """FlowModel protocol around ``TinyUNet``. Latents are pixels scaled to [-1, 1], or the scaled latents of
     the autoencoder ``cfg.latent`` names (decoded before every reward).
@@ -229,7 +245,7 @@ class TinyFlowModel:
     (frozen in RL, run once per batch) always runs in float32."""
 
     def __init__(
-        self, cfg: TinyConfig, net: TinyUNet | None = None, device: str | torch.device = "cpu", precision: str = "auto"
+        self, cfg: TinyConfig, net: nn.Module | None = None, device: str | torch.device = "cpu", precision: str = "auto"
     ):
         self.cfg = cfg
         self.lora_options: LoraOptions | None = None
@@ -243,8 +259,8 @@ class TinyFlowModel:
             load_autoencoder(cfg.latent, cfg.image_size, self.device) if cfg.latent else None
         )
         self.latent_shape = self.autoencoder.latent_shape if self.autoencoder else (3, *cfg.image_size)
-        self.net = (net or TinyUNet(cfg, self.tokenizer.vocab_size, self.latent_shape[0])).to(self.device)
-        self._reference_net: TinyUNet | None = None
+        self.net = (net or build_network(cfg, self.tokenizer.vocab_size, self.latent_shape)).to(self.device)
+        self._reference_net: nn.Module | None = None
         self._null: Condition | None = None
 
     # --- protocol -------------------------------------------------------------------------------
@@ -323,7 +339,8 @@ class TinyFlowModel:
     def fsdp_units(self) -> tuple[nn.Module, list[nn.Module], list[nn.Module]]:
         # The U-Net's children with weights are units; the frozen text encoder, which encode_prompts
         # calls on its own, stays whole.
-        blocks = [m for m in self.net.children() if m is not self.net.text and list(m.parameters())]
+        children = [m for m in self.net.children() if m is not self.net.text and list(m.parameters())]
+        blocks = [b for m in children for b in (m if isinstance(m, nn.ModuleList) else [m])]  # the DiT's blocks
         return self.net, blocks, [self.net.text]
 
     def num_parameters(self) -> int:
