@@ -1,5 +1,5 @@
 """Samples per second of a training epoch, rollout + reward + update, in pixel space and in an autoencoder's
-latent space, at the same U-Net widths and at wider ones.
+latent space, at the same U-Net widths, at wider ones, and with the MM-DiT backbone.
 
     python benchmarks/latent_speed.py --ae runs/ae-shapes [--epochs 3] [--threads 2] [--out runs/speed-latent]
 
@@ -24,10 +24,11 @@ from vgpo.models.tiny import TinyConfig, TinyFlowModel
 from vgpo.rewards import build as build_reward
 from vgpo.worlds import get_world
 
-MODELS = [  # (U-Net widths, in the autoencoder's latent space?, note)
-    ((32, 64, 128), False, " (the shipped base's)"),
-    ((32, 64, 128), True, ""),
-    ((64, 128, 256), True, ""),
+MODELS = [  # (U-Net widths, in the autoencoder's latent space?, note, other TinyConfig fields)
+    ((32, 64, 128), False, " (the shipped base's)", {}),
+    ((32, 64, 128), True, "", {}),
+    ((64, 128, 256), True, "", {}),
+    ((32, 64, 128), True, "", {"backbone": "dit", "dit_width": 128, "dit_depth": 6}),
 ]
 TRAIN_PHASES = ("rollout", "reward", "advantage", "update")
 
@@ -46,7 +47,7 @@ def main() -> None:
     world, out = get_world("shapes"), Path(args.out)
     train_prompts = world.load_prompts(world.train_file)
     rows = {}
-    for i, (channels, latent, note) in enumerate(MODELS):
+    for i, (channels, latent, note, extra) in enumerate(MODELS):
         torch.manual_seed(0)
         cfg = TinyConfig(
             vocab=world.vocabulary(),
@@ -54,10 +55,13 @@ def main() -> None:
             channels=channels,
             text_encoder="ordered",
             latent=args.ae if latent else "",
+            **extra,
         )
         model = TinyFlowModel(cfg)
         c, h, w = model.latent_shape
-        name = f"{'latent' if latent else 'pixel'} {h}x{w}x{c}, widths {'/'.join(map(str, channels))}{note}"
+        net = f"DiT {cfg.dit_width} wide, {cfg.dit_depth} blocks" if cfg.backbone == "dit" else None
+        net = net or f"widths {'/'.join(map(str, channels))}"
+        name = f"{'latent' if latent else 'pixel'} {h}x{w}x{c}, {net}{note}"
         model.save(out / f"model-{i}")
         v = build(
             f"run-{i}",

@@ -106,7 +106,8 @@ def _shape_features(
     bottom, right = np.minimum(y1 + 1, h), np.minimum(x1 + 1, w)
     # Every window is (H, W), the most a grown box can span, so a component's sums never depend on the
     # other components measured with it (the batch, the chunk).
-    rows = top[:, None] + np.arange(h)[None]  # (n, H)
+    row_index = np.arange(h)[None]  # (1, H)
+    rows = top[:, None] + row_index  # (n, H)
     cols = left[:, None] + np.arange(w)[None]
     inside = (rows < bottom[:, None])[:, :, None] & (cols < right[:, None])[:, None, :]
     p, r, c = plane[:, None, None], np.minimum(rows, h - 1)[:, :, None], np.minimum(cols, w - 1)[:, None, :]
@@ -114,7 +115,7 @@ def _shape_features(
     cover = np.where(counted, alpha[p, r, c], 0.0)
     profile = cover.sum(2)  # (n, H): the row sums
     area = np.maximum(profile.sum(1), 1e-12)
-    offset = np.arange(h)[None] - (profile * np.arange(h)[None]).sum(1, keepdims=True) / area[:, None]
+    offset = row_index - (profile * row_index).sum(1, keepdims=True) / area[:, None]
     variance = (profile * offset**2).sum(1) / area
     skew = (profile * offset**3).sum(1) / area / np.maximum(variance, 1e-12) ** 1.5
     return skew, area / np.maximum(profile.max(1) * cover.sum(1).max(1), 1e-12)
