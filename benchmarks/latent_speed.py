@@ -59,8 +59,8 @@ def main() -> None:
         )
         model = TinyFlowModel(cfg)
         c, h, w = model.latent_shape
-        net = f"DiT {cfg.dit_width} wide, {cfg.dit_depth} blocks" if cfg.backbone == "dit" else None
-        net = net or f"widths {'/'.join(map(str, channels))}"
+        dit = cfg.backbone == "dit"
+        net = f"DiT {cfg.dit_width} wide, {cfg.dit_depth} blocks" if dit else f"widths {'/'.join(map(str, channels))}"
         name = f"{'latent' if latent else 'pixel'} {h}x{w}x{c}, {net}{note}"
         model.save(out / f"model-{i}")
         v = build(

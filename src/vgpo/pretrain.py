@@ -84,13 +84,13 @@ class PretrainConfig:
     backbone: str = doc("unet", "denoising network: unet (the shipped bases) or dit (SD3's joint-attention MM-DiT)")
     dit_width: int = doc(256, "DiT token width (backbone dit)")
     dit_depth: int = doc(6, "DiT joint blocks (backbone dit)")
-    dit_patch: int = doc(1, "DiT square patch side in latent units (backbone dit)")
+    dit_patch: int = doc(1, "DiT square patch side, in latent (or pixel) units (backbone dit)")
     seed: int = doc(0, "seed of initialisation and of every batch")
     save_every: int = doc(100, "steps between checkpoints")
     grad_clip: float = doc(1.0, "gradient-norm clip")
     threads: int = doc(0, "torch CPU threads (0: torch's default)")
     precision: str = doc(
-        "fp32", "U-Net forward/backward: fp32 (the shipped bases), bf16 (autocast; weights, loss, EMA float32), auto"
+        "fp32", "network forward/backward: fp32 (the shipped bases), bf16 (autocast; weights, loss, EMA float32), auto"
     )
 
     def __post_init__(self) -> None:

@@ -2,17 +2,20 @@
 
 Why: the U-Net reads the prompt by cross-attention at its two coarse resolutions only (4x4 and 2x2 on an
 8x8 latent), and no U-Net we pretrained binds attributes to objects (docs/learning-study.md, sections 9
-and 14). SD3's MM-DiT lets every latent position and every prompt token attend to each other in every
-block, at the latent's full resolution, with separate weights for the two streams. On an 8x8x4 latent with
+and 14). SD3's MM-DiT lets latent positions and prompt tokens attend to each other in every block (the
+last one: latent positions to both), at the latent's full resolution, with separate weights for the two
+streams. On an 8x8x4 latent with
 1x1 patches that is 64 image tokens, cheap enough for the CPU.
 
 What follows SD3 (Esser et al. 2024, sections 4-5): per-stream adaLN-Zero modulation (shift, scale, gate
 for attention and MLP) from time + pooled-prompt embedding; joint attention over [prompt; image] tokens;
-RMS-normalised queries and keys (SD3.5's QK-norm); the last block updates only the image stream (the
-prompt stream's output would be unused, so there it gives keys and values only); a final adaLN, then a
-zero-initialised projection, so the network starts at v = 0 and every block as the identity. What is
-ours: fixed 2-D sin-cos positions (DiT's), the tiny text encoder's tokens as the prompt stream, its pooled
-vector in the modulation when ``film_text`` (SD3's pooled CLIP), padding masked out of the keys.
+RMS-normalised queries and keys (SD3.5's QK-norm); fixed 2-D sin-cos positions; the last block updates
+only the image stream (the prompt stream's output would be unused, so there it gives keys and values
+only); a final adaLN, then a zero-initialised projection, so the network starts at v = 0 and every block
+as the identity. What is ours: the tiny text encoder's tokens as the prompt stream and its pooled vector in
+the modulation when ``film_text`` (SD3's pooled CLIP); padded prompt tokens masked out of the keys, except
+for the empty prompt (CFG's null condition), which attends to its padding as the U-Net's cross-attention
+does (``layers.attend_mask``), so both backbones read the null condition alike.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ DIT_LORA_TARGETS: tuple[str, ...] = ("qkv", "kv", "out", "mlp_in", "mlp_out", "a
 
 
 def grid_positions(height: int, width: int, dim: int) -> torch.Tensor:
-    """(height*width, dim) fixed 2-D positions: half the channels code the row, half the column."""
+    """(height*width, dim) fixed 2-D positions: half the channels code the row, half the column. Each half
+    has the norm of a word embedding of its width (``sinusoidal_positions``); the 1/sqrt(2) gives the whole
+    code norm sqrt(dim / 2), that of one half's, so a position weighs the same whatever the grid's aspect."""
     rows = sinusoidal_positions(height, dim // 2)[:, None].expand(height, width, dim // 2)
     cols = sinusoidal_positions(width, dim // 2)[None].expand(height, width, dim // 2)
     return torch.cat([rows, cols], dim=-1).reshape(height * width, dim) / 2.0**0.5
@@ -63,7 +68,7 @@ class _Stream(nn.Module):
             self.mlp_in = nn.Linear(width, 4 * width)
             self.mlp_out = nn.Linear(4 * width, width)
 
-    def qkv_heads(self, x: torch.Tensor, mod: list[torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
+    def qkv_heads(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor | None, ...]:
         """(queries or None when this stream is not updated, keys, values), each (B, heads, N, width/heads)."""
         b, n, c = x.shape
         h = self.norm1(x) * (1 + mod[1][:, None]) + mod[0][:, None]
@@ -71,7 +76,8 @@ class _Stream(nn.Module):
         q, k, v = (t if t is None else t.view(b, n, self.heads, c // self.heads).transpose(1, 2) for t in parts)
         return (None if q is None else self.q_norm(q)), self.k_norm(k), v
 
-    def finish(self, x: torch.Tensor, attended: torch.Tensor, mod: list[torch.Tensor]) -> torch.Tensor:
+    def finish(self, x: torch.Tensor, attended: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The gated residual updates: this stream's attention output, then its MLP."""
         b, _, n, _ = attended.shape
         x = x + mod[2][:, None] * self.out(attended.transpose(1, 2).reshape(b, n, -1))
         h = self.norm2(x) * (1 + mod[4][:, None]) + mod[3][:, None]
@@ -90,7 +96,8 @@ class JointBlock(nn.Module):
         self, img: torch.Tensor, txt: torch.Tensor, emb: torch.Tensor, key_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         e = F.silu(emb)
-        mod_i, mod_t = self.image.ada(e).chunk(6, dim=-1), self.prompt.ada(e).chunk(6 if self.prompt.update else 2, -1)
+        mod_i = self.image.ada(e).chunk(6, dim=-1)
+        mod_t = self.prompt.ada(e).chunk(6 if self.prompt.update else 2, dim=-1)
         qi, ki, vi = self.image.qkv_heads(img, mod_i)
         qt, kt, vt = self.prompt.qkv_heads(txt, mod_t)
         n_txt = txt.shape[1] if self.prompt.update else 0  # the last block asks with image queries only

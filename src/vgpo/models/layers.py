@@ -17,10 +17,10 @@ def timestep_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Scaled dot-product attention, in float32 under bf16 autocast too: with 16-64 wide heads the fused CPU
-    kernel's bf16 backward was half of a bf16 forward+backward and slower than its float32 one
-    (docs/speed.md). The projections around it stay in bf16. Callers reach it as ``layers.attention`` so a
-    benchmark can swap it (``benchmarks/network_speed.py``)."""
+    """Scaled dot-product attention, in float32 under bf16 autocast too: with 16-32 wide heads (the U-Net's;
+    the DiT's were not measured) the fused CPU kernel's bf16 backward was half of a bf16 forward+backward and
+    slower than its float32 one (docs/speed.md). The projections around it stay in bf16. Callers reach it as
+    ``layers.attention`` so a benchmark can swap it (``benchmarks/network_speed.py``)."""
     with torch.autocast(q.device.type, enabled=False):
         return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
 

@@ -81,8 +81,9 @@ class TinyConfig:
         if self.backbone not in TINY_BACKBONES:
             raise VgpoError(f"backbone: expected one of {', '.join(TINY_BACKBONES)}, got {self.backbone!r}")
         if self.backbone == "dit":
-            if self.dit_width < 1 or self.dit_width % (2 * self.heads):
-                raise VgpoError(f"dit_width: expected a multiple of 2*heads={2 * self.heads}, got {self.dit_width}")
+            # Split evenly across the heads, and in two halves for the rows' and columns' positions.
+            if self.dit_width < 2 or self.dit_width % self.heads or self.dit_width % 2:
+                raise VgpoError(f"dit_width: expected an even multiple of heads={self.heads}, got {self.dit_width}")
             if self.dit_depth < 1 or self.dit_patch < 1:
                 raise VgpoError(f"dit_depth, dit_patch: expected >= 1, got {self.dit_depth}, {self.dit_patch}")
             if self.full_res_cross_attention:
@@ -237,8 +238,8 @@ def build_network(cfg: TinyConfig, vocab_size: int, latent_shape: tuple[int, ...
 
 
 class TinyFlowModel:
-    """FlowModel protocol around ``TinyUNet``. Latents are pixels scaled to [-1, 1], or the scaled latents of
-    the autoencoder ``cfg.latent`` names (decoded before every reward).
+    """FlowModel protocol around ``TinyUNet`` or ``TinyDiT``. Latents are pixels scaled to [-1, 1], or the
+    scaled latents of the autoencoder ``cfg.latent`` names (decoded before every reward).
 
     ``precision`` (``TINY_PRECISIONS``) sets how ``velocity`` runs the network; velocities come back in
     the latents' dtype (float32), so step maths, log-probs and losses stay float32. The text encoder
@@ -337,8 +338,8 @@ class TinyFlowModel:
             self.net.load_state_dict(state)
 
     def fsdp_units(self) -> tuple[nn.Module, list[nn.Module], list[nn.Module]]:
-        # The U-Net's children with weights are units; the frozen text encoder, which encode_prompts
-        # calls on its own, stays whole.
+        # The network's children with weights are units (each of the DiT's joint blocks one); the frozen text
+        # encoder, which encode_prompts calls on its own, stays whole.
         children = [m for m in self.net.children() if m is not self.net.text and list(m.parameters())]
         blocks = [b for m in children for b in (m if isinstance(m, nn.ModuleList) else [m])]  # the DiT's blocks
         return self.net, blocks, [self.net.text]
