@@ -4,8 +4,7 @@ Why: the U-Net reads the prompt by cross-attention at its two coarse resolutions
 8x8 latent), and no U-Net we pretrained binds attributes to objects (docs/learning-study.md, sections 9
 and 14). SD3's MM-DiT lets latent positions and prompt tokens attend to each other in every block (the
 last one: latent positions to both), at the latent's full resolution, with separate weights for the two
-streams. On an 8x8x4 latent with
-1x1 patches that is 64 image tokens, cheap enough for the CPU.
+streams. On an 8x8x4 latent with 1x1 patches that is 64 image tokens, cheap enough for the CPU.
 
 What follows SD3 (Esser et al. 2024, sections 4-5): per-stream adaLN-Zero modulation (shift, scale, gate
 for attention and MLP) from time + pooled-prompt embedding; joint attention over [prompt; image] tokens;
@@ -135,11 +134,6 @@ class TinyDiT(nn.Module):
         for layer in (self.ada_out, self.patch_out):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
-
-    def unet_parameters(self) -> list[nn.Parameter]:
-        """Everything but the text encoder: what RL fine-tunes (named as ``TinyUNet``'s)."""
-        text = {id(p) for p in self.text.parameters()}
-        return [p for p in self.parameters() if id(p) not in text]
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Condition) -> torch.Tensor:
         b, c, hh, ww = x.shape

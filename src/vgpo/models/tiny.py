@@ -204,11 +204,6 @@ class TinyUNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def unet_parameters(self) -> list[nn.Parameter]:
-        """Everything but the text encoder: what RL fine-tunes."""
-        text = {id(p) for p in self.text.parameters()}
-        return [p for p in self.parameters() if id(p) not in text]
-
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Condition) -> torch.Tensor:
         emb = self.time_mlp(layers.timestep_embedding(sigma, 128))
         if self.text_proj is not None:
@@ -305,7 +300,10 @@ class TinyFlowModel:
         self._reference_net = None
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return lora_parameters(self.net) if self.lora_options else self.net.unet_parameters()
+        if self.lora_options:
+            return lora_parameters(self.net)
+        text = {id(p) for p in self.net.text.parameters()}  # everything but the frozen text encoder
+        return [p for p in self.net.parameters() if id(p) not in text]
 
     def snapshot_reference(self) -> None:
         """Freeze a copy of the current weights as the reference policy (full fine-tuning's KL anchor).
