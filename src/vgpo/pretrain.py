@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from vgpo.config import check_fields, doc, same_as_written, to_dict
 from vgpo.errors import VgpoError
+from vgpo.models.text_encoder import ContextHead
 from vgpo.models.tiny import TINY_PRECISIONS, TinyConfig, TinyFlowModel
 from vgpo.train.guards import check_step
 from vgpo.utils import append_line, atomic_torch_save, atomic_write_text, derive_seed, load_torch
@@ -40,6 +41,8 @@ if TYPE_CHECKING:  # (pretrain_ae imports this module)
 
 #: What resume files written before the prompts/caption_noise options were trained on.
 _OLD_DATA = {"prompts": "train", "caption_noise": {}}
+#: The objective of resume files written before the text-context loss existed.
+_OLD_OBJECTIVE = {"text_context_loss": 0.0, "text_context_window": 0}
 
 
 @dataclass
@@ -85,6 +88,12 @@ class PretrainConfig:
     dit_width: int = doc(256, "DiT token width (backbone dit)")
     dit_depth: int = doc(6, "DiT joint blocks (backbone dit)")
     dit_patch: int = doc(1, "DiT square patch side, in latent (or pixel) units (backbone dit)")
+    text_context_loss: float = doc(
+        0.0,
+        "weight of an auxiliary loss by which each prompt token predicts the words around it (ContextHead: "
+        "text only, so nouns carry their own attributes); 0: flow loss only (the shipped bases)",
+    )
+    text_context_window: int = doc(3, "offsets each side that the text-context loss predicts")
     seed: int = doc(0, "seed of initialisation and of every batch")
     save_every: int = doc(100, "steps between checkpoints")
     grad_clip: float = doc(1.0, "gradient-norm clip")
@@ -106,6 +115,10 @@ class PretrainConfig:
             raise VgpoError(f"ema_decay: expected in [0, 1), got {self.ema_decay}")
         if self.lr <= 0:
             raise VgpoError(f"lr: expected > 0, got {self.lr}")
+        if self.text_context_loss < 0:
+            raise VgpoError(f"text_context_loss: expected >= 0, got {self.text_context_loss}")
+        if self.text_context_window < 1:
+            raise VgpoError(f"text_context_window: expected >= 1, got {self.text_context_window}")
         if self.precision not in TINY_PRECISIONS:
             raise VgpoError(f"precision: expected one of {', '.join(TINY_PRECISIONS)}, got {self.precision!r}")
         if len(self.channels) != 3:
@@ -190,7 +203,16 @@ def pretrain(cfg: PretrainConfig) -> Path:
     model = TinyFlowModel(arch, precision=cfg.precision)
     net = model.net
     ema = copy.deepcopy(net).requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    objective = {
+        "text_context_loss": cfg.text_context_loss,
+        "text_context_window": cfg.text_context_window if cfg.text_context_loss else 0,
+    }
+    head = None
+    if cfg.text_context_loss:
+        head_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "context_head"))
+        head = ContextHead(arch.text_dim, model.tokenizer.vocab_size, cfg.text_context_window, head_gen)
+    params = [*net.parameters(), *(head.parameters() if head is not None else [])]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, cfg))
     start, wall_before, invocations = 0, 0.0, 1
     resume_path = out / "resume.pt"
@@ -204,8 +226,18 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 f"{resume_path}: written for prompts={written['prompts']!r}, caption_noise="
                 f"{written['caption_noise']!r}, not {cfg.prompts!r}, {cfg.caption_noise!r}; use a new --out"
             )
+        written_objective = {**_OLD_OBJECTIVE, **state.get("objective", {})}
+        if written_objective != objective:
+            was, now = written_objective, objective
+            raise VgpoError(
+                f"{resume_path}: written with text_context_loss={was['text_context_loss']}, text_context_window="
+                f"{was['text_context_window']}, not {now['text_context_loss']}, {now['text_context_window']}; "
+                "use a new --out"
+            )
         net.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
+        if head is not None:
+            head.load_state_dict(state["context_head"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start = state["step"]
@@ -224,25 +256,29 @@ def pretrain(cfg: PretrainConfig) -> Path:
         xt = (1 - tb) * x0 + tb * noise
         ids, mask = model.tokenize(texts)
         with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=model.precision == "bf16"):
-            pred = net(xt, t, net.text(ids, mask)).float()
-        loss = F.mse_loss(pred, noise - x0)
+            cond = net.text(ids, mask)
+            pred = net(xt, t, cond).float()
+        flow = F.mse_loss(pred, noise - x0)
+        losses = {"flow": flow.item()}
+        loss = flow
+        if head is not None:
+            context = head.loss(cond["tokens"], ids, mask)
+            losses["context"] = context.item()
+            loss = flow + cfg.text_context_loss * context
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        check_step(f"step {step + 1}", float(grad_norm), {"flow": loss.item()})  # no NaN reaches the weights
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        check_step(f"step {step + 1}", float(grad_norm), losses)  # no NaN reaches the weights
         opt.step()
         sched.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(p, 1 - decay)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        append_line(
-            log_path,
-            json.dumps(
-                {"step": step + 1, "loss": loss.item(), "grad_norm": float(grad_norm), "lr": sched.get_last_lr()[0]}
-            ),
-        )
+        bar.set_postfix(loss=f"{flow.item():.4f}")
+        extra = {"context_loss": losses["context"]} if head is not None else {}
+        row = {"step": step + 1, "loss": flow.item(), **extra, "grad_norm": float(grad_norm)}
+        append_line(log_path, json.dumps({**row, "lr": sched.get_last_lr()[0]}))
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             wall_s = round(wall_before + time.time() - started, 1)
             saved = TinyFlowModel(arch, net=ema)
@@ -251,7 +287,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 {
                     "arch": to_dict(arch),
                     "data": data,
+                    "objective": objective,
                     "net": net.state_dict(),
+                    **({"context_head": head.state_dict()} if head is not None else {}),
                     "ema": ema.state_dict(),
                     "opt": opt.state_dict(),
                     "sched": sched.state_dict(),

@@ -100,3 +100,53 @@ def build_text_encoder(vocab_size: int, cfg: TinyConfig) -> nn.Module:
     raise VgpoError(
         f"text_encoder: unknown text encoder '{cfg.text_encoder}'; expected one of: {', '.join(TEXT_ENCODERS)}"
     )
+
+
+class ContextHead(nn.Module):
+    """Pretraining's auxiliary head: from each token's feature, the words at offsets -window..-1 and
+    1..window around it (ELMo/skip-gram-style context prediction, one classifier per offset; padding,
+    id 0, where the offset falls outside the prompt).
+
+    Why: trained by the flow loss alone, the encoder's noun tokens stay close to a bag of the sentence's
+    words. A linear probe on the shipped web base reads a noun token's own colour at 0.32 and the other
+    object's at 0.42 (docs/learning-study.md, section 18), so cross-attention cannot fetch "the colour of
+    the circle". Predicting its neighbours by offset makes each token carry its own context: "circle" in
+    "a red circle" must say "red" at -1. Text only: the head sees no image and no prompt metadata. It is
+    not part of the model (RL and sampling never run it); ``vgpo pretrain`` keeps it in ``resume.pt``.
+    """
+
+    def __init__(self, text_dim: int, vocab_size: int, window: int, generator: torch.Generator | None = None):
+        super().__init__()
+        if window < 1:
+            raise VgpoError(f"text_context_window: expected >= 1, got {window}")
+        self.window, self.vocab_size = window, vocab_size
+        self.proj = nn.Linear(text_dim, 2 * window * vocab_size)
+        with torch.no_grad():  # its own generator: adding the head leaves the model's initialisation as it was
+            bound = 1.0 / math.sqrt(text_dim)
+            self.proj.weight.copy_(torch.empty_like(self.proj.weight).uniform_(-bound, bound, generator=generator))
+            self.proj.bias.zero_()
+
+    def offsets(self) -> list[int]:
+        return [o for o in range(-self.window, self.window + 1) if o]
+
+    def targets(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L, 2*window) the word id at each offset of each position; 0 (padding) outside the prompt."""
+        length = ids.shape[1]
+        cols = []
+        for o in self.offsets():
+            shifted = torch.zeros_like(ids)
+            if o < 0:
+                shifted[:, -o:] = ids[:, : length + o]
+            else:
+                shifted[:, : length - o] = ids[:, o:]
+            cols.append(shifted)
+        return torch.stack(cols, dim=-1)
+
+    def loss(self, tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the prompts' real tokens (padding positions and empty prompts add
+        nothing; 0 when the batch has no real token). Float32."""
+        if not bool(mask.any()):
+            return tokens.float().sum() * 0.0
+        b, length, _ = tokens.shape
+        logits = self.proj(tokens.float()).view(b, length, 2 * self.window, self.vocab_size)
+        return nn.functional.cross_entropy(logits[mask].flatten(0, 1), self.targets(ids)[mask].flatten())
