@@ -47,7 +47,7 @@ def test_loss_ignores_padding_and_empty_prompts():
         ContextHead(text_dim=4, vocab_size=10, window=0)
 
 
-def _own_colour_probe(model: TinyFlowModel) -> tuple[float, float]:
+def own_colour_probe(model: TinyFlowModel) -> tuple[float, float]:
     """Ridge probe accuracy (5 folds, held out by scene) of a noun token's own colour, and of the other
     object's colour, on the color_attr prompts."""
     feats, own, other, fold = [], [], [], []
@@ -91,7 +91,7 @@ def test_context_loss_makes_a_noun_token_carry_its_own_colour():
         vocab=world.vocabulary(), image_size=tuple(world.image_size), text_encoder="ordered", world="shapes"
     )
     model = TinyFlowModel(cfg)
-    own_before, _ = _own_colour_probe(model)
+    own_before, _ = own_colour_probe(model)
     encoder = model.net.text
     head = ContextHead(cfg.text_dim, model.tokenizer.vocab_size, window=3, generator=torch.Generator().manual_seed(0))
     opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=1e-3)
@@ -104,7 +104,7 @@ def test_context_loss_makes_a_noun_token_carry_its_own_colour():
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    own_after, _ = _own_colour_probe(model)
+    own_after, _ = own_colour_probe(model)
     assert losses[-1] < 0.25 * losses[0]
     assert own_before < 0.6 and own_after > 0.95, (own_before, own_after)
 
@@ -149,3 +149,11 @@ def test_context_loss_changes_nothing_at_weight_zero_nor_the_first_flow_loss(cap
     capsys.readouterr()
     first = [json.loads((tmp_path / run / "log.jsonl").read_text().splitlines()[0])["loss"] for run in "cd"]
     assert first[0] == first[1]
+
+
+if __name__ == "__main__":  # the probe figures of docs/learning-study.md: python tests/test_text_context.py CKPT...
+    import sys
+
+    for path in sys.argv[1:]:
+        own, other = own_colour_probe(TinyFlowModel.load(path))
+        print(f"{path}: noun token -> its own colour {own:.3f}, the other object's colour {other:.3f} (chance 0.167)")
