@@ -108,8 +108,8 @@ class ContextHead(nn.Module):
     id 0, where the offset falls outside the prompt).
 
     Why: trained by the flow loss alone, the encoder's noun tokens stay close to a bag of the sentence's
-    words. A linear probe on the shipped web base reads a noun token's own colour at 0.32 and the other
-    object's at 0.42 (docs/learning-study.md, section 18), so cross-attention cannot fetch "the colour of
+    words. A linear probe on the shipped web base reads a noun token's own colour at 0.30 and the other
+    object's at 0.31 (docs/learning-study.md, section 18), so cross-attention cannot fetch "the colour of
     the circle". Predicting its neighbours by offset makes each token carry its own context: "circle" in
     "a red circle" must say "red" at -1. Text only: the head sees no image and no prompt metadata. It is
     not part of the model (RL and sampling never run it); ``vgpo pretrain`` keeps it in ``resume.pt``.
