@@ -37,9 +37,13 @@ def load_runs(folder: Path) -> dict[int, dict]:
     return {row["seed"]: row["run"] for row in rows if row.get("run")}
 
 
-def _tags(result: dict) -> list[str]:
-    headline = result["headline"]
-    return [k.removesuffix("/strict") for k in result["final"] if k.endswith("/strict") and k != headline]
+def _tags(a: dict, b: dict) -> list[str]:
+    """The per-tag strict scores both results report, besides the headline (none on text)."""
+    return [
+        k.removesuffix("/strict")
+        for k in a["final"]
+        if k.endswith("/strict") and k != a["headline"] and k in b["final"]
+    ]
 
 
 def pair(a: dict[int, dict], b: dict[int, dict]) -> list[dict]:
@@ -64,7 +68,7 @@ def pair(a: dict[int, dict], b: dict[int, dict]) -> list[dict]:
 
 def table(pairs: list[dict], names: tuple[str, str]) -> str:
     na, nb = names
-    tags = _tags(pairs[0]["a"])
+    tags = _tags(pairs[0]["a"], pairs[0]["b"])
     monitor = EXTRA in pairs[0]["a"]["final"] and EXTRA in pairs[0]["b"]["final"]
     cells = ["seed", "base", f"{na} after (gain)", f"{nb} after (gain)", f"{na} - {nb} (in SE of the difference)"]
     cells += [f"{t} {na} / {nb}" for t in tags]
