@@ -33,8 +33,13 @@ def load_runs(folder: Path) -> dict[int, dict]:
     path = folder / "demo_seeds.json"
     if not path.is_file():
         raise PairingError(f"{path}: not found (expected a `benchmarks/demo_seeds.py --out` folder)")
-    rows = json.loads(path.read_text())["rows"]
-    return {row["seed"]: row["run"] for row in rows if row.get("run")}
+    runs: dict[int, dict] = {}
+    for row in json.loads(path.read_text())["rows"]:
+        if row.get("run"):
+            if row["seed"] in runs:
+                raise PairingError(f"{path}: seed {row['seed']} appears twice")
+            runs[row["seed"]] = row["run"]
+    return runs
 
 
 def _tags(a: dict, b: dict) -> list[str]:
@@ -68,8 +73,13 @@ def pair(a: dict[int, dict], b: dict[int, dict]) -> list[dict]:
 
 def table(pairs: list[dict], names: tuple[str, str]) -> str:
     na, nb = names
-    tags = _tags(pairs[0]["a"], pairs[0]["b"])
-    monitor = EXTRA in pairs[0]["a"]["final"] and EXTRA in pairs[0]["b"]["final"]
+    # Columns every seed of both recipes reports (a run from before a metric existed lacks it).
+    tags = [
+        t
+        for t in _tags(pairs[0]["a"], pairs[0]["b"])
+        if all(t + "/strict" in p[k]["final"] for p in pairs for k in "ab")
+    ]
+    monitor = all(EXTRA in p[k]["final"] and EXTRA in p[k]["monitor"] for p in pairs for k in "ab")
     cells = ["seed", "base", f"{na} after (gain)", f"{nb} after (gain)", f"{na} - {nb} (in SE of the difference)"]
     cells += [f"{t} {na} / {nb}" for t in tags]
     if monitor:
@@ -82,7 +92,7 @@ def table(pairs: list[dict], names: tuple[str, str]) -> str:
             f"{a['base']:.3f}",
             f"{a['after']:.3f} ({a['after'] - a['base']:+.3f})",
             f"{b['after']:.3f} ({b['after'] - b['base']:+.3f})",
-            f"{p['diff']:+.3f} ({p['diff'] / p['diff_se']:+.1f} SE)",
+            f"{p['diff']:+.3f} ({p['diff'] / p['diff_se']:+.1f} SE)" if p["diff_se"] > 0 else f"{p['diff']:+.3f}",
         ]
         row += [f"{a['final'][t + '/strict']:.2f} / {b['final'][t + '/strict']:.2f}" for t in tags]
         if monitor:
