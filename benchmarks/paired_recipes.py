@@ -11,7 +11,8 @@ Per seed: each recipe's score after RL and gain over the base, A - B in units of
 (the two SEs combined as if the evaluations were independent: they share their noise and prompts, so the
 true SE of the difference is smaller and this figure is conservative), and, where the world reports them,
 each tag's strict score after RL and the hacking monitor (extra objects). The last line is the mean over
-seeds, with the SE of the mean difference taken from the seeds' spread (sd / sqrt(n); none for one seed).
+seeds, with the SE of the mean difference taken from the seeds' spread (sd / sqrt(n); none for one seed),
+then Student's paired t-test of that mean against 0 (two seeds or more).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import json
 import math
 import statistics
 from pathlib import Path
+
+import scipy.stats
 
 EXTRA = "monitor/extra_objects"
 
@@ -42,12 +45,14 @@ def load_runs(folder: Path) -> dict[int, dict]:
     return runs
 
 
-def _tags(a: dict, b: dict) -> list[str]:
-    """The per-tag strict scores both results report, besides the headline (none on text)."""
+def _tags(pairs: list[dict]) -> list[str]:
+    """The per-tag strict scores every seed of both recipes reports, besides the headline (none on text;
+    a run from before a metric existed lacks it)."""
+    first = pairs[0]["a"]
     return [
         k.removesuffix("/strict")
-        for k in a["final"]
-        if k.endswith("/strict") and k != a["headline"] and k in b["final"]
+        for k in first["final"]
+        if k.endswith("/strict") and k != first["headline"] and all(k in p[r]["final"] for p in pairs for r in "ab")
     ]
 
 
@@ -73,12 +78,7 @@ def pair(a: dict[int, dict], b: dict[int, dict]) -> list[dict]:
 
 def table(pairs: list[dict], names: tuple[str, str]) -> str:
     na, nb = names
-    # Columns every seed of both recipes reports (a run from before a metric existed lacks it).
-    tags = [
-        t
-        for t in _tags(pairs[0]["a"], pairs[0]["b"])
-        if all(t + "/strict" in p[k]["final"] for p in pairs for k in "ab")
-    ]
+    tags = _tags(pairs)
     monitor = all(EXTRA in p[k]["final"] and EXTRA in p[k]["monitor"] for p in pairs for k in "ab")
     cells = ["seed", "base", f"{na} after (gain)", f"{nb} after (gain)", f"{na} - {nb} (in SE of the difference)"]
     cells += [f"{t} {na} / {nb}" for t in tags]
@@ -112,7 +112,20 @@ def table(pairs: list[dict], names: tuple[str, str]) -> str:
     if monitor:
         row.append("")
     lines.append("| " + " | ".join(row) + " |")
+    test = paired_t(diffs)
+    if test is not None:
+        t, p = test
+        lines += ["", f"Paired t over {len(diffs)} seeds: t = {t:+.2f} (df {len(diffs) - 1}), p = {p:.3f} two-sided."]
     return "\n".join(lines)
+
+
+def paired_t(diffs: list[float]) -> tuple[float, float] | None:
+    """Student's paired t-test of the mean difference against 0: (t, two-sided p); None below two seeds
+    or when every seed differs by the same amount (no spread, no test)."""
+    if len(diffs) < 2 or statistics.stdev(diffs) == 0:
+        return None
+    t = statistics.fmean(diffs) / (statistics.stdev(diffs) / math.sqrt(len(diffs)))
+    return t, float(2 * scipy.stats.t.sf(abs(t), len(diffs) - 1))
 
 
 def main() -> None:

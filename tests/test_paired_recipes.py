@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -61,7 +62,18 @@ def test_difference_in_se_mean_over_seeds_and_tags(tmp_path):
     assert "0.50 / 0.40" in lines[2] and "0.30 -> 0.20 / 0.25" in lines[2]
     # mean difference 0.05, its SE from the two seeds' spread: sd(0.04, 0.06) / sqrt(2) = 0.01
     assert "+0.050 ± 0.010 (SE over seeds)" in lines[4] and "(+0.070)" in lines[4] and "(+0.020)" in lines[4]
-    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    assert all(line.count("|") == lines[0].count("|") for line in lines[:5])
+    # t = 0.05 / 0.01 = 5 on 1 df (a Cauchy): two-sided p = 1 - (2/pi) atan(5) = 0.126
+    assert lines[6] == "Paired t over 2 seeds: t = +5.00 (df 1), p = 0.126 two-sided."
+
+
+def test_paired_t_matches_the_closed_form():
+    # On 2 df Student's t has the closed form P(|T| > t) = 1 - t / sqrt(t^2 + 2); diffs 1, 2, 3 give t = 2 sqrt(3).
+    t, p = paired_recipes.paired_t([1.0, 2.0, 3.0])
+    assert t == pytest.approx(2 * math.sqrt(3))
+    assert p == pytest.approx(1 - t / math.sqrt(t * t + 2), rel=1e-9)
+    assert paired_recipes.paired_t([-1.0, -2.0, -3.0]) == pytest.approx((-t, p))  # two-sided: the sign only flips t
+    assert paired_recipes.paired_t([0.02]) is None and paired_recipes.paired_t([0.02, 0.02]) is None
 
 
 def test_text_runs_have_no_tag_or_monitor_columns(tmp_path):
