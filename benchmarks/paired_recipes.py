@@ -101,7 +101,7 @@ def table(pairs: list[dict], names: tuple[str, str]) -> str:
         lines.append("| " + " | ".join(row) + " |")
     diffs = [p["diff"] for p in pairs]
     mean = statistics.fmean(diffs)
-    spread = f" ± {statistics.stdev(diffs) / math.sqrt(len(diffs)):.3f} (SE over seeds)" if len(diffs) > 1 else ""
+    spread = f" ± {_se_over_seeds(diffs):.3f} (SE over seeds)" if len(diffs) > 1 else ""
     gains = {k: statistics.fmean(p[k]["after"] - p[k]["base"] for p in pairs) for k in ("a", "b")}
     row = ["mean", "", f"({gains['a']:+.3f})", f"({gains['b']:+.3f})", f"{mean:+.3f}{spread}"]
     row += [
@@ -122,10 +122,15 @@ def table(pairs: list[dict], names: tuple[str, str]) -> str:
 def paired_t(diffs: list[float]) -> tuple[float, float] | None:
     """Student's paired t-test of the mean difference against 0: (t, two-sided p); None below two seeds
     or when every seed differs by the same amount (no spread, no test)."""
-    if len(diffs) < 2 or statistics.stdev(diffs) == 0:
+    if len(diffs) < 2 or _se_over_seeds(diffs) == 0:
         return None
-    t = statistics.fmean(diffs) / (statistics.stdev(diffs) / math.sqrt(len(diffs)))
+    t = statistics.fmean(diffs) / _se_over_seeds(diffs)
     return t, float(2 * scipy.stats.t.sf(abs(t), len(diffs) - 1))
+
+
+def _se_over_seeds(diffs: list[float]) -> float:
+    """The SE of the mean difference from the seeds' spread: sd / sqrt(n) (two seeds or more)."""
+    return statistics.stdev(diffs) / math.sqrt(len(diffs))
 
 
 def main() -> None:
