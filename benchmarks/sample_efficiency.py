@@ -7,7 +7,7 @@ during training (``--set eval_every=N``), so each ``run-seed<S>/eval/`` holds a 
 runs give only their final score. Seeds are paired as in ``paired_recipes.py`` (same seed, same base score).
 
 The target follows the paper's sample-efficiency claim: the reference's final score. Per seed it is that
-seed's base plus the reference's *mean* gain over its seeds (one seed's gain is mostly evaluation noise),
+seed's base plus the reference's *mean* gain over all its seeds (one seed's gain is mostly evaluation noise),
 and, beside it, the paired target: the reference's own final score on that seed. ``--gain G`` adds targets
 of base + G. Samples to reach = the first evaluation at or above the target (``vgpo.bench.stats
 .epochs_to_reach`` without interpolation: a conservative figure on a coarse curve), with the interpolated
@@ -77,8 +77,10 @@ def reach(epochs: list[int], scores: list[float], target: float, per_epoch: int,
 
 
 def rows(curves_dir: Path, ref_dir: Path, gains: list[float]) -> tuple[list[dict], dict]:
-    pairs = pair(load_runs(curves_dir), load_runs(ref_dir))
-    ref_gain = statistics.fmean(p["b"]["after"] - p["b"]["base"] for p in pairs)
+    ref_runs = load_runs(ref_dir)
+    pairs = pair(load_runs(curves_dir), ref_runs)
+    # over every seed the reference ran, not only the paired ones: the target should not move with the curves' seeds
+    ref_gain = statistics.fmean(r["after"] - r["base"] for r in ref_runs.values())
     per_epoch, ref_samples = samples_per_epoch(curves_dir), budget(ref_dir)
     out = []
     for p in pairs:
@@ -99,7 +101,8 @@ def rows(curves_dir: Path, ref_dir: Path, gains: list[float]) -> tuple[list[dict
                 "reach": {k: {"target": t, **reach(epochs, scores, t, per_epoch, seconds)} for k, t in targets.items()},
             }
         )
-    return out, {"ref_gain": ref_gain, "ref_samples": ref_samples, "per_epoch": per_epoch}
+    info = {"ref_gain": ref_gain, "ref_seeds": sorted(ref_runs), "ref_samples": ref_samples, "per_epoch": per_epoch}
+    return out, info
 
 
 def _samples(r: dict) -> str:
@@ -133,7 +136,7 @@ def table(out: list[dict], info: dict, names: tuple[str, str]) -> str:
     lines += [
         "",
         f"{nb}: {info['ref_samples']:,} samples, mean gain {info['ref_gain']:+.3f} over seeds "
-        f"{', '.join(str(r['seed']) for r in out)}. Ratio = {nb}'s samples / {na}'s samples to reach "
+        f"{', '.join(str(seed) for seed in info['ref_seeds'])}. Ratio = {nb}'s samples / {na}'s samples to reach "
         "(above 1: fewer samples; '<' when the curve never reaches the target).",
     ]
     return "\n".join(lines)

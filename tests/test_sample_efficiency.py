@@ -48,19 +48,26 @@ def _worlds(tmp_path: Path) -> tuple[Path, Path]:
             1: {"evals": {0: 0.50, 8: 0.51, 16: 0.52, 24: 0.53, 32: 0.52, 40: 0.54}, "epoch_s": 10.0},
         },
     )
-    # the reference gains +0.04 and +0.06 on the two seeds: mean +0.05
+    # the reference gains +0.04, +0.06 and +0.05 on seeds 0-2: mean +0.05 (seed 2 has no curve to pair with, but
+    # its gain is part of the target)
     ref = _folder(
         tmp_path,
         "ref",
         REF_PRESET,
-        {0: {"evals": {0: 0.60, 30: 0.64}, "epoch_s": 20.0}, 1: {"evals": {0: 0.50, 30: 0.56}, "epoch_s": 20.0}},
+        {
+            0: {"evals": {0: 0.60, 30: 0.64}, "epoch_s": 20.0},
+            1: {"evals": {0: 0.50, 30: 0.56}, "epoch_s": 20.0},
+            2: {"evals": {0: 0.70, 30: 0.75}, "epoch_s": 20.0},
+        },
     )
     return curves, ref
 
 
 def test_samples_to_reach_the_references_mean_final_and_its_paired_final(tmp_path):
     out, info = sample_efficiency.rows(*_worlds(tmp_path), gains=[0.10])
-    assert info["ref_gain"] == pytest.approx(0.05) and info["ref_samples"] == 3840 and info["per_epoch"] == 96
+    assert info["ref_gain"] == pytest.approx(0.05) and info["ref_seeds"] == [0, 1, 2]
+    assert info["ref_samples"] == 3840 and info["per_epoch"] == 96
+    assert [row["seed"] for row in out] == [0, 1]
     seed0, seed1 = out
     # seed 0: target 0.60 + 0.05 = 0.65, first met at epoch 16 (1,536 samples); the line from (8, 0.62) to
     # (16, 0.66) crosses it at epoch 14 (1,344 samples); 16 epochs of 10 s against the reference's 30 of 20 s
@@ -77,6 +84,7 @@ def test_samples_to_reach_the_references_mean_final_and_its_paired_final(tmp_pat
     assert "0.550: >3,840 | <1.00 | n/a" in text[3]
     assert "0: 0.600, 768: 0.620, 1,536: 0.660" in text[2]
     assert all(line.count("|") == text[0].count("|") for line in text[:4])
+    assert "mean gain +0.050 over seeds 0, 1, 2" in text[5]
 
 
 def test_a_run_without_a_curve_or_with_another_final_is_an_error(tmp_path):
