@@ -58,7 +58,12 @@ def epoch_seconds(run: Path) -> list[float] | None:
     path = run / "metrics.jsonl"
     if not path.is_file():
         return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            rows += [json.loads(line)] if line.strip() else []
+        except json.JSONDecodeError as err:
+            raise PairingError(f"{path}, line {number}: not JSON ({err.msg})") from None
     return [row["time/epoch_s"] for row in sorted(rows, key=lambda r: r["epoch"]) if "time/epoch_s" in row]
 
 

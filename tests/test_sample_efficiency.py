@@ -87,10 +87,15 @@ def test_samples_to_reach_the_references_mean_final_and_its_paired_final(tmp_pat
     assert "mean gain +0.050 over seeds 0, 1, 2" in text[5]
 
 
-def test_a_run_without_a_curve_or_with_another_final_is_an_error(tmp_path):
+def test_a_missing_curve_another_final_or_a_broken_metrics_line_is_a_one_line_error(tmp_path):
     curves, ref = _worlds(tmp_path)
     with pytest.raises(PairingError, match="run-seed0: 2 evaluations; a curve needs"):
         sample_efficiency.rows(ref, ref, gains=[])  # the reference evaluated only before and after: no curve
     (curves / "run-seed0" / "eval" / "epoch_0040.json").write_text(json.dumps({HEADLINE: 0.70}))
     with pytest.raises(PairingError, match="seed 0: the curve's last point"):
+        sample_efficiency.rows(curves, ref, gains=[])
+    (curves / "run-seed0" / "eval" / "epoch_0040.json").write_text(json.dumps({HEADLINE: 0.67}))
+    with (curves / "run-seed1" / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 40, "time/epo\n')  # a line cut short, as a killed writer leaves it
+    with pytest.raises(PairingError, match=r"run-seed1/metrics.jsonl, line 41: not JSON"):
         sample_efficiency.rows(curves, ref, gains=[])
