@@ -32,14 +32,11 @@ from vgpo.bench.stats import epochs_to_reach  # noqa: E402
 from vgpo.train.run_folder import eval_files  # noqa: E402
 
 
-def samples_per_epoch(folder: Path) -> int:
+def samples_per_epoch(folder: Path) -> tuple[int, int]:
+    """(samples an epoch, samples in all) of the preset a demo_seeds.py folder trained."""
     preset = json.loads((folder / "demo_seeds.json").read_text())["preset"]
-    return int(preset["prompts_per_epoch"]) * int(preset["group_size"])
-
-
-def budget(folder: Path) -> int:
-    preset = json.loads((folder / "demo_seeds.json").read_text())["preset"]
-    return int(preset["epochs"]) * samples_per_epoch(folder)
+    per_epoch = int(preset["prompts_per_epoch"]) * int(preset["group_size"])
+    return per_epoch, int(preset["epochs"]) * per_epoch
 
 
 def curve(run: Path, headline: str) -> tuple[list[int], list[float]]:
@@ -86,7 +83,7 @@ def rows(curves_dir: Path, ref_dir: Path, gains: list[float]) -> tuple[list[dict
     pairs = pair(load_runs(curves_dir), ref_runs)
     # over every seed the reference ran, not only the paired ones: the target should not move with the curves' seeds
     ref_gain = statistics.fmean(r["after"] - r["base"] for r in ref_runs.values())
-    per_epoch, ref_samples = samples_per_epoch(curves_dir), budget(ref_dir)
+    per_epoch, ref_samples = samples_per_epoch(curves_dir)[0], samples_per_epoch(ref_dir)[1]
     out = []
     for p in pairs:
         seed, base = p["seed"], p["a"]["base"]
