@@ -61,13 +61,16 @@ GOLDEN_FILE = Path(__file__).parent / "data" / "trainer_golden.json"
 
 def host_key() -> str:
     """What decides the bits of a float32 run on CPU: ATen's kernel set and the vendor (MKL and oneDNN pick
-    their code paths by it), e.g. "AVX512/GenuineIntel"."""
+    their code paths by it), and on Intel whether the CPU has AMX (oneDNN dispatches differently there: on
+    an AMX Xeon the pre-refactor trainer differs from the "AVX512/GenuineIntel" record by up to 41% on a
+    near-zero bias), e.g. "AVX512/GenuineIntel/AMX"."""
     import torch
 
-    from vgpo.perf import cpuinfo_field
+    from vgpo.perf import cpu_flags, cpuinfo_field
 
     vendor = cpuinfo_field("vendor_id") or platform.processor() or platform.machine()
-    return f"{torch.backends.cpu.get_cpu_capability()}/{vendor}"
+    amx = "/AMX" if "amx_tile" in cpu_flags() else ""
+    return f"{torch.backends.cpu.get_cpu_capability()}/{vendor}{amx}"
 
 
 def add(recorded: str) -> None:
