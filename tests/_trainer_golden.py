@@ -5,7 +5,7 @@ trainer reproduces it.
 The fingerprint belongs to a host kind: CPU kernels round reductions differently per instruction set,
 and Adam turns the rounding noise in near-zero gradients (a few small biases) into steps of size lr, so
 two hosts differ by far more than the test's 1e-5 (up to 20% on those biases after 2 epochs). The file
-holds one record per host key (`host_key()`: ATen's CPU capability and the CPU vendor), each made by the
+holds one record per host key (`host_key()`: ATen's CPU capability, the CPU vendor and, on Intel, AMX), each made by the
 pre-refactor trainer (commit 5125fd3) on that host:
 
     git worktree add /tmp/pre-refactor 5125fd3
