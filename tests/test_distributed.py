@@ -413,17 +413,19 @@ UNEVEN_LAUNCHER = textwrap.dedent("""
 """)
 
 
-def test_fsdp_pads_a_process_with_fewer_kept_samples(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize(("old_log_probs", "train_batch_size", "steps"), [("rollout", 4, 1), ("recompute", 2, 2)])
+def test_fsdp_pads_a_process_with_fewer_kept_samples(tiny_checkpoint, tmp_path, old_log_probs, train_batch_size, steps):
     """GRPO with a zero-std group on one process only. Unsharded, that process trains on nothing and adds
     zero gradients (this once crashed on an empty micro-batch); under FSDP, whose collectives need the same
-    number of passes everywhere, it runs zero-weight passes. Both give the same update."""
+    number of passes everywhere, it runs zero-weight passes. Both give the same update. With recomputed old
+    log-probs and two optimizer steps, the no-grad pre-pass of the second step is padded alike."""
     (tmp_path / "launcher.py").write_text(UNEVEN_LAUNCHER)
     outs = {}
+    kw = dict(algorithm="grpo", reward="brightness-on-rank-0", old_log_probs=old_log_probs)
+    kw.update(train_batch_size=train_batch_size)
     for fsdp in (False, True):
         out, cfg = tmp_path / f"fsdp-{fsdp}", tmp_path / f"fsdp-{fsdp}.yaml"
-        cfg.write_text(
-            yaml.safe_dump(config(out, tiny_checkpoint, algorithm="grpo", reward="brightness-on-rank-0", fsdp=fsdp))
-        )
+        cfg.write_text(yaml.safe_dump(config(out, tiny_checkpoint, fsdp=fsdp, **kw)))
         launch(
             [
                 sys.executable,
@@ -442,7 +444,7 @@ def test_fsdp_pads_a_process_with_fewer_kept_samples(tiny_checkpoint, tmp_path):
         )
         outs[fsdp] = out
     plain, sharded = metrics(outs[False]), metrics(outs[True])
-    assert plain[1]["adv/kept_frac"] == 0.5 and plain[1]["charts/optimizer_steps"] == 1
+    assert plain[1]["adv/kept_frac"] == 0.5 and plain[1]["charts/optimizer_steps"] == steps
     assert_metrics_close(
         sharded, plain, ("adv/kept_frac", "losses/policy", "losses/kl", "losses/grad_norm"), range(1, EPOCHS + 1)
     )

@@ -83,7 +83,8 @@ def test_bf16_sde_log_prob_is_the_float32_formula(tiny_checkpoint):
 
 # On an AMX Xeon oneDNN's bf16 kernels round differently at the update's batch of 2 than at the rollout's 8:
 # the first inner step's ratio measured |r - 1| = 9.8e-4 there, as wide as the tiny presets' clip range
-# (1e-3). A known limitation of bf16 PPO on AMX, stated in docs/speed.md; strict, so a fix shows up.
+# (1e-3). Why the trainer recomputes PPO's old log-probs below float32 (`old_log_probs: auto`; its own test is
+# tests/test_trainer.py::test_recomputed_old_log_probs_are_the_update_forward_bits); strict, so a change shows.
 AMX_BF16 = pytest.mark.xfail(
     "amx_tile" in cpu_flags(), reason="bf16 PPO ratio on AMX: |r - 1| = 9.8e-4 measured", strict=True
 )

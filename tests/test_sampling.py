@@ -125,6 +125,7 @@ class GaussianFlow:
         self.mu, self.s0 = mu, s0
         self.latent_shape = (1,)
         self.device = torch.device("cpu")
+        self.compute_dtype = torch.float64
 
     def moments(self, t: float) -> tuple[float, float]:
         return (1 - t) * self.mu, math.sqrt((1 - t) ** 2 * self.s0**2 + t**2)

@@ -130,6 +130,7 @@ def test_resume_without_checkpoint_names_the_folder(tmp_path, tiny_checkpoint):
         ({"timestep_fraction": 0.0}, "timestep_fraction"),
         ({"clip_range": -1.0}, "clip_range"),
         ({"eval_guidance_scale": 0.5}, "eval_guidance_scale"),
+        ({"old_log_probs": "fresh"}, "old_log_probs"),
     ],
 )
 def test_config_errors_name_the_field(data, field):
@@ -207,3 +208,48 @@ def test_text_world_trains_on_ocr_with_sparse_tcrm(tmp_path, tiny_text_checkpoin
     assert 0.0 <= m["reward/mean"] <= 1.0 and torch.isfinite(torch.tensor(m["losses/policy"]))
     table = json.loads((out / "eval" / "epoch_0001.json").read_text())
     assert table["ocr/count"] == 2 and 0.0 <= table["ocr/accuracy"] <= 1.0 and "ocr/exact" in table
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_recomputed_old_log_probs_are_the_update_forward_bits(tmp_path, tiny_checkpoint, precision):
+    """`old_log_probs: recompute` rests on this: in the update's own micro-batch, a no-grad pass gives the
+    same bits as the update's forward with the graph on, so the ratio is exactly 1 before the weights move
+    (the rollout's log-probs, drawn at another batch size, are off by up to 1e-3 in bf16 on an AMX CPU:
+    tests/test_precision.py)."""
+    from vgpo.train.objectives import MicroBatch, UpdateContext, get_objective
+    from vgpo.train.trainer import sample_epoch
+
+    cfg = _cfg(tmp_path, tiny_checkpoint, model_options={"precision": precision})
+    model = TinyFlowModel.load(tiny_checkpoint, precision=precision)
+    prompts = [{"prompt": p} for p in ("a red circle", "two blue squares")]
+    batch = sample_epoch(cfg, model, prompts, 1, model.schedule(cfg.num_steps))
+    ppo, old = get_objective("ppo"), batch.traj.log_probs.clone()
+    ctx = UpdateContext(cfg, model, batch, 1, 0, None, old_log_probs=old)
+    worst = []
+    for idx in torch.arange(len(batch.metadata)).split(2):
+        cond = model.encode_prompts([batch.metadata[i]["prompt"] for i in idx])
+        mb = MicroBatch(idx, cond, model.negative_condition(2), torch.ones(2, cfg.num_steps))
+        with torch.no_grad():
+            old[idx, : cfg.trained_steps] = ppo.log_probs(ctx, mb)
+        worst += [term.ratio_dev.max().item() for term in ppo.terms(ctx, mb)]
+    assert len(worst) == len(batch.metadata) // 2 * cfg.trained_steps and max(worst) == 0.0
+
+
+def test_recompute_trains_as_the_rollout_log_probs_do_in_fp32(tmp_path, tiny_checkpoint):
+    # In float32 the rollout's log-probs agree with the update's to ~1e-7, so recomputing them must not change
+    # training: four optimizer steps an epoch (batch 2, no accumulation), whose later steps read the pre-pass's
+    # values and whose ratios move away from 1 as the weights do.
+    # Adam with eps 1 (update ~ lr * g), as in the accumulation test: the usual eps would amplify float noise
+    # in near-zero gradients.
+    kw = dict(train_batch_size=2, gradient_accumulation=1, epochs=2, adam_eps=1.0, lr=1.0)
+    kw.update(max_grad_norm=1e6, model_options={"precision": "fp32"})
+    a = train(_cfg(tmp_path / "a", tiny_checkpoint, old_log_probs="rollout", **kw))
+    b = train(_cfg(tmp_path / "b", tiny_checkpoint, old_log_probs="recompute", **kw))
+    ma, mb = _metrics(a)[-1], _metrics(b)[-1]
+    assert ma["charts/optimizer_steps"] == 4 and mb["losses/ratio_dev_first"] == 0.0
+    assert ma["losses/approx_kl"] > 1e-9 and ma["losses/approx_kl"] == pytest.approx(mb["losses/approx_kl"], rel=1e-3)
+    wa, wb = _weights(a), _weights(b)
+    base = TinyFlowModel.load(tiny_checkpoint).trainable_state_dict()
+    scale = max(float((wa[k] - base[k]).abs().max()) for k in wa)
+    for k in wa:
+        torch.testing.assert_close(wa[k] - base[k], wb[k] - base[k], rtol=1e-4, atol=1e-4 * scale)

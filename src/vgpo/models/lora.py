@@ -254,6 +254,7 @@ class LoraDiffusersModel:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.dtype = precision_dtype(precision, self.device)
+        self.compute_dtype = self.dtype  # the transformer runs in its weights' dtype (autocast below)
         self.pipeline = pipeline
         self.transformer = pipeline.transformer
         self.vae = pipeline.vae

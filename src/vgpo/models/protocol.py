@@ -33,6 +33,9 @@ class FlowModel(Protocol):
 
     latent_shape: tuple[int, ...]
     device: torch.device
+    #: the dtype the network's matmuls run in (float32, or bf16/fp16 under autocast or in reduced-precision
+    #: weights): below float32, kernels may round one sample differently at another batch size.
+    compute_dtype: torch.dtype
 
     def schedule(self, num_steps: int) -> torch.Tensor:
         """The model's sigmas for ``num_steps`` steps, (num_steps + 1,) descending to 0."""

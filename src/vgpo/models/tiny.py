@@ -248,6 +248,7 @@ class TinyFlowModel:
         self.tokenizer = PromptTokenizer(cfg.vocab, cfg.max_tokens)
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
+        self.compute_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         if self.device.type == "cpu":
             keep_freed_memory()
         # Frozen pixel codec when the model works in an autoencoder's latent space (as SD3 on its VAE).

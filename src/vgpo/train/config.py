@@ -73,6 +73,14 @@ class TrainConfig:
     adam_eps: float = doc(1e-8, "AdamW epsilon (Flow-GRPO: 1e-8)")
     max_grad_norm: float = doc(1.0, "gradient-norm clip")
     clip_range: float = doc(1e-3, "PPO ratio clip epsilon (Flow-GRPO SD3.5: 1e-4; see README for our scale)")
+    old_log_probs: Literal["auto", "rollout", "recompute"] = doc(
+        "auto",
+        "PPO's old log-probs: rollout (the sampler's own, as Flow-GRPO), recompute (the update's own forward "
+        "pass gives them, in the update's micro-batches, before any weight changes: verl's recomputed "
+        "old log-prob), auto (recompute where the network computes below float32, whose kernels may round "
+        "a sample differently at the rollout's batch size: bf16 on an AMX CPU put |ratio - 1| at 1e-3 "
+        "at the first step, wider than Flow-GRPO's clip of 1e-4)",
+    )
     adv_clip_max: float = doc(5.0, "advantages clipped to +-this (Flow-GRPO: 5)")
     beta: float = doc(0.0, "KL weight to the reference policy (Flow-GRPO: 0.04 GenEval/OCR, 0.01 PickScore)")
     ema_decay: float = doc(0.9, "EMA of trained weights used for evaluation, per optimizer step (0: off)")

@@ -31,7 +31,7 @@ import torch
 from vgpo.errors import VgpoError
 from vgpo.models import FlowModel
 from vgpo.models.protocol import Condition
-from vgpo.sampling import guided_velocity, sde_step
+from vgpo.sampling import SDEStepOutput, guided_velocity, sde_step
 from vgpo.train.fm_losses import (
     advantage_at_time,
     awm_log_likelihood,
@@ -63,12 +63,15 @@ class Term:
 
 @dataclass
 class MicroBatch:
-    """Samples ``idx`` of the epoch's batch, their conditions and per-step advantages (B, T)."""
+    """Samples ``idx`` of the epoch's batch, their conditions and per-step advantages (B, T).
+    ``old_is_current``: the weights are still those that drew the rollouts, so this forward's own
+    log-probs are the old ones (PPO then stores them in ``UpdateContext.old_log_probs``)."""
 
     idx: torch.Tensor
     cond: Condition
     uncond: Condition | None
     advantages: torch.Tensor
+    old_is_current: bool = False
 
 
 @dataclass
@@ -84,6 +87,7 @@ class UpdateContext:
     inner: int
     old_policy: OldPolicy | None
     sampling_weights: list[torch.Tensor] | None = None
+    old_log_probs: torch.Tensor | None = None  # (B, T) PPO's old log-probs: the rollout's, or recomputed
 
 
 class Objective:
@@ -102,6 +106,11 @@ class Objective:
     def terms(self, ctx: UpdateContext, mb: MicroBatch) -> Iterator[Term]:
         raise NotImplementedError
 
+    def log_probs(self, ctx: UpdateContext, mb: MicroBatch) -> torch.Tensor:
+        """(B, trained steps) the current weights' log-probs of the rollout's transitions, as ``terms``
+        computes them (objectives that ``needs_log_probs``)."""
+        raise NotImplementedError
+
 
 class PPO(Objective):
     """Flow-GRPO's update: at each trained step j, the PPO-clipped ratio of the rollout transition's
@@ -115,16 +124,28 @@ class PPO(Objective):
     def terms_per_sample(self, cfg: TrainConfig) -> int:
         return cfg.trained_steps
 
+    def _step(self, ctx: UpdateContext, mb: MicroBatch, j: int) -> SDEStepOutput:
+        cfg, traj = ctx.cfg, ctx.batch.traj
+        x, prev = traj.states[mb.idx, j], traj.states[mb.idx, j + 1]
+        v = guided_velocity(
+            ctx.model, x, traj.sigmas[j], mb.cond, mb.uncond, cfg.guidance_scale, detach_uncond=not cfg.cfg_uncond_grad
+        )
+        return sde_step(x, v, traj.sigmas, j, cfg.noise_level, prev_sample=prev, sde_type=cfg.parts.sampler)
+
+    def log_probs(self, ctx: UpdateContext, mb: MicroBatch) -> torch.Tensor:
+        return torch.stack([self._step(ctx, mb, j).log_prob for j in range(ctx.cfg.trained_steps)], dim=1)
+
     def terms(self, ctx: UpdateContext, mb: MicroBatch) -> Iterator[Term]:
         cfg, model, traj = ctx.cfg, ctx.model, ctx.batch.traj
         sigmas, sde_type, idx = traj.sigmas, cfg.parts.sampler, mb.idx
+        old_log_probs = traj.log_probs if ctx.old_log_probs is None else ctx.old_log_probs
         for j in range(cfg.trained_steps):
             x, prev = traj.states[idx, j], traj.states[idx, j + 1]
-            v = guided_velocity(
-                model, x, sigmas[j], mb.cond, mb.uncond, cfg.guidance_scale, detach_uncond=not cfg.cfg_uncond_grad
-            )
-            out = sde_step(x, v, sigmas, j, cfg.noise_level, prev_sample=prev, sde_type=sde_type)
-            policy, ratio = ppo_clip_loss(out.log_prob, traj.log_probs[idx, j], mb.advantages[:, j], cfg.clip_range)
+            out = self._step(ctx, mb, j)
+            if mb.old_is_current:  # the same bits a no-grad pass before the update would give, without the pass
+                old_log_probs[idx, j] = out.log_prob.detach()
+            old = old_log_probs[idx, j]
+            policy, ratio = ppo_clip_loss(out.log_prob, old, mb.advantages[:, j], cfg.clip_range)
             loss = policy
             stats = {}
             if cfg.beta > 0:
@@ -135,7 +156,7 @@ class PPO(Objective):
                 loss = loss + cfg.beta * kl
                 stats["kl"] = kl.detach()
             with torch.no_grad():
-                log_ratio = out.log_prob - traj.log_probs[idx, j]
+                log_ratio = out.log_prob - old
                 stats.update(
                     policy=policy.detach(),
                     clipfrac=((ratio - 1).abs() > cfg.clip_range).float(),
@@ -143,6 +164,16 @@ class PPO(Objective):
                 )
                 ratio_dev = (ratio - 1).abs()
             yield Term(loss, stats, ratio_dev)
+
+
+def resolve_old_log_probs(mode: str, model: FlowModel) -> str:
+    """``cfg.old_log_probs`` with ``auto`` resolved: ``recompute`` where the network computes below float32.
+    Reduced-precision kernels may round a sample differently at another batch size (oneDNN's bf16 on an
+    AMX CPU: |ratio - 1| up to 1e-3 at the first step, rollout batch 8 against update batch 2), while in
+    float32 the rollout's log-probs agree with the update's to ~1e-7 and a recompute would only cost."""
+    if mode == "auto":
+        return "recompute" if model.compute_dtype != torch.float32 else "rollout"
+    return mode
 
 
 def training_times(

@@ -44,7 +44,7 @@ from vgpo.train.advantages import (
 from vgpo.train.algorithms import describe
 from vgpo.train.config import TrainConfig
 from vgpo.train.guards import check_update
-from vgpo.train.objectives import MicroBatch, UpdateContext, get_objective
+from vgpo.train.objectives import MicroBatch, UpdateContext, get_objective, resolve_old_log_probs
 from vgpo.train.old_policy import OldPolicy, swapped_weights
 from vgpo.train.run_folder import (  # noqa: F401 (re-exported)
     MetricsLog,
@@ -235,22 +235,45 @@ def update(
     texts = [m["prompt"] for m in batch.metadata]
     sharded = any(dist.is_sharded(p) for p in params)
     sampling_weights = [p.detach().clone() for p in params] if objective.needs_sampling_weights else None
+    orders = [local[torch.randperm(len(local), generator=gen)] for _ in range(cfg.inner_epochs)]
+    n_opt_steps = dist.all_reduce_max(math.ceil(len(local) / per_step))
+
+    def micro_batches(inner: int, s: int) -> list[tuple[torch.Tensor, float]]:
+        """Optimizer step s's micro-batches (sample indices, loss weight). FSDP's collectives need the same
+        number of passes on every process, so a process short of samples pads with weight-0 no-ops."""
+        block = orders[inner][s * per_step : (s + 1) * per_step]
+        # (an empty block still splits into one empty tensor: a process may have no kept sample left)
+        parts = [(mb, 1.0) for mb in block.split(cfg.train_batch_size) if len(mb)]
+        if sharded:
+            parts += [(torch.zeros(1, dtype=torch.long), 0.0)] * (dist.all_reduce_max(len(parts)) - len(parts))
+        return parts
+
+    def micro_batch(mb: torch.Tensor, old_is_current: bool = False) -> MicroBatch:
+        cond = model.encode_prompts([texts[i] for i in mb])
+        return MicroBatch(mb, cond, model.negative_condition(len(mb)), advantages[mb], old_is_current)
+
+    # PPO's old log-probs in the update's own micro-batches (cfg.old_log_probs): the first optimizer step's
+    # forward passes give them for its samples; one no-grad pass, before any weight changes, for the rest.
+    recompute = objective.needs_log_probs and resolve_old_log_probs(cfg.old_log_probs, model) == "recompute"
+    old_log_probs = batch.traj.log_probs.clone() if recompute else None
+    if recompute:
+        ctx = UpdateContext(cfg, model, batch, epoch, 0, old_policy, sampling_weights, old_log_probs)
+        started = time.perf_counter()
+        with torch.no_grad():
+            for s in range(1, n_opt_steps):
+                for mb, weight in micro_batches(0, s):
+                    log_probs = objective.log_probs(ctx, micro_batch(mb))
+                    if weight:
+                        old_log_probs[mb, : log_probs.shape[1]] = log_probs
+        stats.fwd_bwd_s += time.perf_counter() - started
     for inner in range(cfg.inner_epochs):
-        ctx = UpdateContext(cfg, model, batch, epoch, inner, old_policy, sampling_weights)
-        order = local[torch.randperm(len(local), generator=gen)]
-        n_opt_steps = dist.all_reduce_max(math.ceil(len(order) / per_step))
+        ctx = UpdateContext(cfg, model, batch, epoch, inner, old_policy, sampling_weights, old_log_probs)
         for s in range(n_opt_steps):
-            block = order[s * per_step : (s + 1) * per_step]
-            denom = dist.all_reduce_sum_(torch.tensor([float(len(block))])).item() * n_per_sample
-            # (an empty block still splits into one empty tensor: a process may have no kept sample left)
-            micro_batches: list[torch.Tensor | None] = [mb for mb in block.split(cfg.train_batch_size) if len(mb)]
-            if sharded:  # FSDP's collectives need the same number of passes on every process: pad with no-ops
-                micro_batches += [None] * (dist.all_reduce_max(len(micro_batches)) - len(micro_batches))
-            for mb in micro_batches:
-                weight = 0.0 if mb is None else 1.0
-                mb = torch.zeros(1, dtype=torch.long) if mb is None else mb
-                cond = model.encode_prompts([texts[i] for i in mb])
-                terms = objective.terms(ctx, MicroBatch(mb, cond, model.negative_condition(len(mb)), advantages[mb]))
+            parts = micro_batches(inner, s)
+            n_samples = sum(len(mb) for mb, weight in parts if weight)
+            denom = dist.all_reduce_sum_(torch.tensor([float(n_samples)])).item() * n_per_sample
+            for mb, weight in parts:
+                terms = objective.terms(ctx, micro_batch(mb, recompute and inner == 0 and s == 0 and weight > 0))
                 while True:
                     started = time.perf_counter()
                     term = next(terms, None)
