@@ -247,6 +247,7 @@ def test_recompute_trains_as_the_rollout_log_probs_do_in_fp32(tmp_path, tiny_che
     b = train(_cfg(tmp_path / "b", tiny_checkpoint, old_log_probs="recompute", **kw))
     ma, mb = _metrics(a)[-1], _metrics(b)[-1]
     assert ma["charts/optimizer_steps"] == 4 and mb["losses/ratio_dev_first"] == 0.0
+    assert "losses/rollout_ratio_dev" not in ma and 0.0 <= mb["losses/rollout_ratio_dev"] < 1e-5
     assert ma["losses/approx_kl"] > 1e-9 and ma["losses/approx_kl"] == pytest.approx(mb["losses/approx_kl"], rel=1e-3)
     wa, wb = _weights(a), _weights(b)
     base = TinyFlowModel.load(tiny_checkpoint).trainable_state_dict()

@@ -79,7 +79,7 @@ class TrainConfig:
         "pass gives them, in the update's micro-batches, before any weight changes: verl's recomputed "
         "old log-prob), auto (recompute where the network computes below float32, whose kernels may round "
         "a sample differently at the rollout's batch size: bf16 on an AMX CPU put |ratio - 1| at 1e-3 "
-        "at the first step, wider than Flow-GRPO's clip of 1e-4)",
+        "at the first step, wider than Flow-GRPO's clip of 1e-4; DanceGRPO#57 reports it on GPUs)",
     )
     adv_clip_max: float = doc(5.0, "advantages clipped to +-this (Flow-GRPO: 5)")
     beta: float = doc(0.0, "KL weight to the reference policy (Flow-GRPO: 0.04 GenEval/OCR, 0.01 PickScore)")

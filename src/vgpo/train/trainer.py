@@ -202,6 +202,8 @@ def compute_advantages(
 class UpdateStats:
     losses: dict[str, float] = field(default_factory=dict)  # the objective's statistics, averaged over its terms
     ratio_dev_first: float = 0.0  # max |r - 1| on the first inner epoch's first optimizer step
+    # With recomputed old log-probs: max |exp(recomputed - rollout's) - 1|, the first ratio's error without them.
+    rollout_ratio_dev: float | None = None
     grad_norm: float = 0.0
     fwd_bwd_s: float = 0.0
     optimizer_steps: int = 0
@@ -302,6 +304,10 @@ def update(
     totals = dist.all_reduce_sum_(torch.tensor([*sums.values(), float(n_terms)], dtype=torch.float64)).tolist()
     stats.losses = {key: value / max(1.0, totals[-1]) for key, value in zip(sums, totals)}
     stats.ratio_dev_first = dist.all_reduce_max(stats.ratio_dev_first)
+    if old_log_probs is not None:
+        n = cfg.trained_steps
+        dev = (old_log_probs[local, :n] - batch.traj.log_probs[local, :n]).exp().sub(1).abs()
+        stats.rollout_ratio_dev = dist.all_reduce_max(dev.max().item() if dev.numel() else 0.0)
     return stats
 
 
@@ -445,6 +451,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, hooks
             "adv/kept_frac": keep_all.float().mean().item(),
             **{f"losses/{k}": v for k, v in stats.losses.items()},
             "losses/ratio_dev_first": stats.ratio_dev_first,
+            **({} if stats.rollout_ratio_dev is None else {"losses/rollout_ratio_dev": stats.rollout_ratio_dev}),
             "losses/grad_norm": stats.grad_norm,
             "charts/samples_per_s": n_samples / (t4 - t0),
             "charts/optimizer_steps": stats.optimizer_steps,
