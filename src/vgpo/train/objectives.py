@@ -136,11 +136,9 @@ class PPO(Objective):
         return torch.stack([self._step(ctx, mb, j).log_prob for j in range(ctx.cfg.trained_steps)], dim=1)
 
     def terms(self, ctx: UpdateContext, mb: MicroBatch) -> Iterator[Term]:
-        cfg, model, traj = ctx.cfg, ctx.model, ctx.batch.traj
-        sigmas, sde_type, idx = traj.sigmas, cfg.parts.sampler, mb.idx
+        cfg, traj, idx = ctx.cfg, ctx.batch.traj, mb.idx
         old_log_probs = traj.log_probs if ctx.old_log_probs is None else ctx.old_log_probs
         for j in range(cfg.trained_steps):
-            x, prev = traj.states[idx, j], traj.states[idx, j + 1]
             out = self._step(ctx, mb, j)
             if mb.old_is_current:  # the same bits a no-grad pass before the update would give, without the pass
                 old_log_probs[idx, j] = out.log_prob.detach()
@@ -149,9 +147,8 @@ class PPO(Objective):
             loss = policy
             stats = {}
             if cfg.beta > 0:
-                with torch.no_grad(), model.reference():
-                    v_ref = guided_velocity(model, x, sigmas[j], mb.cond, mb.uncond, cfg.guidance_scale)
-                    ref_mean = sde_step(x, v_ref, sigmas, j, cfg.noise_level, prev_sample=prev, sde_type=sde_type).mean
+                with torch.no_grad(), ctx.model.reference():
+                    ref_mean = self._step(ctx, mb, j).mean
                 kl = gaussian_kl(out.mean, ref_mean, out.std)
                 loss = loss + cfg.beta * kl
                 stats["kl"] = kl.detach()
