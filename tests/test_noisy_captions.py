@@ -120,12 +120,15 @@ def test_batches_are_a_pure_function_of_seed_and_step():
     world = get_world("shapes")
     cfg = PretrainConfig(prompts="all", caption_noise="web", batch_size=48)
     captioner = world.captioner(cfg.caption_noise)
-    exact_images, exact_texts, exact_t, _ = _batch(world, SPACE, cfg, 5, (3, 32, 32))
-    images, texts, t, _ = _batch(world, SPACE, cfg, 5, (3, 32, 32), captioner)
-    assert texts == _batch(world, SPACE, cfg, 5, (3, 32, 32), captioner)[1]
-    assert texts != _batch(world, SPACE, cfg, 6, (3, 32, 32), captioner)[1]
-    # Only the texts change: the same renders, timesteps and dropped prompts as exact captions.
-    assert torch.equal(images, exact_images) and torch.equal(t, exact_t)
+    exact = _batch(world, SPACE, cfg, 5, (3, 32, 32))
+    exact_texts = exact.texts
+    noisy = _batch(world, SPACE, cfg, 5, (3, 32, 32), captioner)
+    texts = noisy.texts
+    assert texts == _batch(world, SPACE, cfg, 5, (3, 32, 32), captioner).texts
+    assert texts != _batch(world, SPACE, cfg, 6, (3, 32, 32), captioner).texts
+    # Only the texts change: the same scenes, renders, timesteps and dropped prompts as exact captions.
+    assert noisy.metas == exact.metas and noisy.seeds == exact.seeds
+    assert torch.equal(noisy.images, exact.images) and torch.equal(noisy.t, exact.t)
     assert [s == "" for s in texts] == [s == "" for s in exact_texts] and "" in texts
     assert texts != exact_texts
 

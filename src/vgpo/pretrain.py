@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import time
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from tqdm import tqdm
 from vgpo.config import check_fields, doc, same_as_written, to_dict
 from vgpo.errors import VgpoError
 from vgpo.models.text_encoder import ContextHead
-from vgpo.models.tiny import TINY_PRECISIONS, TinyConfig, TinyFlowModel
+from vgpo.models.tiny import TINY_PRECISIONS, AttnBlock, TinyConfig, TinyFlowModel
 from vgpo.train.guards import check_step
 from vgpo.utils import append_line, atomic_torch_save, atomic_write_text, derive_seed, load_torch
 from vgpo.worlds import SPLITS, World, balanced_choice, get_world
@@ -41,8 +42,14 @@ if TYPE_CHECKING:  # (pretrain_ae imports this module)
 
 #: What resume files written before the prompts/caption_noise options were trained on.
 _OLD_DATA = {"prompts": "train", "caption_noise": {}}
-#: The objective of resume files written before the text-context loss existed.
-_OLD_OBJECTIVE = {"text_context_loss": 0.0, "text_context_window": 0}
+#: The objective of resume files written before the text-context and binding-contrast losses existed.
+_OLD_OBJECTIVE = {
+    "text_context_loss": 0.0,
+    "text_context_window": 0,
+    "binding_contrast": 0.0,
+    "binding_contrast_temperature": 0.0,
+    "grounding_loss": 0.0,
+}
 
 
 @dataclass
@@ -94,6 +101,28 @@ class PretrainConfig:
         "text only, so nouns carry their own attributes); 0: flow loss only (the shipped bases)",
     )
     text_context_window: int = doc(3, "offsets each side that the text-context loss predicts")
+    binding_contrast: float = doc(
+        0.0,
+        "weight of the binding-contrast loss: on every scene whose binding the world can exchange (shapes: "
+        "color_attr's colours swapped, position's relation reversed), the denoising error with the exact "
+        "caption is pushed below the error with the exchanged one, T*softplus((mse_exact - mse_swapped)/T) "
+        "(a diffusion classifier's logistic loss, in MSE units); 0: flow loss only (the shipped bases)",
+    )
+    binding_contrast_temperature: float = doc(
+        1e-3, "T of the binding-contrast loss: the error margin, in MSE units, beyond which it stops pushing"
+    )
+    grounding_loss: float = doc(
+        0.0,
+        "weight of a grounding loss on the U-Net's cross-attention (TokenCompose, Wang et al. 2024): on scenes "
+        "of two or more objects, each object's colour and class tokens should draw their attention from the "
+        "pixels that object covers, (1 - inside fraction)^2 averaged over tokens and attention blocks; 0: "
+        "off (the shipped bases)",
+    )
+    init: str = doc(
+        "",
+        "checkpoint folder whose weights the run starts from (fine-tuning; its architecture must be the one the "
+        "other fields build); empty: random initialisation",
+    )
     seed: int = doc(0, "seed of initialisation and of every batch")
     save_every: int = doc(100, "steps between checkpoints")
     grad_clip: float = doc(1.0, "gradient-norm clip")
@@ -119,6 +148,14 @@ class PretrainConfig:
             raise VgpoError(f"text_context_loss: expected >= 0, got {self.text_context_loss}")
         if self.text_context_window < 1:
             raise VgpoError(f"text_context_window: expected >= 1, got {self.text_context_window}")
+        if self.binding_contrast < 0:
+            raise VgpoError(f"binding_contrast: expected >= 0, got {self.binding_contrast}")
+        if self.grounding_loss < 0:
+            raise VgpoError(f"grounding_loss: expected >= 0, got {self.grounding_loss}")
+        if self.grounding_loss and self.backbone != "unet":
+            raise VgpoError(f"grounding_loss: needs the unet backbone's cross-attention, not {self.backbone!r}")
+        if self.binding_contrast_temperature <= 0:
+            raise VgpoError(f"binding_contrast_temperature: expected > 0, got {self.binding_contrast_temperature}")
         if self.precision not in TINY_PRECISIONS:
             raise VgpoError(f"precision: expected one of {', '.join(TINY_PRECISIONS)}, got {self.precision!r}")
         if len(self.channels) != 3:
@@ -148,6 +185,19 @@ def training_prompts(world: World, prompts: str) -> list[dict]:
     return world.load_prompts(Path(prompts))
 
 
+@dataclass
+class Batch:
+    """One pretraining step's data: what was rendered (``metas``, with the render ``seeds``), the renders,
+    the texts the flow loss conditions on (noisy or dropped), the timesteps and the noise."""
+
+    metas: list[dict]
+    seeds: list[int]
+    images: torch.Tensor
+    texts: list[str]
+    t: torch.Tensor
+    noise: torch.Tensor
+
+
 def _batch(
     world: World,
     prompts: list[dict],
@@ -155,11 +205,11 @@ def _batch(
     step: int,
     latent_shape: tuple[int, ...],
     caption: Callable[[dict, random.Random], str] | None = None,
-):
-    """One step's (images, texts, t, noise), a pure function of (seed, step). ``caption(meta, rng)``,
-    when given, writes each text in place of the exact prompt (the image stays a render of the metadata),
-    from a ``random.Random`` of (seed, step, index) of its own, so the torch draws are those of exact
-    captions."""
+) -> Batch:
+    """One step's ``Batch``, a pure function of (seed, step).
+    ``caption(meta, rng)``, when given, writes each text in place of the exact prompt (the image stays a
+    render of the metadata), from a ``random.Random`` of (seed, step, index) of its own, so the torch draws
+    are those of exact captions."""
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step))
     metas = [prompts[i] for i in balanced_choice(prompts, cfg.batch_size, gen)]
     seeds = torch.randint(2**31, (cfg.batch_size,), generator=gen).tolist()
@@ -172,7 +222,82 @@ def _batch(
     texts = ["" if d else text for text, d in zip(said, drop)]
     t = torch.sigmoid(torch.randn(cfg.batch_size, generator=gen) * cfg.logit_normal_std + cfg.logit_normal_mean)
     noise = torch.randn((cfg.batch_size, *latent_shape), generator=gen)
-    return images, texts, t, noise
+    return Batch(metas, seeds, images, texts, t, noise)
+
+
+def binding_errors(
+    model: TinyFlowModel, xt: torch.Tensor, t: torch.Tensor, target: torch.Tensor, exact: list[str], swapped: list[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample denoising MSE of the same noisy images under their exact captions and under the captions
+    with their binding exchanged (one forward over both; float32 errors). A diffusion classifier reads
+    log p(x|c) as -error up to scale, so e_exact < e_swapped means the denoiser tells the two apart."""
+    ids, mask = model.tokenize([*exact, *swapped])
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=model.precision == "bf16"):
+        pred = model.net(torch.cat([xt, xt]), torch.cat([t, t]), model.net.text(ids, mask)).float()
+    err = ((pred - torch.cat([target, target])) ** 2).flatten(1).mean(1)
+    e_exact, e_swapped = err.chunk(2)
+    return e_exact, e_swapped
+
+
+def binding_contrast_loss(
+    model: TinyFlowModel,
+    xt: torch.Tensor,
+    t: torch.Tensor,
+    target: torch.Tensor,
+    exact: list[str],
+    swapped: list[str],
+    temperature: float,
+) -> tuple[torch.Tensor, float]:
+    """T*softplus((e_exact - e_swapped)/T), averaged over the scenes given (``binding_errors``): a diffusion
+    classifier's logistic loss, written in MSE units so that its gradient at e_exact = e_swapped is half the
+    flow loss's per scene, and it fades once the exact caption wins by a few T. The exchanged caption is a
+    valid prompt whose own scenes the flow loss trains on, so this pushes the denoiser to read which colour
+    or side goes with which object, not to ignore the words. Also returns the classifier's accuracy, the
+    fraction of scenes where e_exact < e_swapped (0.5: binding ignored)."""
+    e_exact, e_swapped = binding_errors(model, xt, t, target, exact, swapped)
+    loss = temperature * F.softplus((e_exact - e_swapped) / temperature)
+    return loss.mean(), (e_exact < e_swapped).float().mean().item()
+
+
+def grounding_loss(
+    model: TinyFlowModel, xt: torch.Tensor, t: torch.Tensor, captions: list[str], objects: list[list[tuple]]
+) -> tuple[torch.Tensor, float]:
+    """TokenCompose's token loss on every cross-attention block of the U-Net: for each grounded token (an
+    object's colour or class word, ``objects[b] = [(word positions, (H, W) mask), ...]`` from the world's
+    ``object_masks``), the fraction of its attention, summed over pixels and averaged over heads, that comes
+    from pixels its object covers (masks average-pooled to each block's resolution); the loss is
+    (1 - fraction)^2 averaged over tokens and blocks. Attention is the only path from a word to pixels, so
+    this ties each colour word to its own object's pixels: the binding itself, supervised by the render.
+    Also returns the mean inside fraction (an object covers about a tenth of the canvas: near that when
+    attention ignores where objects are)."""
+    n_tok = model.tokenizer.max_tokens
+    masks = torch.zeros(len(captions), n_tok, *model.latent_shape[1:])
+    grounded = torch.zeros(len(captions), n_tok, dtype=torch.bool)
+    for b, scene in enumerate(objects):
+        for words, mask in scene:
+            mask = F.adaptive_avg_pool2d(mask[None], model.latent_shape[1:])[0]
+            for w in words:
+                masks[b, w], grounded[b, w] = mask, True
+    blocks = [m for m in model.net.modules() if isinstance(m, AttnBlock)]
+    for block in blocks:
+        block.keep_cross_attention = True
+    try:
+        ids, mask = model.tokenize(captions)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=model.precision == "bf16"):
+            model.net(xt, t, model.net.text(ids, mask))
+        maps = [block.cross_attention for block in blocks]
+    finally:
+        for block in blocks:
+            block.keep_cross_attention, block.cross_attention = False, None
+    losses, inside_fractions = [], []
+    for probs in maps:  # (B, heads, pixels, tokens)
+        side = int(math.isqrt(probs.shape[2]))
+        attention = probs.mean(1).transpose(1, 2)  # (B, tokens, pixels)
+        target = F.adaptive_avg_pool2d(masks, (side, probs.shape[2] // side)).flatten(2)
+        inside = (attention * target).sum(-1) / attention.sum(-1).clamp_min(1e-8)
+        losses.append(((1 - inside) ** 2)[grounded].mean())
+        inside_fractions.append(inside[grounded].mean().item())
+    return torch.stack(losses).mean(), sum(inside_fractions) / len(inside_fractions)
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
@@ -181,6 +306,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     world = get_world(cfg.world)
     prompts = training_prompts(world, cfg.prompts)
     caption = world.captioner(cfg.caption_noise) if cfg.caption_noise else None
+    swap = world.binding_swapper() if cfg.binding_contrast else None
+    masker = world.masker() if cfg.grounding_loss else None
     data = {"prompts": cfg.prompts, "caption_noise": cfg.caption_noise}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,10 +329,18 @@ def pretrain(cfg: PretrainConfig) -> Path:
     )
     model = TinyFlowModel(arch, precision=cfg.precision)
     net = model.net
+    if cfg.init:
+        start_from = TinyFlowModel.load(cfg.init, precision="fp32")
+        if start_from.cfg != arch:
+            raise VgpoError(f"init: {cfg.init} holds another architecture than the one these fields build")
+        net.load_state_dict(start_from.net.state_dict())
     ema = copy.deepcopy(net).requires_grad_(False)
     objective = {
         "text_context_loss": cfg.text_context_loss,
         "text_context_window": cfg.text_context_window if cfg.text_context_loss else 0,
+        "binding_contrast": cfg.binding_contrast,
+        "binding_contrast_temperature": cfg.binding_contrast_temperature if cfg.binding_contrast else 0.0,
+        "grounding_loss": cfg.grounding_loss,
     }
     head = None
     if cfg.text_context_loss:
@@ -229,11 +364,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
         written_objective = {**_OLD_OBJECTIVE, **state.get("objective", {})}
         if written_objective != objective:
             was, now = written_objective, objective
-            raise VgpoError(
-                f"{resume_path}: written with text_context_loss={was['text_context_loss']}, text_context_window="
-                f"{was['text_context_window']}, not {now['text_context_loss']}, {now['text_context_window']}; "
-                "use a new --out"
-            )
+            differ = ", ".join(f"{k}={was[k]}" for k in now if was[k] != now[k])
+            wanted = ", ".join(f"{now[k]}" for k in now if was[k] != now[k])
+            raise VgpoError(f"{resume_path}: written with {differ}, not {wanted}; use a new --out")
         net.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
         if head is not None:
@@ -249,7 +382,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     started = time.time()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", dynamic_ncols=True)
     for step in bar:
-        images, texts, t, noise = _batch(world, prompts, cfg, step, model.latent_shape, caption)
+        batch = _batch(world, prompts, cfg, step, model.latent_shape, caption)
+        metas, images, texts, t, noise = batch.metas, batch.images, batch.texts, batch.t, batch.noise
         with torch.no_grad():  # the autoencoder, when there is one, is frozen
             x0 = model.encode_images(images)
         tb = t.view(-1, 1, 1, 1)
@@ -264,7 +398,32 @@ def pretrain(cfg: PretrainConfig) -> Path:
         if head is not None:
             context = head.loss(cond["tokens"], ids, mask)
             losses["context"] = context.item()
-            loss = flow + cfg.text_context_loss * context
+            loss = loss + cfg.text_context_loss * context
+        if swap is not None:
+            # The exact caption, whatever the flow loss's (possibly noisy, possibly dropped) one was.
+            pairs = [(i, m, swap(m)) for i, m in enumerate(metas)]
+            pairs = [(i, m["prompt"], s["prompt"]) for i, m, s in pairs if s is not None]
+            if pairs:
+                idx = torch.tensor([i for i, _, _ in pairs])
+                contrast, accuracy = binding_contrast_loss(
+                    model,
+                    xt[idx],
+                    t[idx],
+                    (noise - x0)[idx],
+                    [e for _, e, _ in pairs],
+                    [s for _, _, s in pairs],
+                    cfg.binding_contrast_temperature,
+                )
+                losses["binding"], losses["binding_accuracy"] = contrast.item(), accuracy
+                loss = loss + cfg.binding_contrast * contrast
+        if masker is not None:
+            # Scenes of two or more objects, under their exact captions (the words must name the render).
+            idx = [i for i, m in enumerate(metas) if len(m["include"]) > 1]
+            if idx:
+                objects = [masker(metas[i], batch.seeds[i]) for i in idx]
+                grounding, inside = grounding_loss(model, xt[idx], t[idx], [metas[i]["prompt"] for i in idx], objects)
+                losses["grounding"], losses["grounding_inside"] = grounding.item(), inside
+                loss = loss + cfg.grounding_loss * grounding
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -277,6 +436,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 pe.lerp_(p, 1 - decay)
         bar.set_postfix(loss=f"{flow.item():.4f}")
         extra = {"context_loss": losses["context"]} if head is not None else {}
+        extra |= {k: losses[k] for k in ("binding", "binding_accuracy", "grounding", "grounding_inside") if k in losses}
         row = {"step": step + 1, "loss": flow.item(), **extra, "grad_norm": float(grad_norm)}
         append_line(log_path, json.dumps({**row, "lr": sched.get_last_lr()[0]}))
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -151,6 +152,10 @@ class AttnBlock(nn.Module):
         for out in (self.out1, self.out2) if self_attention else (self.out2,):
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)
+        # Set by the grounding loss of pretraining: keep the cross-attention's probabilities, (B, heads,
+        # pixels, tokens) in float32, of the last forward in ``cross_attention`` (with their graph).
+        self.keep_cross_attention = False
+        self.cross_attention: torch.Tensor | None = None
 
     def _split(self, t: torch.Tensor) -> torch.Tensor:
         b, n, c = t.shape
@@ -170,7 +175,11 @@ class AttnBlock(nn.Module):
         h = self.norm2(x).flatten(2).transpose(1, 2)
         k, v = self.kv(cond["tokens"]).chunk(2, dim=-1)
         mask = layers.attend_mask(cond["mask"])
-        a = layers.attention(self._split(self.q(h)), self._split(k), self._split(v), mask[:, None, None, :])
+        q = self._split(self.q(h))
+        a = layers.attention(q, self._split(k), self._split(v), mask[:, None, None, :])
+        if self.keep_cross_attention:
+            logits = (q.float() @ self._split(k).float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+            self.cross_attention = logits.masked_fill(~mask[:, None, None, :], float("-inf")).softmax(-1)
         return x + self.out2(self._merge(a)).transpose(1, 2).view(b, c, hh, ww)
 
 

@@ -45,6 +45,12 @@ class World:
         or a preset name such as "web") once and returns the function that captions a scene rendered
         from ``metadata`` with them, drawing from the ``random.Random`` it is given. None where a world
         has no noisy captions.
+    swap_binding(metadata) -> the metadata of the same objects with their binding exchanged (which colour
+        or side goes with which object), or None where a prompt has none: the binding-contrast pretraining
+        loss's negative captions. None where a world has no bindings to exchange.
+    object_masks(metadata, seed) -> per include entry of ``render(metadata, seed)``, the positions of its
+        words in the exact prompt (colour and class) and the (H, W) fraction of each pixel it covers: what
+        the grounding loss of pretraining supervises cross-attention with. None where a world has none.
     """
 
     name: str
@@ -63,6 +69,8 @@ class World:
     train_minus_val_file: Path | None = None
     composition_space: Callable[[], list[dict]] | None = None
     caption_noise: Callable[[dict | str], Callable[[dict, random.Random], str]] | None = None
+    swap_binding: Callable[[dict], dict | None] | None = None
+    object_masks: Callable[[dict, int], list[tuple[list[int], torch.Tensor]]] | None = None
 
     def prompt_file(self, split: str) -> Path:
         """The shipped prompt file of ``split`` (one of ``SPLITS``); a one-line VgpoError for an unknown
@@ -91,6 +99,18 @@ class World:
         if self.caption_noise is None:
             raise VgpoError(f"caption_noise: world '{self.name}' has no noisy captions; leave caption_noise empty")
         return self.caption_noise(spec)
+
+    def binding_swapper(self) -> Callable[[dict], dict | None]:
+        """``swap_binding``; a one-line VgpoError where the world has none."""
+        if self.swap_binding is None:
+            raise VgpoError(f"binding_contrast: world '{self.name}' has no bindings to exchange; leave it at 0")
+        return self.swap_binding
+
+    def masker(self) -> Callable[[dict, int], list[tuple[list[int], torch.Tensor]]]:
+        """``object_masks``; a one-line VgpoError where the world has none."""
+        if self.object_masks is None:
+            raise VgpoError(f"grounding_loss: world '{self.name}' has no object masks; leave it at 0")
+        return self.object_masks
 
 
 #: Prompt splits a world can ship: train/test, and for choosing recipes val with train_minus_val.

@@ -11,12 +11,28 @@ space under noisy captions (``prompts.composition_space``, ``prompts.noisy_capti
 
 from pathlib import Path
 
+import torch
+
 from vgpo.worlds import World
-from vgpo.worlds.shapes.prompts import composition_space, load_prompts, noisy_captioner, vocabulary
-from vgpo.worlds.shapes.renderer import IMAGE_SIZE, render
+from vgpo.worlds.shapes.prompts import (
+    composition_space,
+    load_prompts,
+    noisy_captioner,
+    object_words,
+    swap_binding,
+    vocabulary,
+)
+from vgpo.worlds.shapes.renderer import IMAGE_SIZE, render, render_masks
 from vgpo.worlds.shapes.score import evaluate, format_table, strict_standard_error
 
 DATA = Path(__file__).parent / "data"
+
+
+def object_masks(meta: dict, seed: int) -> list[tuple[list[int], torch.Tensor]]:
+    """Per include entry of ``render(meta, seed)``: its words' positions in the exact prompt and its mask."""
+    _, masks = render_masks(meta, seed)
+    return list(zip(object_words(meta), masks))
+
 
 WORLD = World(
     name="shapes",
@@ -34,4 +50,6 @@ WORLD = World(
     train_minus_val_file=DATA / "train_minus_val.jsonl",
     composition_space=composition_space,
     caption_noise=noisy_captioner,
+    swap_binding=swap_binding,
+    object_masks=object_masks,
 )

@@ -71,6 +71,24 @@ def phrase(meta: dict) -> str:
     return "a photo of " + " and ".join(_noun_phrase(obj, numeral) for obj in inc)
 
 
+def object_words(meta: dict) -> list[list[int]]:
+    """Per include entry, the positions in ``phrase(meta)``'s words of its colour word (if any) and its
+    class word: the tokens the grounding loss asks that entry's pixels to attend to."""
+    inc = meta["include"]
+    order = list(range(len(inc)))
+    if "position" in inc[-1]:
+        order = [len(inc) - 1, inc[-1]["position"][1]]
+    spans, at = {}, len("a photo of".split())
+    for k, i in enumerate(order):
+        words = _noun_phrase(inc[i], meta["tag"] == "counting").split()
+        last = at + len(words) - 1  # the class word ends every noun phrase; a colour word comes just before it
+        spans[i] = [last - 1, last] if "color" in inc[i] else [last]
+        at += len(words)
+        if k + 1 < len(order):  # the words between two noun phrases: "and", or the relation
+            at += len(inc[-1]["position"][0].split()) if "position" in inc[-1] else 1
+    return [spans[i] for i in range(len(inc))]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Loading
 
@@ -357,6 +375,26 @@ def perturb(meta: dict, rng: random.Random) -> dict:
         if exc["class"] == old_class and key in ("class", "count"):
             exc["class"], exc["count"] = include[i]["class"], include[i]["count"] + 1
     return _meta(meta["tag"], include, exclude)
+
+
+def swap_binding(meta: dict) -> dict | None:
+    """The same scene with its binding exchanged, or None where the prompt has no binding to exchange:
+    color_attr's two colours swapped between their objects ("a red circle and a blue square" -> "a blue
+    circle and a red square"), position's relation reversed ("a circle left of a square" -> "a circle right
+    of a square"). The objects and colours named stay the same, so only which-goes-with-which tells the
+    two apart: what the binding-contrast pretraining loss trains the model to read."""
+    include = [dict(o) for o in meta["include"]]
+    if meta["tag"] == "color_attr" and len(include) == 2 and all("color" in o for o in include):
+        a, b = include
+        if a["color"] == b["color"]:
+            return None
+        a["color"], b["color"] = b["color"], a["color"]
+    elif meta["tag"] == "position" and "position" in include[-1]:
+        rel, target = include[-1]["position"]
+        include[-1]["position"] = [OPPOSITE[rel], target]
+    else:
+        return None
+    return _meta(meta["tag"], include, [dict(e) for e in meta.get("exclude", [])])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -87,6 +87,18 @@ def render(meta: dict, seed: int) -> torch.Tensor:
     Objects without a colour get a random palette colour each. Shapes are drawn at 4x and box-filtered
     down, which gives the soft edges a generative model produces.
     """
+    return _draw(meta, seed, masks=False)[0]
+
+
+def render_masks(meta: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``render(meta, seed)`` and, per include entry, the fraction of each pixel its objects cover:
+    (len(include), 32, 32) float32 in [0, 1] (a counted entry's instances share one mask). What the
+    grounding loss of pretraining supervises attention with."""
+    image, masks = _draw(meta, seed, masks=True)
+    return image, masks
+
+
+def _draw(meta: dict, seed: int, masks: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     rng = random.Random(seed)
     owners = [i for i, obj in enumerate(meta["include"]) for _ in range(obj["count"])]
     colors = [meta["include"][i].get("color") or rng.choice(COLORS) for i in owners]
@@ -94,18 +106,31 @@ def render(meta: dict, seed: int) -> torch.Tensor:
     grey = rng.uniform(0.86, 0.97)
     background = _rgb8(tuple(grey + rng.uniform(-0.02, 0.02) for _ in range(3)))
     height, width = IMAGE_SIZE
-    canvas = Image.new("RGB", (width * SUPERSAMPLE, height * SUPERSAMPLE), background)
+    size = (width * SUPERSAMPLE, height * SUPERSAMPLE)
+    canvas = Image.new("RGB", size, background)
     draw = ImageDraw.Draw(canvas)
+    layers = [Image.new("L", size, 0) for _ in meta["include"]] if masks else []
+    pens = [ImageDraw.Draw(layer) for layer in layers]
     for owner, color, (cx, cy, side) in zip(owners, colors, boxes):
         fill = _rgb8(tuple(c + rng.uniform(-COLOR_JITTER, COLOR_JITTER) for c in PALETTE[color]))
         x0, y0 = round((cx - side / 2) * SUPERSAMPLE), round((cy - side / 2) * SUPERSAMPLE)
         x1, y1 = round((cx + side / 2) * SUPERSAMPLE) - 1, round((cy + side / 2) * SUPERSAMPLE) - 1
         shape = meta["include"][owner]["class"]
-        if shape == "circle":
-            draw.ellipse((x0, y0, x1, y1), fill=fill)
-        elif shape == "square":
-            draw.rectangle((x0, y0, x1, y1), fill=fill)
-        else:
-            draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
-    small = canvas.resize((width, height), Image.Resampling.BOX)
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(small, dtype=np.float32).transpose(2, 0, 1)) / 255.0)
+        for pen, ink in [(draw, fill)] + ([(pens[owner], 255)] if masks else []):
+            if shape == "circle":
+                pen.ellipse((x0, y0, x1, y1), fill=ink)
+            elif shape == "square":
+                pen.rectangle((x0, y0, x1, y1), fill=ink)
+            else:
+                pen.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=ink)
+    image = _small(canvas)
+    if not masks:
+        return image, None
+    return image, torch.stack([_small(layer)[0] for layer in layers])
+
+
+def _small(canvas: Image.Image) -> torch.Tensor:
+    """A supersampled canvas box-filtered to IMAGE_SIZE: (channels, H, W) float32 in [0, 1]."""
+    small = np.asarray(canvas.resize(IMAGE_SIZE[::-1], Image.Resampling.BOX), dtype=np.float32)
+    small = small[..., None] if small.ndim == 2 else small
+    return torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1)) / 255.0)
