@@ -249,10 +249,11 @@ def binding_contrast_loss(
     temperature: float,
 ) -> tuple[torch.Tensor, float]:
     """T*softplus((e_exact - e_swapped)/T), averaged over the scenes given (``binding_errors``): a diffusion
-    classifier's logistic loss, written in MSE units so that its gradient at e_exact = e_swapped is half the
-    flow loss's per scene, and it fades once the exact caption wins by a few T. The exchanged caption is a
-    valid prompt whose own scenes the flow loss trains on, so this pushes the denoiser to read which colour
-    or side goes with which object, not to ignore the words. Also returns the classifier's accuracy, the
+    classifier's logistic loss, written in MSE units so that at e_exact = e_swapped each scene's error
+    difference enters with slope 1/2 (near there the loss is T ln 2 plus half their mean), and it fades
+    once the exact caption wins by a few T. The exchanged caption is a valid prompt whose own scenes the
+    flow loss trains on, so this pushes the denoiser to read which colour or side goes with which object,
+    not to ignore the words. Also returns the classifier's accuracy, the
     fraction of scenes where e_exact < e_swapped (0.5: binding ignored)."""
     e_exact, e_swapped = binding_errors(model, xt, t, target, exact, swapped)
     loss = temperature * F.softplus((e_exact - e_swapped) / temperature)
@@ -268,7 +269,7 @@ def grounding_loss(
     from pixels its object covers (masks average-pooled to each block's resolution); the loss is
     (1 - fraction)^2 averaged over tokens and blocks. Attention is the only path from a word to pixels, so
     this ties each colour word to its own object's pixels: the binding itself, supervised by the render.
-    Also returns the mean inside fraction (an object covers about a tenth of the canvas: near that when
+    Also returns the mean inside fraction (an object covers about 6% of the Shapes canvas: near that when
     attention ignores where objects are)."""
     n_tok = model.tokenizer.max_tokens
     masks = torch.zeros(len(captions), n_tok, *model.latent_shape[1:])
