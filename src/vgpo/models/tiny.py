@@ -175,10 +175,10 @@ class AttnBlock(nn.Module):
         h = self.norm2(x).flatten(2).transpose(1, 2)
         k, v = self.kv(cond["tokens"]).chunk(2, dim=-1)
         mask = layers.attend_mask(cond["mask"])
-        q = self._split(self.q(h))
-        a = layers.attention(q, self._split(k), self._split(v), mask[:, None, None, :])
+        q, k = self._split(self.q(h)), self._split(k)
+        a = layers.attention(q, k, self._split(v), mask[:, None, None, :])
         if self.keep_cross_attention:
-            logits = (q.float() @ self._split(k).float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+            logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
             self.cross_attention = logits.masked_fill(~mask[:, None, None, :], float("-inf")).softmax(-1)
         return x + self.out2(self._merge(a)).transpose(1, 2).view(b, c, hh, ww)
 

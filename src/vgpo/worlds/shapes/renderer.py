@@ -94,8 +94,7 @@ def render_masks(meta: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``render(meta, seed)`` and, per include entry, the fraction of each pixel its objects cover:
     (len(include), 32, 32) float32 in [0, 1] (a counted entry's instances share one mask). What the
     grounding loss of pretraining supervises attention with."""
-    image, masks = _draw(meta, seed, masks=True)
-    return image, masks
+    return _draw(meta, seed, masks=True)
 
 
 def _draw(meta: dict, seed: int, masks: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
