@@ -1,10 +1,13 @@
-"""The grounding loss of pretraining (``PretrainConfig.grounding_loss``, TokenCompose's token loss) and its
-parts: per-object masks from the renderer, each object's words in its prompt, the U-Net's kept
-cross-attention, and ``init`` (pretraining that starts from a checkpoint)."""
+"""The grounding and relation losses of pretraining (``PretrainConfig.grounding_loss``, TokenCompose's token
+loss; ``relation_loss``) and their parts: per-object masks from the renderer, each object's words in its
+prompt, each stated relation's direction, the U-Net's kept cross-attention, and ``init`` (pretraining that
+starts from a checkpoint)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +15,9 @@ import torch
 from vgpo.cli import main
 from vgpo.errors import VgpoError
 from vgpo.models.tiny import AttnBlock, TinyConfig, TinyFlowModel
-from vgpo.pretrain import PretrainConfig, grounding_loss
+from vgpo.pretrain import PretrainConfig, cross_attention_maps, grounding_loss, pretrain, relation_loss
 from vgpo.worlds import get_world
-from vgpo.worlds.shapes.prompts import composition_space, object_words
+from vgpo.worlds.shapes.prompts import composition_space, object_relations, object_words
 from vgpo.worlds.shapes.renderer import render, render_masks
 
 TINY = ["pretrain", "--batch-size", "8", "--channels", "8,8,8", "--save-every", "1", "--threads", "1"]
@@ -45,9 +48,9 @@ def _model() -> TinyFlowModel:
     return TinyFlowModel(cfg, precision="fp32")
 
 
-def _scenes(n: int = 6):
+def _scenes(n: int = 6, tag: str = "color_attr"):
     world = get_world("shapes")
-    metas = [m for m in composition_space() if m["tag"] == "color_attr"][:n]
+    metas = [m for m in composition_space() if m["tag"] == tag][:: 3 if tag == "position" else 1][:n]
     objects = [world.object_masks(m, i) for i, m in enumerate(metas)]
     x0 = torch.stack([world.render(m, i) for i, m in enumerate(metas)]) * 2 - 1
     t = torch.full((n,), 0.7)
@@ -65,7 +68,8 @@ def test_uniform_attention_finds_each_object_in_proportion_to_its_area():
             block.q.weight.zero_()
             block.q.bias.zero_()
     metas, objects, xt, t = _scenes()
-    loss, inside = grounding_loss(model, xt, t, [m["prompt"] for m in metas], objects)
+    maps = cross_attention_maps(model, xt, t, [m["prompt"] for m in metas])
+    loss, inside = grounding_loss(maps, objects, model.tokenizer.max_tokens)
     shares = torch.tensor([mask.mean().item() for scene in objects for words, mask in scene for _ in words])
     assert inside == pytest.approx(shares.mean().item(), rel=1e-4)
     assert loss.item() == pytest.approx(((1 - shares) ** 2).mean().item(), rel=1e-4)
@@ -82,14 +86,81 @@ def test_descending_the_loss_draws_each_word_to_its_object():
     metas, objects, xt, t = _scenes()
     captions = [m["prompt"] for m in metas]
     opt = torch.optim.Adam(model.net.parameters(), lr=3e-3)
-    _, before = grounding_loss(model, xt, t, captions, objects)
+    n_tok = model.tokenizer.max_tokens
+    _, before = grounding_loss(cross_attention_maps(model, xt, t, captions), objects, n_tok)
     for _ in range(30):
-        loss, _ = grounding_loss(model, xt, t, captions, objects)
+        loss, _ = grounding_loss(cross_attention_maps(model, xt, t, captions), objects, n_tok)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    _, after = grounding_loss(model, xt, t, captions, objects)
+    _, after = grounding_loss(cross_attention_maps(model, xt, t, captions), objects, n_tok)
     assert before < 0.15 and after > 2 * before, (before, after)
+
+
+def test_relations_point_from_the_rendered_target_to_the_rendered_subject():
+    """The stated direction agrees with the renderer: the subject mask's centre minus the target's, projected
+    on it, is at least the two objects' smallest possible half-sizes apart; prompts without one state none."""
+    world = get_world("shapes")
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    for i, meta in enumerate(composition_space()):
+        stated = object_relations(meta)
+        assert len(stated) == (meta["tag"] == "position")
+        for s, j, (dx, dy) in stated:
+            (_, ms), (_, mt) = world.object_masks(meta, i)[s], world.object_masks(meta, i)[j]
+            centre = lambda m: torch.stack([(m * xs).sum(), (m * ys).sum()]) / m.sum()  # noqa: E731
+            assert float(((centre(ms) - centre(mt)) * torch.tensor([dx, dy])).sum()) >= 7.0 + 2.0
+
+
+def test_uniform_attention_centres_every_word_so_the_relation_loss_is_the_margin():
+    torch.manual_seed(0)
+    model = _model()
+    with torch.no_grad():
+        for block in (m for m in model.net.modules() if isinstance(m, AttnBlock)):
+            block.q.weight.zero_()
+            block.q.bias.zero_()
+    metas, objects, xt, t = _scenes(tag="position")
+    maps = cross_attention_maps(model, xt, t, [m["prompt"] for m in metas])
+    loss, projection = relation_loss(maps, objects, [object_relations(m) for m in metas], 24, margin=0.2)
+    assert projection == pytest.approx(0.0, abs=1e-6) and loss.item() == pytest.approx(0.2, rel=1e-4)
+
+
+def test_descending_the_relation_loss_moves_each_subject_to_its_side():
+    torch.manual_seed(0)
+    model = _model()
+    metas, objects, xt, t = _scenes(tag="position")
+    captions, stated = [m["prompt"] for m in metas], [object_relations(m) for m in metas]
+    assert {d for scene in stated for _, _, d in scene} == {(-1.0, 0.0), (1.0, 0.0), (0.0, -1.0), (0.0, 1.0)}
+    t = torch.full_like(t, 0.95)  # nearly pure noise: the side must come from the caption, not the pixels
+    opt = torch.optim.Adam(model.net.parameters(), lr=3e-3)
+    n_tok = model.tokenizer.max_tokens
+    _, before = relation_loss(cross_attention_maps(model, xt, t, captions), objects, stated, n_tok, 0.3)
+    for _ in range(30):
+        loss, _ = relation_loss(cross_attention_maps(model, xt, t, captions), objects, stated, n_tok, 0.3)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    _, after = relation_loss(cross_attention_maps(model, xt, t, captions), objects, stated, n_tok, 0.3)
+    assert abs(before) < 0.02 and after > 0.1, (before, after)
+
+
+def test_query_positions_start_at_zero_so_a_base_grows_them_unchanged(tmp_path):
+    torch.manual_seed(0)
+    base = _model()
+    grown = TinyFlowModel(dataclasses.replace(base.cfg, query_positions=True), precision="fp32")
+    missing, unexpected = grown.net.load_state_dict(base.net.state_dict(), strict=False)
+    assert not unexpected and missing and all(".q_pos." in k for k in missing)
+    metas, _, xt, t = _scenes(tag="position")
+    captions = [m["prompt"] for m in metas]
+    with torch.no_grad():
+        maps = lambda model: torch.cat([m.flatten() for m in cross_attention_maps(model, xt, t, captions)])  # noqa: E731
+        assert torch.equal(maps(base), maps(grown))
+        for block in (m for m in grown.net.modules() if isinstance(m, AttnBlock)):
+            block.q_pos.weight.normal_()
+        assert not torch.allclose(maps(base), maps(grown), atol=1e-3)
+    grown.save(tmp_path / "grown")
+    assert TinyFlowModel.load(tmp_path / "grown", precision="fp32").cfg.query_positions
+    with pytest.raises(VgpoError, match="query_positions:"):
+        TinyConfig(backbone="dit", query_positions=True)
 
 
 def test_pretraining_logs_grounding_starts_from_init_and_refuses_bad_fields(capsys, tmp_path):
@@ -100,6 +171,15 @@ def test_pretraining_logs_grounding_starts_from_init_and_refuses_bad_fields(caps
     capsys.readouterr()
     rows = [json.loads(line) for line in (tmp_path / "tuned" / "log.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and 0 < rows[0]["grounding"] < 1 and 0 < rows[0]["grounding_inside"] < 1
+    relate = ["--init", str(tmp_path / "base"), "--relation-loss", "1", "--query-positions", "true"]
+    relate += ["--grounding-loss", "0.5", "--relation-warmup-steps", "2", "--relation-batch", "4"]
+    assert main(TINY + gl + relate + ["--steps", "3", "--out", str(tmp_path / "related")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "related" / "log.jsonl").read_text().splitlines()]
+    assert ["grounding" in r for r in rows] == [False, False, True]  # the warm-up trains the relation alone
+    assert all(0 <= r["relation"] <= 1.3 and abs(r["relation_projection"]) < 1 for r in rows)
+    back = ["--init", str(tmp_path / "related"), "--steps", "1", "--out", str(tmp_path / "back")]
+    assert main(TINY + gl + back) == 2  # a network with query positions cannot start one without them
+    assert "query positions" in capsys.readouterr().err
     base, tuned = (TinyFlowModel.load(tmp_path / d, precision="fp32") for d in ("base", "tuned"))
     for p, q in zip(base.net.parameters(), tuned.net.parameters()):  # a step of lr 1e-12 from the init
         assert torch.allclose(p, q, atol=1e-6)
@@ -112,3 +192,39 @@ def test_pretraining_logs_grounding_starts_from_init_and_refuses_bad_fields(caps
         PretrainConfig(**cfg, grounding_loss=-1.0)
     with pytest.raises(VgpoError, match="grounding_loss:.*unet"):
         PretrainConfig(**cfg, grounding_loss=1.0, backbone="dit")
+    with pytest.raises(VgpoError, match="relation_loss:.*unet"):
+        PretrainConfig(**cfg, relation_loss=1.0, backbone="dit")
+    with pytest.raises(VgpoError, match="relation_margin:"):
+        PretrainConfig(**cfg, relation_loss=1.0, relation_margin=0.0)
+    with pytest.raises(VgpoError, match="relation_warmup_steps:.*relation_loss"):
+        PretrainConfig(**cfg, relation_warmup_steps=1)
+    with pytest.raises(VgpoError, match="relation_warmup_steps:"):
+        PretrainConfig(**cfg, relation_loss=1.0, relation_warmup_steps=2)
+    with pytest.raises(VgpoError, match="relation_batch:"):
+        PretrainConfig(**cfg, relation_loss=1.0, relation_batch=0)
+    with pytest.raises(VgpoError, match="relation_loss: world 'text' has no object relations"):
+        pretrain(PretrainConfig(world="text", relation_loss=1.0, steps=1, out=str(tmp_path / "text")))
+
+
+def test_a_relation_run_resumed_across_its_warm_up_ends_where_a_straight_one_does(capsys, tmp_path):
+    base = TINY + ["--prompts", "all", "--text-encoder", "ordered"]
+    assert main(base + ["--steps", "1", "--out", str(tmp_path / "base")]) == 0
+    relate = ["--init", str(tmp_path / "base"), "--query-positions", "true", "--relation-loss", "1"]
+    relate += ["--relation-warmup-steps", "2", "--relation-batch", "4", "--grounding-loss", "0.5"]
+    assert main(base + relate + ["--steps", "3", "--out", str(tmp_path / "full")]) == 0
+    assert main(base + relate + ["--steps", "2", "--out", str(tmp_path / "part")]) == 0
+    assert main(base + relate + ["--steps", "3", "--out", str(tmp_path / "part")]) == 0
+    weights = [(tmp_path / run / "model.safetensors").read_bytes() for run in ("full", "part")]
+    assert weights[0] == weights[1]
+    other = [a if a != "1" or b != "--relation-loss" else "2" for b, a in zip([""] + relate, relate)]
+    assert main(base + other + ["--steps", "4", "--out", str(tmp_path / "full")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "resume.pt" in err and "relation_loss=1.0" in err
+
+
+def test_the_shipped_relation_base_loads_with_learned_query_positions():
+    root = Path(__file__).resolve().parent.parent / "checkpoints"
+    model = TinyFlowModel.load(root / "shapes-base-relation", precision="fp32")
+    base = TinyFlowModel.load(root / "shapes-base-grounded", precision="fp32")
+    assert model.cfg.query_positions and dataclasses.replace(model.cfg, query_positions=False) == base.cfg
+    assert all(b.q_pos.weight.abs().max() > 0.01 for b in model.net.modules() if isinstance(b, AttnBlock))

@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from torch import nn
 from vgpo.errors import VgpoError
 from vgpo.models import layers
 from vgpo.models.autoencoder import Autoencoder, load_autoencoder
-from vgpo.models.dit import TinyDiT
+from vgpo.models.dit import TinyDiT, grid_positions
 from vgpo.models.lora import (
     LoraOptions,
     adapters_disabled,
@@ -71,6 +72,11 @@ class TinyConfig:
     # Cross-attention to the prompt also at full resolution (after the first and last ResBlocks; no
     # self-attention there, whose cost grows with the square of the pixel count). Another binding probe.
     full_res_cross_attention: bool = False
+    # Fixed 2-D positions (models/dit.py's grid_positions) added to the U-Net's cross-attention queries through
+    # a zero-initialised linear map, so which pixels read a word can depend on where they are before the image
+    # shows anything (a conv U-Net knows position only from its padding). Zero-initialised, it starts as the
+    # network without it: a base can be fine-tuned into one (`vgpo pretrain --init`). For relation binding.
+    query_positions: bool = False
     # The denoising network: "unet" (TinyUNet; the shipped bases) or "dit" (models/dit.py: SD3's joint-attention
     # MM-DiT, every latent position attending to every prompt token in every block; meant for latents).
     backbone: str = "unet"
@@ -89,6 +95,8 @@ class TinyConfig:
                 raise VgpoError(f"dit_depth, dit_patch: expected >= 1, got {self.dit_depth}, {self.dit_patch}")
             if self.full_res_cross_attention:
                 raise VgpoError("full_res_cross_attention: a U-Net option; the DiT reads the prompt in every block")
+            if self.query_positions:
+                raise VgpoError("query_positions: a U-Net option; the DiT's tokens carry positions already")
 
 
 #: LoRA targets on the tiny U-Net: the attention projections (Flow-GRPO's choice on SD3) plus the
@@ -133,11 +141,15 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.conv2(F.silu(h))
 
 
+#: Width of the fixed 2-D position code of TinyConfig.query_positions.
+QUERY_POSITION_DIM = 32
+
+
 class AttnBlock(nn.Module):
     """Self-attention over pixels (unless ``self_attention`` is False), then cross-attention from pixels to
     the prompt tokens."""
 
-    def __init__(self, ch: int, text_dim: int, heads: int, self_attention: bool = True):
+    def __init__(self, ch: int, text_dim: int, heads: int, self_attention: bool = True, positions: bool = False):
         super().__init__()
         self.heads = heads
         self.self_attention = self_attention
@@ -148,12 +160,16 @@ class AttnBlock(nn.Module):
         self.norm2 = nn.GroupNorm(8, ch)
         self.q = nn.Linear(ch, ch)
         self.kv = nn.Linear(text_dim, 2 * ch)
+        self.q_pos = nn.Linear(QUERY_POSITION_DIM, ch, bias=False) if positions else None  # TinyConfig.query_positions
+        if self.q_pos is not None:
+            nn.init.zeros_(self.q_pos.weight)
         self.out2 = nn.Linear(ch, ch)
         for out in (self.out1, self.out2) if self_attention else (self.out2,):
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)
-        # Set by the grounding loss of pretraining: keep the cross-attention's probabilities, (B, heads,
-        # pixels, tokens) in float32, of the last forward in ``cross_attention`` (with their graph).
+        # Set by the grounding and relation losses of pretraining: keep the cross-attention's probabilities,
+        # (B, heads, pixels, tokens), of the last forward in ``cross_attention`` (with their graph). CPU
+        # autocast runs the matmul and softmax below in bf16 despite the casts; the losses upcast.
         self.keep_cross_attention = False
         self.cross_attention: torch.Tensor | None = None
 
@@ -175,7 +191,10 @@ class AttnBlock(nn.Module):
         h = self.norm2(x).flatten(2).transpose(1, 2)
         k, v = self.kv(cond["tokens"]).chunk(2, dim=-1)
         mask = layers.attend_mask(cond["mask"])
-        q, k = self._split(self.q(h)), self._split(k)
+        q = self.q(h)
+        if self.q_pos is not None:
+            q = q + self.q_pos(grid_positions(hh, ww, QUERY_POSITION_DIM).to(h))
+        q, k = self._split(q), self._split(k)
         a = layers.attention(q, k, self._split(v), mask[:, None, None, :])
         if self.keep_cross_attention:
             logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
@@ -198,16 +217,17 @@ class TinyUNet(nn.Module):
         self.conv_in = nn.Conv2d(in_channels, c0, 3, padding=1)
         self.down0 = ResBlock(c0, c0, e)
         full = cfg.full_res_cross_attention
-        self.attn_d0 = AttnBlock(c0, cfg.text_dim, cfg.heads, self_attention=False) if full else None
+        attn = partial(AttnBlock, text_dim=cfg.text_dim, heads=cfg.heads, positions=cfg.query_positions)
+        self.attn_d0 = attn(c0, self_attention=False) if full else None
         self.pool0 = nn.Conv2d(c0, c0, 3, stride=2, padding=1)
-        self.down1, self.attn_d1 = ResBlock(c0, c1, e), AttnBlock(c1, cfg.text_dim, cfg.heads)
+        self.down1, self.attn_d1 = ResBlock(c0, c1, e), attn(c1)
         self.pool1 = nn.Conv2d(c1, c1, 3, stride=2, padding=1)
-        self.down2, self.attn_d2 = ResBlock(c1, c2, e), AttnBlock(c2, cfg.text_dim, cfg.heads)
-        self.mid, self.attn_mid = ResBlock(c2, c2, e), AttnBlock(c2, cfg.text_dim, cfg.heads)
-        self.up2, self.attn_u2 = ResBlock(c2 + c2, c2, e), AttnBlock(c2, cfg.text_dim, cfg.heads)
-        self.up1, self.attn_u1 = ResBlock(c2 + c1, c1, e), AttnBlock(c1, cfg.text_dim, cfg.heads)
+        self.down2, self.attn_d2 = ResBlock(c1, c2, e), attn(c2)
+        self.mid, self.attn_mid = ResBlock(c2, c2, e), attn(c2)
+        self.up2, self.attn_u2 = ResBlock(c2 + c2, c2, e), attn(c2)
+        self.up1, self.attn_u1 = ResBlock(c2 + c1, c1, e), attn(c1)
         self.up0 = ResBlock(c1 + c0, c0, e)
-        self.attn_u0 = AttnBlock(c0, cfg.text_dim, cfg.heads, self_attention=False) if full else None
+        self.attn_u0 = attn(c0, self_attention=False) if full else None
         self.norm_out = nn.GroupNorm(8, c0)
         self.conv_out = nn.Conv2d(c0, in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)

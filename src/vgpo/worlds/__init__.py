@@ -51,6 +51,9 @@ class World:
     object_masks(metadata, seed) -> per include entry of ``render(metadata, seed)``, the positions of its
         words in the exact prompt (colour and class) and the (H, W) fraction of each pixel it covers: what
         the grounding loss of pretraining supervises cross-attention with. None where a world has none.
+    relations(metadata) -> per relation the prompt states, (subject include, target include, (dx, dy)): the
+        image-plane direction (x right, y down) from the target's centre to the subject's; what the relation
+        loss of pretraining supervises the two objects' attention with. None where a world has none.
     """
 
     name: str
@@ -71,6 +74,7 @@ class World:
     caption_noise: Callable[[dict | str], Callable[[dict, random.Random], str]] | None = None
     swap_binding: Callable[[dict], dict | None] | None = None
     object_masks: Callable[[dict, int], list[tuple[list[int], torch.Tensor]]] | None = None
+    relations: Callable[[dict], list[tuple[int, int, tuple[float, float]]]] | None = None
 
     def prompt_file(self, split: str) -> Path:
         """The shipped prompt file of ``split`` (one of ``SPLITS``); a one-line VgpoError for an unknown
@@ -111,6 +115,12 @@ class World:
         if self.object_masks is None:
             raise VgpoError(f"grounding_loss: world '{self.name}' has no object masks; leave it at 0")
         return self.object_masks
+
+    def relation_finder(self) -> Callable[[dict], list[tuple[int, int, tuple[float, float]]]]:
+        """``relations``; a one-line VgpoError where the world has none."""
+        if self.relations is None or self.object_masks is None:
+            raise VgpoError(f"relation_loss: world '{self.name}' has no object relations; leave it at 0")
+        return self.relations
 
 
 #: Prompt splits a world can ship: train/test, and for choosing recipes val with train_minus_val.

@@ -18,6 +18,7 @@ from vgpo.worlds.shapes.prompts import (
     composition_space,
     load_prompts,
     noisy_captioner,
+    object_relations,
     object_words,
     swap_binding,
     vocabulary,
@@ -52,4 +53,5 @@ WORLD = World(
     caption_noise=noisy_captioner,
     swap_binding=swap_binding,
     object_masks=object_masks,
+    relations=object_relations,
 )

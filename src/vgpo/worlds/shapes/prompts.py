@@ -89,6 +89,18 @@ def object_words(meta: dict) -> list[list[int]]:
     return [spans[i] for i in range(len(inc))]
 
 
+#: Per relation, the image-plane direction (x right, y down) from the target's centre to the subject's.
+DIRECTIONS = {"left of": (-1.0, 0.0), "right of": (1.0, 0.0), "above": (0.0, -1.0), "below": (0.0, 1.0)}
+
+
+def object_relations(meta: dict) -> list[tuple[int, int, tuple[float, float]]]:
+    """Per relation in the prompt: (subject include, target include, direction from the target's centre to
+    the subject's in the image, x right and y down); what the relation loss of pretraining supervises the
+    two objects' attention with. Empty for prompts without a relation."""
+    inc = meta["include"]
+    return [(i, obj["position"][1], DIRECTIONS[obj["position"][0]]) for i, obj in enumerate(inc) if "position" in obj]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Loading
 
