@@ -48,6 +48,17 @@ def _model() -> TinyFlowModel:
     return TinyFlowModel(cfg, precision="fp32")
 
 
+def _uniform_attention_model() -> TinyFlowModel:
+    """Every query weight zero: each pixel attends to the prompt's tokens uniformly."""
+    torch.manual_seed(0)
+    model = _model()
+    with torch.no_grad():
+        for block in (m for m in model.net.modules() if isinstance(m, AttnBlock)):
+            block.q.weight.zero_()
+            block.q.bias.zero_()
+    return model
+
+
 def _scenes(n: int = 6, tag: str = "color_attr"):
     world = get_world("shapes")
     metas = [m for m in composition_space() if m["tag"] == tag][:: 3 if tag == "position" else 1][:n]
@@ -61,12 +72,7 @@ def _scenes(n: int = 6, tag: str = "color_attr"):
 def test_uniform_attention_finds_each_object_in_proportion_to_its_area():
     """With every query weight zero, each pixel attends to the prompt's tokens uniformly, so the fraction of
     a token's attention inside its object is the object's share of the canvas (pooling keeps areas)."""
-    torch.manual_seed(0)
-    model = _model()
-    with torch.no_grad():
-        for block in (m for m in model.net.modules() if isinstance(m, AttnBlock)):
-            block.q.weight.zero_()
-            block.q.bias.zero_()
+    model = _uniform_attention_model()
     metas, objects, xt, t = _scenes()
     maps = cross_attention_maps(model, xt, t, [m["prompt"] for m in metas])
     loss, inside = grounding_loss(maps, objects, model.tokenizer.max_tokens)
@@ -112,12 +118,7 @@ def test_relations_point_from_the_rendered_target_to_the_rendered_subject():
 
 
 def test_uniform_attention_centres_every_word_so_the_relation_loss_is_the_margin():
-    torch.manual_seed(0)
-    model = _model()
-    with torch.no_grad():
-        for block in (m for m in model.net.modules() if isinstance(m, AttnBlock)):
-            block.q.weight.zero_()
-            block.q.bias.zero_()
+    model = _uniform_attention_model()
     metas, objects, xt, t = _scenes(tag="position")
     maps = cross_attention_maps(model, xt, t, [m["prompt"] for m in metas])
     loss, projection = relation_loss(maps, objects, [object_relations(m) for m in metas], 24, margin=0.2)
