@@ -215,8 +215,16 @@ def test_demo_preset_trains_from_a_shipped_base_on_the_train_split():
     assert (cfg.eval_num_steps, cfg.eval_every) == (40, 0)
 
 
-def test_web_base_records_what_its_pretraining_saw():
-    meta = json.loads((CONFIGS.parent / "checkpoints" / "shapes-base-web" / "config.json").read_text())
-    assert meta["arch"]["text_encoder"] == "ordered"
-    assert (meta["pretrain"]["prompts"], meta["pretrain"]["caption_noise"]) == ("all", "web")
-    assert meta["pretrain"]["completed_steps"] == meta["pretrain"]["steps"]
+def test_demo_base_records_what_its_pretraining_saw():
+    """The README states what the demo's base saw: every composition under web-like captions, at each link of
+    its chain of --init fine-tunes (relation <- grounded <- web), each run to its last step."""
+    root = CONFIGS.parent
+    chain, folder = [], load(CONFIGS / "shapes-vgpo-demo.yaml").checkpoint
+    while folder:
+        meta = json.loads((root / folder / "config.json").read_text())
+        assert meta["arch"]["text_encoder"] == "ordered"
+        assert (meta["pretrain"]["prompts"], meta["pretrain"]["caption_noise"]) == ("all", "web")
+        assert meta["pretrain"]["completed_steps"] == meta["pretrain"]["steps"]
+        chain.append(Path(folder).name)
+        folder = meta["pretrain"].get("init")
+    assert chain == ["shapes-base-relation", "shapes-base-grounded", "shapes-base-web"]
