@@ -34,6 +34,7 @@ from vgpo.config import check_fields, doc, same_as_written, to_dict
 from vgpo.errors import VgpoError
 from vgpo.models.text_encoder import ContextHead
 from vgpo.models.tiny import TINY_PRECISIONS, AttnBlock, TinyConfig, TinyFlowModel
+from vgpo.train.fm_losses import fm_interpolate
 from vgpo.train.guards import check_step
 from vgpo.utils import append_line, atomic_torch_save, atomic_write_text, derive_seed, load_torch
 from vgpo.worlds import SPLITS, World, balanced_choice, get_world
@@ -507,8 +508,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         metas, images, texts, t, noise = batch.metas, batch.images, batch.texts, batch.t, batch.noise
         with torch.no_grad():  # the autoencoder, when there is one, is frozen
             x0 = model.encode_images(images)
-        tb = t.view(-1, 1, 1, 1)
-        xt = (1 - tb) * x0 + tb * noise
+        xt = fm_interpolate(x0, noise, t)
         ids, mask = model.tokenize(texts)
         with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=model.precision == "bf16"):
             cond = net.text(ids, mask)
@@ -557,8 +557,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
             noise_rel = torch.randn((cfg.relation_batch, *model.latent_shape), generator=gen)
             with torch.no_grad():
                 x0_rel = model.encode_images(torch.stack([world.render(m, s) for m, s in zip(chosen, seeds)]))
-            tb_rel = t_rel.view(-1, 1, 1, 1)
-            xt_rel = (1 - tb_rel) * x0_rel + tb_rel * noise_rel
+            xt_rel = fm_interpolate(x0_rel, noise_rel, t_rel)
             maps = cross_attention_maps(model, xt_rel, t_rel, [m["prompt"] for m in chosen])
             objects = [masker(m, s) for m, s in zip(chosen, seeds)]
             stated = [relations(m) for m in chosen]
