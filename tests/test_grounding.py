@@ -201,6 +201,10 @@ def test_pretraining_logs_grounding_starts_from_init_and_refuses_bad_fields(caps
         PretrainConfig(**cfg, relation_warmup_steps=1)
     with pytest.raises(VgpoError, match="relation_warmup_steps:"):
         PretrainConfig(**cfg, relation_loss=1.0, relation_warmup_steps=2)
+    with pytest.raises(VgpoError, match="relation_warmup_trains: expected one of all, attention"):
+        PretrainConfig(**cfg, relation_loss=1.0, relation_warmup_steps=1, relation_warmup_trains="conv")
+    with pytest.raises(VgpoError, match="relation_warmup_trains:.*relation_warmup_steps > 0"):
+        PretrainConfig(**cfg, relation_loss=1.0, relation_warmup_trains="attention")
     with pytest.raises(VgpoError, match="relation_batch:"):
         PretrainConfig(**cfg, relation_loss=1.0, relation_batch=0)
     with pytest.raises(VgpoError, match="relation_loss: world 'text' has no object relations"):
@@ -221,6 +225,23 @@ def test_a_relation_run_resumed_across_its_warm_up_ends_where_a_straight_one_doe
     assert main(base + other + ["--steps", "4", "--out", str(tmp_path / "full")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "resume.pt" in err and "relation_loss=1.0" in err
+
+
+@pytest.mark.parametrize("scope", ["attention", "attention+text"])
+def test_a_scoped_warm_up_moves_only_the_query_key_path_and_its_scope(tmp_path, scope):
+    base = TINY + ["--prompts", "all", "--text-encoder", "ordered"]
+    assert main(base + ["--steps", "1", "--out", str(tmp_path / "base")]) == 0
+    relate = ["--init", str(tmp_path / "base"), "--query-positions", "true", "--relation-loss", "1"]
+    relate += ["--relation-warmup-steps", "2", "--relation-batch", "4", "--relation-warmup-trains", scope]
+    assert main(base + relate + ["--steps", "2", "--out", str(tmp_path / "warm")]) == 0
+    init = TinyFlowModel.load(tmp_path / "base", precision="fp32").net.state_dict()
+    warm = torch.load(tmp_path / "warm" / "resume.pt", weights_only=True)["net"]  # the raw weights, not the EMA
+    query_key = (".norm2.", ".q.", ".kv.", ".q_pos.")
+    moved = {k for k in warm if k not in init or not torch.equal(init[k], warm[k])}
+    assert all(k.startswith("attn_") and any(part in k for part in query_key) or k.startswith("text.") for k in moved)
+    assert {k for k in warm if k.startswith("attn_") and (".q." in k or ".q_pos." in k)} <= moved
+    assert any(k.startswith("text.") for k in moved) == (scope == "attention+text")
+    assert not any(k.startswith(("conv_", "down", "up", "mid.", "time_mlp", "text_proj")) for k in moved)
 
 
 def test_the_shipped_relation_base_loads_with_learned_query_positions():

@@ -56,7 +56,11 @@ _OLD_OBJECTIVE = {
     "relation_min_t": 0.0,
     "relation_batch": 0,
     "relation_warmup_steps": 0,
+    "relation_warmup_trains": "all",
 }
+
+#: What ``relation_warmup_trains`` may name: the weights the relation warm-up moves.
+WARMUP_SCOPES = ("all", "attention", "attention+text")
 
 
 #: The auxiliary losses' log.jsonl columns, when on.
@@ -158,6 +162,13 @@ class PretrainConfig:
         "loss it did not move in 400 steps from a base without it; alone it jumps to the margin after some 80-190 "
         "steps, and the full objective then keeps it and repairs what it moved (docs/learning-study.md, section 28)",
     )
+    relation_warmup_trains: str = doc(
+        "all",
+        "weights the relation warm-up trains: all; 'attention' (each cross-attention block's query/key path: "
+        "norm2, q, kv, q_pos, where the relation loss reads); 'attention+text' (those and the text encoder). The "
+        "rest keep their values through the warm-up: an all-weights warm-up moved the convolutional path that "
+        "draws colours and the repair did not bring them back (docs/learning-study.md, sections 30-31)",
+    )
     relation_batch: int = doc(
         32, "scenes stating a relation that the relation loss renders each step, beside the batch"
     )
@@ -208,6 +219,11 @@ class PretrainConfig:
             )
         if self.relation_warmup_steps and not self.relation_loss:
             raise VgpoError("relation_warmup_steps: warms up the relation loss; set relation_loss > 0")
+        if self.relation_warmup_trains not in WARMUP_SCOPES:
+            scopes, got = ", ".join(WARMUP_SCOPES), self.relation_warmup_trains
+            raise VgpoError(f"relation_warmup_trains: expected one of {scopes}, got {got!r}")
+        if self.relation_warmup_trains != "all" and not self.relation_warmup_steps:
+            raise VgpoError("relation_warmup_trains: restricts the warm-up; set relation_warmup_steps > 0")
         if not 0 <= self.relation_min_t < 1:
             raise VgpoError(f"relation_min_t: expected in [0, 1), got {self.relation_min_t}")
         if not 0 < self.relation_margin <= 1:
@@ -232,6 +248,26 @@ def lr_factor(cfg: PretrainConfig | AutoencoderTrainConfig, step: int) -> float:
     if cfg.cooldown_steps:
         factor *= min(1.0, (cfg.steps - step) / cfg.cooldown_steps)
     return factor
+
+
+def warmup_frozen(net: torch.nn.Module, scope: str) -> list[torch.nn.Parameter]:
+    """The parameters a relation warm-up of ``scope`` (``WARMUP_SCOPES``) holds still: none for 'all'; for
+    'attention' every one but the cross-attention blocks' query/key path (their norm2, q, kv, q_pos: kv's
+    value half gets no gradient from the relation loss, which reads only the maps); 'attention+text' also
+    trains the text encoder (``net.text``), whose tokens are the keys."""
+    if scope == "all":
+        return []
+    trained = {
+        id(p)
+        for block in net.modules()
+        if isinstance(block, AttnBlock)
+        for part in (block.norm2, block.q, block.kv, block.q_pos)
+        if part is not None
+        for p in part.parameters()
+    }
+    if scope == "attention+text":
+        trained |= {id(p) for p in net.text.parameters()}
+    return [p for p in net.parameters() if id(p) not in trained]
 
 
 def training_prompts(world: World, prompts: str) -> list[dict]:
@@ -460,6 +496,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         "relation_min_t": cfg.relation_min_t if cfg.relation_loss else 0.0,
         "relation_batch": cfg.relation_batch if cfg.relation_loss else 0,
         "relation_warmup_steps": cfg.relation_warmup_steps,
+        "relation_warmup_trains": cfg.relation_warmup_trains,
     }
     head = None
     if cfg.text_context_loss:
@@ -503,7 +540,11 @@ def pretrain(cfg: PretrainConfig) -> Path:
     log_path = out / "log.jsonl"
     started = time.time()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", dynamic_ncols=True)
+    held = warmup_frozen(net, cfg.relation_warmup_trains)
     for step in bar:
+        # Frozen weights get no gradient, so AdamW skips them (no moment, no decay): bit-identical until released.
+        for p in held:
+            p.requires_grad_(step >= cfg.relation_warmup_steps)
         batch = _batch(world, prompts, cfg, step, model.latent_shape, caption)
         metas, images, texts, t, noise = batch.metas, batch.images, batch.texts, batch.t, batch.noise
         with torch.no_grad():  # the autoencoder, when there is one, is frozen
