@@ -205,6 +205,10 @@ def test_pretraining_logs_grounding_starts_from_init_and_refuses_bad_fields(caps
         PretrainConfig(**cfg, relation_loss=1.0, relation_warmup_steps=1, relation_warmup_trains="conv")
     with pytest.raises(VgpoError, match="relation_warmup_trains:.*relation_warmup_steps > 0"):
         PretrainConfig(**cfg, relation_loss=1.0, relation_warmup_trains="attention")
+    with pytest.raises(VgpoError, match="relation_trains: expected one of all, attention"):
+        PretrainConfig(**cfg, relation_loss=1.0, relation_trains="text")
+    with pytest.raises(VgpoError, match="relation_trains:.*relation_loss > 0"):
+        PretrainConfig(**cfg, relation_trains="attention")
     with pytest.raises(VgpoError, match="relation_batch:"):
         PretrainConfig(**cfg, relation_loss=1.0, relation_batch=0)
     with pytest.raises(VgpoError, match="relation_loss: world 'text' has no object relations"):
@@ -242,6 +246,32 @@ def test_a_scoped_warm_up_moves_only_the_query_key_path_and_its_scope(tmp_path, 
     assert {k for k in warm if k.startswith("attn_") and (".q." in k or ".q_pos." in k)} <= moved
     assert any(k.startswith("text.") for k in moved) == (scope == "attention+text")
     assert not any(k.startswith(("conv_", "down", "up", "mid.", "time_mlp", "text_proj")) for k in moved)
+
+
+def test_a_scoped_relation_term_leaves_the_rest_to_the_flow_and_grounding_losses(tmp_path):
+    # No clipping: a clip would scale every weight's step by the norm, which the term changes.
+    base = TINY + ["--prompts", "all", "--text-encoder", "ordered", "--grad-clip", "1e9"]
+    assert main(base + ["--steps", "1", "--out", str(tmp_path / "base")]) == 0
+    tune = ["--init", str(tmp_path / "base"), "--query-positions", "true", "--grounding-loss", "0.5", "--steps", "1"]
+    relate = ["--relation-loss", "1", "--relation-batch", "4"]
+    runs = {
+        "none": tune,
+        "attention": tune + relate + ["--relation-trains", "attention"],
+        "all": tune + relate,
+    }
+    weights = {}
+    for name, args in runs.items():
+        assert main(base + args + ["--out", str(tmp_path / name)]) == 0
+        weights[name] = torch.load(tmp_path / name / "resume.pt", weights_only=True)["net"]  # raw, not the EMA
+    query_key = (".norm2.", ".q.", ".kv.", ".q_pos.")
+    scoped = {k for k in weights["none"] if k.startswith("attn_") and any(part in k for part in query_key)}
+
+    def differ(a, b):
+        return {k for k in weights[a] if not torch.equal(weights[a][k], weights[b][k])}
+
+    assert differ("attention", "none") <= scoped  # the rest took the flow and grounding losses' step alone
+    assert {k for k in scoped if ".q." in k or ".q_pos." in k} <= differ("attention", "none")
+    assert any(k.startswith(("conv_", "down", "mid.", "up")) for k in differ("all", "none"))
 
 
 def test_the_shipped_relation_base_loads_with_learned_query_positions():

@@ -57,10 +57,11 @@ _OLD_OBJECTIVE = {
     "relation_batch": 0,
     "relation_warmup_steps": 0,
     "relation_warmup_trains": "all",
+    "relation_trains": "all",
 }
 
-#: What ``relation_warmup_trains`` may name: the weights the relation warm-up moves.
-WARMUP_SCOPES = ("all", "attention", "attention+text")
+#: What ``relation_warmup_trains`` and ``relation_trains`` may name: weights the relation term moves.
+RELATION_SCOPES = ("all", "attention", "attention+text")
 
 
 #: The auxiliary losses' log.jsonl columns, when on.
@@ -169,6 +170,12 @@ class PretrainConfig:
         "rest keep their values through the warm-up: an all-weights warm-up moved the convolutional path that "
         "draws colours and the repair did not bring them back (docs/learning-study.md, sections 30-31)",
     )
+    relation_trains: str = doc(
+        "all",
+        "weights the relation term's gradient reaches after the warm-up (the scopes of relation_warmup_trains); "
+        "the flow and grounding losses train every weight. Beside them it cost the colours tag (0.94 -> 0.77 "
+        "on training prompts, docs/learning-study.md, section 31)",
+    )
     relation_batch: int = doc(
         32, "scenes stating a relation that the relation loss renders each step, beside the batch"
     )
@@ -219,9 +226,14 @@ class PretrainConfig:
             )
         if self.relation_warmup_steps and not self.relation_loss:
             raise VgpoError("relation_warmup_steps: warms up the relation loss; set relation_loss > 0")
-        if self.relation_warmup_trains not in WARMUP_SCOPES:
-            scopes, got = ", ".join(WARMUP_SCOPES), self.relation_warmup_trains
+        if self.relation_warmup_trains not in RELATION_SCOPES:
+            scopes, got = ", ".join(RELATION_SCOPES), self.relation_warmup_trains
             raise VgpoError(f"relation_warmup_trains: expected one of {scopes}, got {got!r}")
+        if self.relation_trains not in RELATION_SCOPES:
+            scopes, got = ", ".join(RELATION_SCOPES), self.relation_trains
+            raise VgpoError(f"relation_trains: expected one of {scopes}, got {got!r}")
+        if self.relation_trains != "all" and not self.relation_loss:
+            raise VgpoError("relation_trains: scopes the relation term; set relation_loss > 0")
         if self.relation_warmup_trains != "all" and not self.relation_warmup_steps:
             raise VgpoError("relation_warmup_trains: restricts the warm-up; set relation_warmup_steps > 0")
         if not 0 <= self.relation_min_t < 1:
@@ -250,24 +262,16 @@ def lr_factor(cfg: PretrainConfig | AutoencoderTrainConfig, step: int) -> float:
     return factor
 
 
-def warmup_frozen(net: torch.nn.Module, scope: str) -> list[torch.nn.Parameter]:
-    """The parameters a relation warm-up of ``scope`` (``WARMUP_SCOPES``) holds still: none for 'all'; for
-    'attention' every one but the cross-attention blocks' query/key path (their norm2, q, kv, q_pos: kv's
-    value half gets no gradient from the relation loss, which reads only the maps); 'attention+text' also
-    trains the text encoder (``net.text``), whose tokens are the keys."""
+def relation_scope(net: torch.nn.Module, scope: str) -> list[torch.nn.Parameter]:
+    """The parameters a relation term of ``scope`` (``RELATION_SCOPES``) trains: every one for 'all'; for
+    'attention' the cross-attention blocks' query/key path (their norm2, q, kv, q_pos), where the term reads
+    its maps; 'attention+text' adds the text encoder (``net.text``), whose tokens are the keys."""
     if scope == "all":
-        return []
-    trained = {
-        id(p)
-        for block in net.modules()
-        if isinstance(block, AttnBlock)
-        for part in (block.norm2, block.q, block.kv, block.q_pos)
-        if part is not None
-        for p in part.parameters()
-    }
-    if scope == "attention+text":
-        trained |= {id(p) for p in net.text.parameters()}
-    return [p for p in net.parameters() if id(p) not in trained]
+        return list(net.parameters())
+    blocks = [m for m in net.modules() if isinstance(m, AttnBlock)]
+    parts = [part for b in blocks for part in (b.norm2, b.q, b.kv, b.q_pos) if part is not None]
+    parts += [net.text] if scope == "attention+text" else []
+    return [p for part in parts for p in part.parameters()]
 
 
 def training_prompts(world: World, prompts: str) -> list[dict]:
@@ -497,6 +501,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         "relation_batch": cfg.relation_batch if cfg.relation_loss else 0,
         "relation_warmup_steps": cfg.relation_warmup_steps,
         "relation_warmup_trains": cfg.relation_warmup_trains,
+        "relation_trains": cfg.relation_trains,
     }
     head = None
     if cfg.text_context_loss:
@@ -540,7 +545,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
     log_path = out / "log.jsonl"
     started = time.time()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", dynamic_ncols=True)
-    held = warmup_frozen(net, cfg.relation_warmup_trains)
+    warmed = {id(p) for p in relation_scope(net, cfg.relation_warmup_trains)}
+    held = [p for p in net.parameters() if id(p) not in warmed]
+    related_params = relation_scope(net, cfg.relation_trains)
     for step in bar:
         # Frozen weights get no gradient, so AdamW skips them (no moment, no decay): bit-identical until released.
         for p in held:
@@ -587,6 +594,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 grounding, inside = grounding_loss(maps, objects, model.tokenizer.max_tokens)
                 losses["grounding"], losses["grounding_inside"] = grounding.item(), inside
                 loss = loss + cfg.grounding_loss * grounding
+        scoped = None  # the relation term, when its gradient reaches only cfg.relation_trains
         if relations is not None:
             # A batch of its own, of scenes that state a relation, at noise levels drawn uniformly from
             # [relation_min_t, 1]: where the layout is decided and the caption, not the pixels, must say which
@@ -604,14 +612,18 @@ def pretrain(cfg: PretrainConfig) -> Path:
             stated = [relations(m) for m in chosen]
             relation, projection = relation_loss(maps, objects, stated, model.tokenizer.max_tokens, cfg.relation_margin)
             losses["relation"], losses["relation_projection"] = relation.item(), projection
-            # The warm-up trains the relation loss alone; the flow loss is still logged.
-            loss = (
-                cfg.relation_loss * relation
-                if step < cfg.relation_warmup_steps
-                else loss + cfg.relation_loss * relation
-            )
+            term = cfg.relation_loss * relation
+            if step < cfg.relation_warmup_steps:
+                loss = term  # the warm-up trains the relation loss alone; the flow loss is still logged
+            elif cfg.relation_trains == "all":
+                loss = loss + term
+            else:
+                scoped = term
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if scoped is not None:
+            # Into the scope's weights only: beside the flow loss the term on every weight cost colours.
+            scoped.backward(inputs=related_params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         check_step(f"step {step + 1}", float(grad_norm), losses)  # no NaN reaches the weights
         opt.step()
