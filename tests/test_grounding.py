@@ -274,9 +274,15 @@ def test_a_scoped_relation_term_leaves_the_rest_to_the_flow_and_grounding_losses
     assert any(k.startswith(("conv_", "down", "mid.", "up")) for k in differ("all", "none"))
 
 
-def test_the_shipped_relation_base_loads_with_learned_query_positions():
+SHIPPED_WARM_UPS = [("shapes-base-relation", ("all", 300)), ("shapes-base-relation-attention", ("attention", 500))]
+
+
+@pytest.mark.parametrize(("folder", "warm_up"), SHIPPED_WARM_UPS)
+def test_the_shipped_relation_bases_load_with_learned_query_positions(folder, warm_up):
     root = Path(__file__).resolve().parent.parent / "checkpoints"
-    model = TinyFlowModel.load(root / "shapes-base-relation", precision="fp32")
+    model = TinyFlowModel.load(root / folder, precision="fp32")
     base = TinyFlowModel.load(root / "shapes-base-grounded", precision="fp32")
     assert model.cfg.query_positions and dataclasses.replace(model.cfg, query_positions=False) == base.cfg
     assert all(b.q_pos.weight.abs().max() > 0.01 for b in model.net.modules() if isinstance(b, AttnBlock))
+    pretrained = json.loads((root / folder / "config.json").read_text())["pretrain"]
+    assert (pretrained.get("relation_warmup_trains", "all"), pretrained["relation_warmup_steps"]) == warm_up

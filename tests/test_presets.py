@@ -217,7 +217,7 @@ def test_demo_preset_trains_from_a_shipped_base_on_the_train_split():
 
 def test_demo_base_records_what_its_pretraining_saw():
     """The README states what the demo's base saw: every composition under web-like captions, at each link of
-    its chain of --init fine-tunes (relation <- grounded <- web), each run to its last step."""
+    its chain of --init fine-tunes (relation-attention <- grounded <- web), each run to its last step."""
     root = CONFIGS.parent
     chain, folder = [], load(CONFIGS / "shapes-vgpo-demo.yaml").checkpoint
     while folder:
@@ -227,4 +227,4 @@ def test_demo_base_records_what_its_pretraining_saw():
         assert meta["pretrain"]["completed_steps"] == meta["pretrain"]["steps"]
         chain.append(Path(folder).name)
         folder = meta["pretrain"].get("init")
-    assert chain == ["shapes-base-relation", "shapes-base-grounded", "shapes-base-web"]
+    assert chain == ["shapes-base-relation-attention", "shapes-base-grounded", "shapes-base-web"]

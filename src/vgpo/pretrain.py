@@ -167,8 +167,8 @@ class PretrainConfig:
         "all",
         "weights the relation warm-up trains: all; 'attention' (each cross-attention block's query/key path: "
         "norm2, q, kv, q_pos, where the relation loss reads); 'attention+text' (those and the text encoder). The "
-        "rest keep their values through the warm-up: an all-weights warm-up moved the convolutional path that "
-        "draws colours and the repair did not bring them back (docs/learning-study.md, sections 30-31)",
+        "rest keep their values through the warm-up: from the grounded base an attention-only warm-up kept its "
+        "colour binding, which the all-weights one cost (docs/learning-study.md, section 31)",
     )
     relation_trains: str = doc(
         "all",
