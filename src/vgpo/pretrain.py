@@ -174,7 +174,8 @@ class PretrainConfig:
         "all",
         "weights the relation term's gradient reaches after the warm-up (the scopes of relation_warmup_trains); "
         "the flow and grounding losses train every weight. With the term on every weight the colours tag read "
-        "0.77 on training prompts, 0.94 without the term (docs/learning-study.md, section 31)",
+        "0.77 on training prompts, 0.94 without it; on the attention alone the relation did not hold "
+        "(position 0.56; docs/learning-study.md, section 31)",
     )
     relation_batch: int = doc(
         32, "scenes stating a relation that the relation loss renders each step, beside the batch"
