@@ -227,12 +227,10 @@ class PretrainConfig:
             )
         if self.relation_warmup_steps and not self.relation_loss:
             raise VgpoError("relation_warmup_steps: warms up the relation loss; set relation_loss > 0")
-        if self.relation_warmup_trains not in RELATION_SCOPES:
-            scopes, got = ", ".join(RELATION_SCOPES), self.relation_warmup_trains
-            raise VgpoError(f"relation_warmup_trains: expected one of {scopes}, got {got!r}")
-        if self.relation_trains not in RELATION_SCOPES:
-            scopes, got = ", ".join(RELATION_SCOPES), self.relation_trains
-            raise VgpoError(f"relation_trains: expected one of {scopes}, got {got!r}")
+        for name in ("relation_warmup_trains", "relation_trains"):
+            if getattr(self, name) not in RELATION_SCOPES:
+                scopes, got = ", ".join(RELATION_SCOPES), getattr(self, name)
+                raise VgpoError(f"{name}: expected one of {scopes}, got {got!r}")
         if self.relation_trains != "all" and not self.relation_loss:
             raise VgpoError("relation_trains: scopes the relation term; set relation_loss > 0")
         if self.relation_warmup_trains != "all" and not self.relation_warmup_steps:
