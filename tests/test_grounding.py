@@ -15,7 +15,14 @@ import torch
 from vgpo.cli import main
 from vgpo.errors import VgpoError
 from vgpo.models.tiny import AttnBlock, TinyConfig, TinyFlowModel
-from vgpo.pretrain import PretrainConfig, cross_attention_maps, grounding_loss, pretrain, relation_loss
+from vgpo.pretrain import (
+    PretrainConfig,
+    cross_attention_maps,
+    grounding_loss,
+    pretrain,
+    relation_loss,
+    relation_weight,
+)
 from vgpo.worlds import get_world
 from vgpo.worlds.shapes.prompts import composition_space, object_relations, object_words
 from vgpo.worlds.shapes.renderer import render, render_masks
@@ -209,6 +216,10 @@ def test_pretraining_logs_grounding_starts_from_init_and_refuses_bad_fields(caps
         PretrainConfig(**cfg, relation_loss=1.0, relation_trains="text")
     with pytest.raises(VgpoError, match="relation_trains:.*relation_loss > 0"):
         PretrainConfig(**cfg, relation_trains="attention")
+    with pytest.raises(VgpoError, match="relation_decay_steps:.*relation_loss > 0"):
+        PretrainConfig(**cfg, relation_decay_steps=1)
+    with pytest.raises(VgpoError, match="relation_decay_steps: expected >= 0"):
+        PretrainConfig(**cfg, relation_loss=1.0, relation_decay_steps=-1)
     with pytest.raises(VgpoError, match="relation_batch:"):
         PretrainConfig(**cfg, relation_loss=1.0, relation_batch=0)
     with pytest.raises(VgpoError, match="relation_loss: world 'text' has no object relations"):
@@ -229,6 +240,30 @@ def test_a_relation_run_resumed_across_its_warm_up_ends_where_a_straight_one_doe
     assert main(base + other + ["--steps", "4", "--out", str(tmp_path / "full")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "resume.pt" in err and "relation_loss=1.0" in err
+
+
+def test_the_relation_weight_holds_through_the_warm_up_then_falls_linearly_to_zero():
+    cfg = PretrainConfig(prompts="all", steps=10, relation_loss=0.5, relation_warmup_steps=2, relation_decay_steps=4)
+    assert [relation_weight(cfg, s) for s in range(9)] == [0.5, 0.5, 0.5, 0.375, 0.25, 0.125, 0.0, 0.0, 0.0]
+    constant = dataclasses.replace(cfg, relation_decay_steps=0)
+    assert [relation_weight(constant, s) for s in range(10)] == [0.5] * 10
+
+
+def test_a_decayed_relation_term_is_logged_with_its_weight_and_then_is_off(tmp_path):
+    base = TINY + ["--prompts", "all", "--text-encoder", "ordered"]
+    assert main(base + ["--steps", "1", "--out", str(tmp_path / "base")]) == 0
+    relate = ["--init", str(tmp_path / "base"), "--query-positions", "true", "--relation-loss", "1"]
+    relate += ["--relation-warmup-steps", "1", "--relation-batch", "4", "--grounding-loss", "0.5"]
+    decayed = relate + ["--relation-decay-steps", "2", "--steps", "4"]
+    assert main(base + decayed + ["--out", str(tmp_path / "decayed")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "decayed" / "log.jsonl").read_text().splitlines()]
+    assert [r.get("relation_weight") for r in rows] == [1.0, 1.0, 0.5, None]
+    assert "relation" not in rows[3] and "grounding" in rows[3]  # the term and its batch are gone, the rest trains
+    # Until the decay begins the run is the constant-weight one, bit for bit.
+    assert main(base + relate + ["--relation-decay-steps", "1000", "--steps", "2", "--out", str(tmp_path / "a")]) == 0
+    assert main(base + relate + ["--steps", "2", "--out", str(tmp_path / "b")]) == 0
+    weights = [(tmp_path / run / "model.safetensors").read_bytes() for run in ("a", "b")]
+    assert weights[0] == weights[1]
 
 
 @pytest.mark.parametrize("scope", ["attention", "attention+text"])

@@ -58,6 +58,7 @@ _OLD_OBJECTIVE = {
     "relation_warmup_steps": 0,
     "relation_warmup_trains": "all",
     "relation_trains": "all",
+    "relation_decay_steps": 0,
 }
 
 #: What ``relation_warmup_trains`` and ``relation_trains`` may name: weights the relation term moves.
@@ -65,7 +66,15 @@ RELATION_SCOPES = ("all", "attention", "attention+text")
 
 
 #: The auxiliary losses' log.jsonl columns, when on.
-_LOGGED_LOSSES = ("binding", "binding_accuracy", "grounding", "grounding_inside", "relation", "relation_projection")
+_LOGGED_LOSSES = (
+    "binding",
+    "binding_accuracy",
+    "grounding",
+    "grounding_inside",
+    "relation",
+    "relation_projection",
+    "relation_weight",
+)
 
 
 @dataclass
@@ -177,6 +186,12 @@ class PretrainConfig:
         "0.77 on training prompts, 0.94 without it; on the attention alone the relation did not hold "
         "(position 0.56; docs/learning-study.md, section 31)",
     )
+    relation_decay_steps: int = doc(
+        0,
+        "steps after the warm-up over which the relation term's weight falls linearly from relation_loss to 0; "
+        "after them the term is off and its batch is not drawn. 0: the weight stays. At a constant weight the "
+        "term cost the colours tag (0.77 at 1, 0.90 at 0.1, 0.94 without it; docs/learning-study.md, section 33)",
+    )
     relation_batch: int = doc(
         32, "scenes stating a relation that the relation loss renders each step, beside the batch"
     )
@@ -233,6 +248,10 @@ class PretrainConfig:
                 raise VgpoError(f"{name}: expected one of {scopes}, got {got!r}")
         if self.relation_trains != "all" and not self.relation_loss:
             raise VgpoError("relation_trains: scopes the relation term; set relation_loss > 0")
+        if self.relation_decay_steps < 0:
+            raise VgpoError(f"relation_decay_steps: expected >= 0, got {self.relation_decay_steps}")
+        if self.relation_decay_steps and not self.relation_loss:
+            raise VgpoError("relation_decay_steps: decays the relation loss; set relation_loss > 0")
         if self.relation_warmup_trains != "all" and not self.relation_warmup_steps:
             raise VgpoError("relation_warmup_trains: restricts the warm-up; set relation_warmup_steps > 0")
         if not 0 <= self.relation_min_t < 1:
@@ -445,6 +464,15 @@ def relation_loss(
     return torch.stack(losses).mean(), sum(projections) / len(projections)
 
 
+def relation_weight(cfg: PretrainConfig, step: int) -> float:
+    """The relation term's weight at 0-based ``step``: relation_loss through the warm-up, then falling linearly to 0
+    over relation_decay_steps (when set) and staying there."""
+    done = step - cfg.relation_warmup_steps
+    if not cfg.relation_decay_steps or done <= 0:
+        return cfg.relation_loss
+    return cfg.relation_loss * max(0.0, 1.0 - done / cfg.relation_decay_steps)
+
+
 def pretrain(cfg: PretrainConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -501,6 +529,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         "relation_warmup_steps": cfg.relation_warmup_steps,
         "relation_warmup_trains": cfg.relation_warmup_trains,
         "relation_trains": cfg.relation_trains,
+        "relation_decay_steps": cfg.relation_decay_steps,
     }
     head = None
     if cfg.text_context_loss:
@@ -594,7 +623,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 losses["grounding"], losses["grounding_inside"] = grounding.item(), inside
                 loss = loss + cfg.grounding_loss * grounding
         scoped = None  # the relation term, when its gradient reaches only cfg.relation_trains
-        if relations is not None:
+        weight = relation_weight(cfg, step)
+        if relations is not None and weight > 0:
             # A batch of its own, of scenes that state a relation, at noise levels drawn uniformly from
             # [relation_min_t, 1]: where the layout is decided and the caption, not the pixels, must say which
             # side. The flow batch holds about ten such scenes, a fifth of them at those levels.
@@ -611,7 +641,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
             stated = [relations(m) for m in chosen]
             relation, projection = relation_loss(maps, objects, stated, model.tokenizer.max_tokens, cfg.relation_margin)
             losses["relation"], losses["relation_projection"] = relation.item(), projection
-            term = cfg.relation_loss * relation
+            losses["relation_weight"] = weight
+            term = weight * relation
             if step < cfg.relation_warmup_steps:
                 loss = term  # the warm-up trains the relation loss alone; the flow loss is still logged
             elif cfg.relation_trains == "all":
