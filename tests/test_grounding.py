@@ -270,7 +270,7 @@ def test_single_object_scenes_train_the_grounding_loss_only_when_asked(tmp_path)
     )
     assert "grounding" not in multi  # one object a scene: nothing for the default to read
     assert 0 < every["grounding"] < 1 and 0 < every["grounding_inside"] < 1
-    assert every["flow"] == multi["flow"]  # the same batch and network; only the auxiliary term differs
+    assert every["loss"] == multi["loss"]  # the flow loss: the same batch and network; only the auxiliary term differs
     weights = [(tmp_path / d / "model.safetensors").read_bytes() for d in ("multi", "all")]
     assert weights[0] != weights[1]
 
