@@ -18,6 +18,7 @@ from vgpo.models.tiny import AttnBlock, TinyConfig, TinyFlowModel
 from vgpo.pretrain import (
     PretrainConfig,
     cross_attention_maps,
+    grounded_scenes,
     grounding_loss,
     pretrain,
     relation_loss,
@@ -76,11 +77,12 @@ def _scenes(n: int = 6, tag: str = "color_attr"):
     return metas, objects, xt, t
 
 
-def test_uniform_attention_finds_each_object_in_proportion_to_its_area():
+@pytest.mark.parametrize("tag", ["color_attr", "colors", "counting"])  # two objects; one; one word for several
+def test_uniform_attention_finds_each_object_in_proportion_to_its_area(tag):
     """With every query weight zero, each pixel attends to the prompt's tokens uniformly, so the fraction of
     a token's attention inside its object is the object's share of the canvas (pooling keeps areas)."""
     model = _uniform_attention_model()
-    metas, objects, xt, t = _scenes()
+    metas, objects, xt, t = _scenes(tag=tag)
     maps = cross_attention_maps(model, xt, t, [m["prompt"] for m in metas])
     loss, inside = grounding_loss(maps, objects, model.tokenizer.max_tokens)
     shares = torch.tensor([mask.mean().item() for scene in objects for words, mask in scene for _ in words])
@@ -220,6 +222,10 @@ def test_pretraining_logs_grounding_starts_from_init_and_refuses_bad_fields(caps
         PretrainConfig(**cfg, relation_decay_steps=1)
     with pytest.raises(VgpoError, match="relation_decay_steps: expected >= 0"):
         PretrainConfig(**cfg, relation_loss=1.0, relation_decay_steps=-1)
+    with pytest.raises(VgpoError, match="grounding_scenes: expected one of multi, all"):
+        PretrainConfig(**cfg, grounding_loss=1.0, grounding_scenes="single")
+    with pytest.raises(VgpoError, match="grounding_scenes:.*grounding_loss > 0"):
+        PretrainConfig(**cfg, grounding_scenes="all")
     with pytest.raises(VgpoError, match="relation_batch:"):
         PretrainConfig(**cfg, relation_loss=1.0, relation_batch=0)
     with pytest.raises(VgpoError, match="relation_loss: world 'text' has no object relations"):
@@ -240,6 +246,33 @@ def test_a_relation_run_resumed_across_its_warm_up_ends_where_a_straight_one_doe
     assert main(base + other + ["--steps", "4", "--out", str(tmp_path / "full")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "resume.pt" in err and "relation_loss=1.0" in err
+
+
+def test_the_grounding_loss_reads_multi_object_scenes_unless_asked_for_all():
+    metas = [
+        m for tag in ("colors", "two_object", "counting", "position") for m in composition_space() if m["tag"] == tag
+    ]
+    multi, every = grounded_scenes(metas, "multi"), grounded_scenes(metas, "all")
+    assert every == list(range(len(metas)))
+    assert {metas[i]["tag"] for i in multi} == {"two_object", "position"}
+    assert all(len(metas[i]["include"]) == 1 for i in set(every) - set(multi))
+
+
+def test_single_object_scenes_train_the_grounding_loss_only_when_asked(tmp_path):
+    colors = [m for m in composition_space() if m["tag"] == "colors"]
+    (tmp_path / "colors.jsonl").write_text("".join(json.dumps(m) + "\n" for m in colors))
+    run = TINY + ["--prompts", str(tmp_path / "colors.jsonl"), "--text-encoder", "ordered", "--steps", "1"]
+    run += ["--grounding-loss", "0.5"]
+    assert main(run + ["--out", str(tmp_path / "multi")]) == 0
+    assert main(run + ["--grounding-scenes", "all", "--out", str(tmp_path / "all")]) == 0
+    (multi,), (every,) = (
+        [json.loads(x) for x in (tmp_path / d / "log.jsonl").read_text().splitlines()] for d in ("multi", "all")
+    )
+    assert "grounding" not in multi  # one object a scene: nothing for the default to read
+    assert 0 < every["grounding"] < 1 and 0 < every["grounding_inside"] < 1
+    assert every["loss"] == multi["loss"]  # the flow loss: the same batch and network; only the auxiliary term differs
+    weights = [(tmp_path / d / "model.safetensors").read_bytes() for d in ("multi", "all")]
+    assert weights[0] != weights[1]
 
 
 def test_the_relation_weight_holds_through_the_warm_up_then_falls_linearly_to_zero():

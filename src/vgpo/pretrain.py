@@ -59,8 +59,11 @@ _OLD_OBJECTIVE = {
     "relation_warmup_trains": "all",
     "relation_trains": "all",
     "relation_decay_steps": 0,
+    "grounding_scenes": "multi",
 }
 
+#: What ``grounding_scenes`` may name: the scenes the grounding loss reads.
+GROUNDING_SCENES = ("multi", "all")
 #: What ``relation_warmup_trains`` and ``relation_trains`` may name: weights the relation term moves.
 RELATION_SCOPES = ("all", "attention", "attention+text")
 
@@ -154,6 +157,12 @@ class PretrainConfig:
         "pixels that object covers, (1 - inside fraction)^2 averaged over tokens and attention blocks; 0: "
         "off (the shipped bases)",
     )
+    grounding_scenes: str = doc(
+        "multi",
+        "scenes the grounding loss reads: 'multi', those naming two or more objects (where words must be told "
+        "apart; every shipped base); 'all', single-object scenes too (colors, single_object and counting "
+        "prompts), whose colour and class words then learn to draw from their object's pixels as well",
+    )
     relation_loss: float = doc(
         0.0,
         "weight of a relation term on the same cross-attention: on scenes whose prompt states a relation "
@@ -236,6 +245,11 @@ class PretrainConfig:
                 raise VgpoError(f"{name}: expected >= 0, got {getattr(self, name)}")
             if getattr(self, name) and self.backbone != "unet":
                 raise VgpoError(f"{name}: needs the unet backbone's cross-attention, not {self.backbone!r}")
+        if self.grounding_scenes not in GROUNDING_SCENES:
+            choices = ", ".join(GROUNDING_SCENES)
+            raise VgpoError(f"grounding_scenes: expected one of {choices}, got {self.grounding_scenes!r}")
+        if self.grounding_scenes != "multi" and not self.grounding_loss:
+            raise VgpoError("grounding_scenes: chooses the grounding loss's scenes; set grounding_loss > 0")
         if not 0 <= self.relation_warmup_steps <= self.steps:
             raise VgpoError(
                 f"relation_warmup_steps: expected in [0, steps={self.steps}], got {self.relation_warmup_steps}"
@@ -428,6 +442,13 @@ def grounding_loss(maps: list[torch.Tensor], objects: list[list[tuple]], n_tok: 
     return torch.stack(losses).mean(), sum(inside_fractions) / len(inside_fractions)
 
 
+def grounded_scenes(metas: list[dict], scenes: str) -> list[int]:
+    """Indices of the batch's scenes the grounding loss reads (``PretrainConfig.grounding_scenes``): those
+    naming two or more objects ('multi'), or every one ('all')."""
+    least = 2 if scenes == "multi" else 1
+    return [i for i, m in enumerate(metas) if len(m["include"]) >= least]
+
+
 def relation_loss(
     maps: list[torch.Tensor], objects: list[list[tuple]], relations: list[list[tuple]], n_tok: int, margin: float
 ) -> tuple[torch.Tensor, float]:
@@ -530,6 +551,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         "relation_warmup_trains": cfg.relation_warmup_trains,
         "relation_trains": cfg.relation_trains,
         "relation_decay_steps": cfg.relation_decay_steps,
+        "grounding_scenes": cfg.grounding_scenes,
     }
     head = None
     if cfg.text_context_loss:
@@ -614,8 +636,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 losses["binding"], losses["binding_accuracy"] = contrast.item(), accuracy
                 loss = loss + cfg.binding_contrast * contrast
         if masker is not None:
-            # Scenes of two or more objects, under their exact captions (the words must name the render).
-            idx = [i for i, m in enumerate(metas) if len(m["include"]) > 1]
+            # The chosen scenes under their exact captions (the words must name the render).
+            idx = grounded_scenes(metas, cfg.grounding_scenes)
             if idx and cfg.grounding_loss and step >= cfg.relation_warmup_steps:
                 objects = [masker(metas[i], batch.seeds[i]) for i in idx]
                 maps = cross_attention_maps(model, xt[idx], t[idx], [metas[i]["prompt"] for i in idx])
