@@ -53,7 +53,9 @@ class TrainConfig:
     guidance_scale: float = doc(
         4.5,
         "CFG scale in rollouts and in the PPO update (Flow-GRPO: 4.5); the flow-matching "
-        "objectives (nft, awm) train the conditional velocity without CFG",
+        "objectives (nft, awm) train the conditional velocity without CFG, and their presets "
+        "sample without it too: DiffusionNFT on CFG-4.5 rollouts collapsed on Shapes "
+        "(docs/learning-study.md, section 43)",
     )
     cfg_uncond_grad: bool = doc(
         False,
