@@ -7,6 +7,10 @@ and > 2 SE, with extra objects at 40 within +0.05 of the base on each seed.
 
 import json
 import statistics as st
+import sys
+
+sys.path.insert(0, "benchmarks")
+from paired_recipes import paired_t  # noqa: E402  (the paired statistic the test-split tables use)
 
 VAL = "docs/benchmarks/val-amx"
 TAGS = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
@@ -42,6 +46,6 @@ for s in (0, 1, 2):
     print(f"  gain new {gain_new:+.3f} old {gain_old:+.3f} diff {gain_new - gain_old:+.3f}; extra {x0:.3f}->{x40:.3f}")
     print("  tags new", tags(new))
     print("  tags old", tags(old))
-m, se = st.mean(diffs), st.stdev(diffs) / len(diffs) ** 0.5
-better = m > 0 and m > 2 * se and extra_ok
-print(f"mean diff {m:+.4f} SE {se:.4f} t {m / se:.2f} n {len(diffs)}; extra ok {extra_ok}; BETTER {better}")
+m, (t, p) = st.mean(diffs), paired_t(diffs)
+better = m > 0 and t > 2 and extra_ok  # t = mean / (sd / sqrt n): "beyond 2 SE"
+print(f"mean diff {m:+.4f} SE {m / t:.4f} t {t:.2f} p {p:.3f} n {len(diffs)}; extra ok {extra_ok}; BETTER {better}")
