@@ -208,9 +208,12 @@ def test_state_dict_round_trip_and_mismatch():
         wrong_rank.load_trainable_state_dict(state)
 
 
-def test_saved_lora_loads_into_diffusers_pipeline(tmp_path):
-    """save_lora writes what ``pipe.load_lora_weights`` reads, alpha/r scale included."""
-    model = make_model()
+@pytest.mark.parametrize("merged_forward", [False, True])
+def test_saved_lora_loads_into_diffusers_pipeline(tmp_path, merged_forward):
+    """save_lora writes what ``pipe.load_lora_weights`` reads, alpha/r scale included; the merged-weight layers
+    (lora.merged_forward) compute what diffusers' own PEFT layers compute from the saved file."""
+    model = make_model(lora=dict(LORA, merged_forward=merged_forward))
+    assert any(type(m).__name__ == "MergedLinear" for m in model.transformer.modules()) == merged_forward
     perturb_lora(model)
     path = model.save_lora(tmp_path)
     assert path.is_file()

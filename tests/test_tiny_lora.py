@@ -55,10 +55,44 @@ def test_lora_state_dict_round_trip(tiny_checkpoint):
         load_model("tiny", str(tiny_checkpoint), {"lora": {"rank": 2}}).load_trainable_state_dict(state)
 
 
+def test_merged_forward_is_peft_lora(tiny_checkpoint):
+    """The merged-weight layers (lora_layers.py) compute PEFT's function and gradients, share its state dict,
+    and bypass the adapter as PEFT's do for the reference."""
+    models = {}
+    for merged in (False, True):
+        torch.manual_seed(0)
+        options = {"lora": {"rank": 4, "alpha": 8, "merged_forward": merged}, "precision": "fp32"}
+        models[merged] = load_model("tiny", str(tiny_checkpoint), options)
+    peft_path, merged = models[False], models[True]
+    assert any(type(m).__name__ == "MergedConv2d" for m in merged.net.modules())
+    assert any(type(m).__name__ == "MergedLinear" for m in merged.net.modules())
+    with torch.no_grad():
+        for p in peft_path.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    state = peft_path.trainable_state_dict()
+    assert state.keys() == merged.trainable_state_dict().keys()
+    merged.load_trainable_state_dict(state)
+    v_peft, v_merged = _velocity(peft_path), _velocity(merged)
+    tol = 1e-5 * float(v_peft.detach().abs().max())
+    torch.testing.assert_close(v_merged, v_peft, rtol=0, atol=tol)
+    base = load_model("tiny", str(tiny_checkpoint), {"precision": "fp32"})
+    assert (v_peft - _velocity(base)).abs().max() > 100 * tol  # the adapter is not a no-op
+    grads = []
+    for model, v in ((peft_path, v_peft), (merged, v_merged)):
+        (v**2).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.trainable_parameters()]))
+    assert grads[0].norm() > 0
+    assert (grads[1] - grads[0]).norm() < 1e-4 * grads[0].norm()
+    with merged.reference():
+        torch.testing.assert_close(_velocity(merged), _velocity(base), rtol=0, atol=tol)
+
+
 @pytest.mark.parametrize(
     "options, field",
     [
         ({"lora": {"rnk": 4}}, "model_options.lora.rnk"),
+        ({"lora": {"merged_forward": True, "dropout": 0.1}}, "model_options.lora.merged_forward"),
+        ({"lora": {"merged_forward": "yes"}}, "model_options.lora.merged_forward"),
         ({"dropout": 0.1}, "model_options.dropout"),
         ({"lora": {"target_modules": ["nope"]}}, "lora.target_modules"),
     ],
@@ -68,11 +102,13 @@ def test_bad_tiny_options_name_the_field(tiny_checkpoint, options, field):
         load_model("tiny", str(tiny_checkpoint), options)
 
 
-def test_lora_training_changes_only_the_adapter_and_resumes(tmp_path, tiny_checkpoint):
+@pytest.mark.parametrize("merged_forward", [False, True])
+def test_lora_training_changes_only_the_adapter_and_resumes(tmp_path, tiny_checkpoint, merged_forward):
+    lora = {"lora": dict(LORA["lora"], merged_forward=merged_forward)}
     kw = dict(
         TINY_RUN,
         checkpoint=str(tiny_checkpoint),
-        model_options=LORA,
+        model_options=lora,
         lr=1e-2,
         beta=0.04,
         eval_base=True,
@@ -85,7 +121,7 @@ def test_lora_training_changes_only_the_adapter_and_resumes(tmp_path, tiny_check
     ]
     assert first["losses/ratio_dev_first"] < 1e-5
     model, cfg, epoch = load_trained_model(full)
-    assert epoch == 2 and cfg.model_options == LORA
+    assert epoch == 2 and cfg.model_options == lora
     base = load_model("tiny", str(tiny_checkpoint))
     assert (_velocity(model) - _velocity(base)).abs().max() > 1e-5  # the adapter moved
     with model.reference():  # the frozen base did not

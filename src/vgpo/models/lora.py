@@ -47,6 +47,10 @@ class LoraOptions:
     target_modules: tuple[str, ...] = field(default_factory=lambda: DEFAULT_TARGETS)
     dropout: float = 0.0
     init: str | bool = "gaussian"  # PEFT's init_lora_weights: B = 0, so the adapter starts as the base model
+    # One matmul/convolution with W + s·B·A per layer instead of PEFT's two extra products: the same function,
+    # cheaper where activations outnumber weights (the tiny U-Net); keeps one merged weight per layer for the
+    # backward. Linear and Conv2d targets only; needs dropout 0 (lora_layers.py).
+    merged_forward: bool = False
 
     @classmethod
     def from_spec(cls, spec: LoraOptions | Mapping[str, Any] | None, where: str = "lora") -> LoraOptions:
@@ -69,18 +73,27 @@ class LoraOptions:
             raise VgpoError(f"{where}.alpha: expected a positive number, got {opts.alpha!r}")
         if not opts.target_modules or not all(isinstance(t, str) for t in opts.target_modules):
             raise VgpoError(f"{where}.target_modules: expected a non-empty list of module names")
+        if not isinstance(opts.merged_forward, bool):
+            raise VgpoError(f"{where}.merged_forward: expected true or false, got {opts.merged_forward!r}")
+        if opts.merged_forward and opts.dropout:
+            raise VgpoError(f"{where}.merged_forward: needs dropout 0 (got {opts.dropout}); dropout acts on A's input")
         return opts
 
     def peft_config(self):
         from peft import LoraConfig
 
-        return LoraConfig(
+        config = LoraConfig(
             r=self.rank,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
             init_lora_weights=self.init,
             target_modules=list(self.target_modules),
         )
+        if self.merged_forward:
+            from vgpo.models.lora_layers import MERGED_LAYERS
+
+            config._register_custom_module(MERGED_LAYERS)  # PEFT's (experimental) hook for custom LoRA layers
+        return config
 
 
 def add_lora(model: torch.nn.Module, options: LoraOptions, adapter_name: str = "default") -> None:

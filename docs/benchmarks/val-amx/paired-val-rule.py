@@ -1,8 +1,13 @@
-"""Section 45's reading: LoRA (rank 16, lr 3e-4) against the preset's full fine-tuning, val seeds 0-2, paired.
+"""Sections 45 and 46's reading: a val recipe against another, val seeds 0-2, paired by seed.
 
-Run from the repository root: python docs/benchmarks/val-amx/lora3e-4-rule.py
-Rule (declared before the runs): LoRA is better iff the mean paired difference of val strict at epoch 40 is > 0
-and > 2 SE, with extra objects at 40 within +0.05 of the base on each seed.
+Run from the repository root:
+    python docs/benchmarks/val-amx/paired-val-rule.py     # section 45: LoRA (PEFT's layers) minus full fine-tuning
+    python docs/benchmarks/val-amx/paired-val-rule.py lora-merged-relation-attention-g24     # section 46, merged LoRA
+    python docs/benchmarks/val-amx/paired-val-rule.py lora-merged-relation-attention-g24 lora3e-4-relation-attention-g24
+The arguments name run folders under val-amx/ without their ``-s<seed>`` suffix: the new recipe, then the one it is
+read against (default: the preset's stored runs). Rule (declared before the runs, both sections): the new recipe is
+better iff the mean paired difference of val strict at epoch 40 is > 0 and > 2 SE, with extra objects at 40 within
++0.05 of the base on each seed.
 """
 
 import json
@@ -30,8 +35,10 @@ def tags(run: str) -> str:
 
 
 diffs, extra_ok = [], True
+NEW = sys.argv[1] if len(sys.argv) > 1 else "lora3e-4-relation-attention-g24"
+OLD = sys.argv[2] if len(sys.argv) > 2 else "relation-attention-g24"
 for s in (0, 1, 2):
-    new, old = f"{VAL}/lora3e-4-relation-attention-g24-s{s}", f"{VAL}/relation-attention-g24-s{s}"
+    new, old = f"{VAL}/{NEW}-s{s}", f"{VAL}/{OLD}-s{s}"
     cn, co = json.load(open(f"{new}/config.json")), json.load(open(f"{old}/config.json"))
     print("config diff", {k: (co.get(k), cn.get(k)) for k in sorted(set(cn) | set(co)) if cn.get(k) != co.get(k)})
     base_new, base_old = evaluation(new, 0)["overall/strict"], evaluation(old, 0)["overall/strict"]

@@ -1,0 +1,61 @@
+"""LoRA layers that run the merged weight: one matmul or convolution with ``W + (alpha / r)·B·A`` instead of
+PEFT's ``W·x + (alpha / r)·B·(A·x)``.
+
+The two compute the same function (with dropout 0). The merged form costs one weight-sized product per layer
+per forward; PEFT's costs two extra activation-sized ones, in the forward and again in the backward. Where
+activations outnumber weights, as in the tiny U-Net's convolutions (a 32x32 map per sample), the merged form
+is the cheaper (docs/speed.md). Autograd keeps each layer's merged weight for the backward: one weight-sized
+tensor per layer, which a multi-billion-parameter transformer may not afford, so the option is off by default.
+
+The merge runs in float32 whatever autocast is active (the adapter is kept in float32); under bf16 autocast
+the merged weight is then rounded to bf16 for the product, as full fine-tuning's float32 weights are.
+``get_delta_weight`` is PEFT's own (differentiable), so gradients reach A and B through the merge.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.lora.layer import Conv2d, Linear
+
+
+class _MergedForward:
+    """Mixin over a PEFT LoRA layer: the forward with the merged weight (PEFT's own forward wherever it
+    differs from plain LoRA: adapters disabled, weights merged in place, per-sample adapters, DoRA, bias)."""
+
+    def _plain_lora(self, kwargs: dict[str, Any]) -> bool:
+        if self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None:
+            return False
+        active = [a for a in self.active_adapters if a in self.lora_A]
+        return bool(active) and not any(a in self.lora_variant or self.lora_bias[a] for a in active)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if not self._plain_lora(kwargs):
+            return super().forward(x, *args, **kwargs)
+        self._check_forward_args(x, *args, **kwargs)
+        base = self.get_base_layer()
+        weight = base.weight
+        with torch.autocast(x.device.type, enabled=False):
+            for adapter in self.active_adapters:
+                if adapter in self.lora_A:
+                    weight = weight + self.get_delta_weight(adapter)
+        return self._run_base(base, x, weight.to(base.weight.dtype))
+
+
+class MergedLinear(_MergedForward, Linear):
+    def _run_base(self, base: torch.nn.Linear, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight, base.bias)
+
+
+class MergedConv2d(_MergedForward, Conv2d):
+    def _run_base(self, base: torch.nn.Conv2d, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return base._conv_forward(x, weight, base.bias)
+
+
+#: What ``LoraOptions(merged_forward=True)`` registers with PEFT (other layer types keep PEFT's layers).
+MERGED_LAYERS: dict[type[torch.nn.Module], type[torch.nn.Module]] = {
+    torch.nn.Linear: MergedLinear,
+    torch.nn.Conv2d: MergedConv2d,
+}
