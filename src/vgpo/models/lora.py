@@ -49,7 +49,7 @@ class LoraOptions:
     init: str | bool = "gaussian"  # PEFT's init_lora_weights: B = 0, so the adapter starts as the base model
     # One matmul/convolution with W + s·B·A per layer instead of PEFT's two extra products: the same function,
     # cheaper where activations outnumber weights (the tiny U-Net); keeps one merged weight per layer for the
-    # backward. Linear and Conv2d targets only; needs dropout 0 (lora_layers.py).
+    # backward. Linear and Conv2d targets (other layer types keep PEFT's layers); needs dropout 0 (lora_layers.py).
     merged_forward: bool = False
 
     @classmethod
