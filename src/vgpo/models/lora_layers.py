@@ -25,22 +25,23 @@ class _MergedForward:
     """Mixin over a PEFT LoRA layer: the forward with the merged weight (PEFT's own forward wherever it
     differs from plain LoRA: adapters disabled, weights merged in place, per-sample adapters, DoRA, bias)."""
 
-    def _plain_lora(self, kwargs: dict[str, Any]) -> bool:
+    def _plain_adapters(self, kwargs: dict[str, Any]) -> list[str]:
+        """The active adapters to merge; empty where PEFT's own forward must run."""
         if self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None:
-            return False
+            return []
         active = [a for a in self.active_adapters if a in self.lora_A]
-        return bool(active) and not any(a in self.lora_variant or self.lora_bias[a] for a in active)
+        return [] if any(a in self.lora_variant or self.lora_bias[a] for a in active) else active
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if not self._plain_lora(kwargs):
+        adapters = self._plain_adapters(kwargs)
+        if not adapters:
             return super().forward(x, *args, **kwargs)
         self._check_forward_args(x, *args, **kwargs)
         base = self.get_base_layer()
         weight = base.weight
         with torch.autocast(x.device.type, enabled=False):
-            for adapter in self.active_adapters:
-                if adapter in self.lora_A:
-                    weight = weight + self.get_delta_weight(adapter)
+            for adapter in adapters:
+                weight = weight + self.get_delta_weight(adapter)
         return self._run_base(base, x, weight.to(base.weight.dtype))
 
 
