@@ -7,7 +7,8 @@ Run from the repository root:
 The arguments name run folders under val-amx/ without their ``-s<seed>`` suffix: the new recipe, then the one it is
 read against (default: the preset's stored runs). Rule (declared before the runs, both sections): the new recipe is
 better iff the mean paired difference of val strict at epoch 40 is > 0 and > 2 SE, with extra objects at 40 within
-+0.05 of the base on each seed.
++0.05 of the base on each seed. The last lines give the same paired difference at epochs 10, 20 and 30 (section 49
+reads epoch 20).
 """
 
 import json
@@ -35,6 +36,7 @@ def tags(run: str) -> str:
 
 
 diffs, extra_ok = [], True
+diffs_at = {k: [] for k in (10, 20, 30)}
 NEW = sys.argv[1] if len(sys.argv) > 1 else "lora3e-4-relation-attention-g24"
 OLD = sys.argv[2] if len(sys.argv) > 2 else "relation-attention-g24"
 for s in (0, 1, 2):
@@ -48,6 +50,8 @@ for s in (0, 1, 2):
     gain_new = evaluation(new, 40)["overall/strict"] - base_new
     gain_old = evaluation(old, 40)["overall/strict"] - base_old
     diffs.append(gain_new - gain_old)
+    for k, at_k in diffs_at.items():
+        at_k.append(evaluation(new, k)["overall/strict"] - base_new - evaluation(old, k)["overall/strict"] + base_old)
     x0, x40 = evaluation(new, 0)["monitor/extra_objects"], evaluation(new, 40)["monitor/extra_objects"]
     extra_ok &= x40 <= x0 + 0.05
     print(f"  gain new {gain_new:+.3f} old {gain_old:+.3f} diff {gain_new - gain_old:+.3f}; extra {x0:.3f}->{x40:.3f}")
@@ -56,3 +60,7 @@ for s in (0, 1, 2):
 m, (t, p) = st.mean(diffs), paired_t(diffs)
 better = m > 0 and t > 2 and extra_ok  # t = mean / (sd / sqrt n): "beyond 2 SE"
 print(f"mean diff {m:+.4f} SE {m / t:.4f} t {t:.2f} p {p:.3f} n {len(diffs)}; extra ok {extra_ok}; BETTER {better}")
+for k, at_k in diffs_at.items():
+    mk, (tk, pk) = st.mean(at_k), paired_t(at_k)
+    per_seed = " ".join(f"{d:+.3f}" for d in at_k)
+    print(f"epoch {k}: mean diff {mk:+.4f} SE {mk / tk:.4f} t {tk:.2f} p {pk:.3f} ({per_seed})")
