@@ -63,14 +63,18 @@ def host_key() -> str:
     """What decides the bits of a float32 run on CPU: ATen's kernel set and the vendor (MKL and oneDNN pick
     their code paths by it), and on Intel whether the CPU has AMX (oneDNN dispatches differently there: on
     an AMX Xeon the pre-refactor trainer differs from the "AVX512/GenuineIntel" record by up to 41% on a
-    near-zero bias), e.g. "AVX512/GenuineIntel/AMX"."""
+    near-zero bias), e.g. "AVX512/GenuineIntel/AMX". On AMD with AVX-512 the family too: Zen 4 (25) runs
+    512-bit instructions on 256-bit units and Zen 5 (26) does not, and whether oneDNN blocks their kernels
+    alike is untested, so each keeps its own record ("AVX512/AuthenticAMD/family25")."""
     import torch
 
     from vgpo.perf import cpu_flags, cpuinfo_field
 
+    capability = torch.backends.cpu.get_cpu_capability()
     vendor = cpuinfo_field("vendor_id") or platform.processor() or platform.machine()
     amx = "/AMX" if "amx_tile" in cpu_flags() else ""
-    return f"{torch.backends.cpu.get_cpu_capability()}/{vendor}{amx}"
+    family = f"/family{cpuinfo_field('cpu family')}" if vendor == "AuthenticAMD" and capability == "AVX512" else ""
+    return f"{capability}/{vendor}{amx}{family}"
 
 
 def add(recorded: str) -> None:
