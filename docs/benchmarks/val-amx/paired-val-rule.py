@@ -7,8 +7,8 @@ Run from the repository root:
 The arguments name run folders under val-amx/ without their ``-s<seed>`` suffix: the new recipe, then the one it is
 read against (default: the preset's stored runs). Rule (declared before the runs, both sections): the new recipe is
 better iff the mean paired difference of val strict at epoch 40 is > 0 and > 2 SE, with extra objects at 40 within
-+0.05 of the base on each seed. The last lines give the same paired difference at epochs 10, 20 and 30 (section 49
-reads epoch 20).
++0.05 of the base on each seed. The last lines give the same paired difference at epochs 10, 20 and 30 (how fast a
+recipe gets there; the plan that was to read it, decisions log 2026-12-07 03:58 UTC, was withdrawn before any run).
 """
 
 import json
