@@ -4,6 +4,7 @@ The docs cite measured data by path and cross-reference sections by anchor; a re
 otherwise leave a dead link that nothing notices. Anchors follow GitHub's heading slugs.
 """
 
+import functools
 import re
 from collections import Counter
 from pathlib import Path
@@ -37,7 +38,8 @@ def github_slug(heading: str) -> str:
     return text.replace(" ", "-")
 
 
-def anchors(page: Path) -> set[str]:
+@functools.cache  # a page is linked to many times; parse its headings once
+def anchors(page: Path) -> frozenset[str]:
     """Every heading anchor of a markdown page, repeated headings numbered as GitHub numbers them."""
     seen: Counter[str] = Counter()
     found = set()
@@ -48,7 +50,7 @@ def anchors(page: Path) -> set[str]:
         slug = github_slug(match.group(2))
         found.add(slug if seen[slug] == 0 else f"{slug}-{seen[slug]}")
         seen[slug] += 1
-    return found
+    return frozenset(found)
 
 
 def broken_links(page: Path, root: Path = ROOT) -> list[str]:

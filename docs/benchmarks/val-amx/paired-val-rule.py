@@ -35,8 +35,9 @@ def tags(run: str) -> str:
     return " ".join(f"{t[:5]} {b[t + '/strict']:.2f}->{a[t + '/strict']:.2f}" for t in TAGS)
 
 
-diffs, extra_ok = [], True
-diffs_at = {k: [] for k in (10, 20, 30)}
+extra_ok = True
+diffs_at = {k: [] for k in (10, 20, 30, 40)}  # per epoch, the paired gain difference of each seed
+diffs = diffs_at[40]  # what the rule reads
 NEW = sys.argv[1] if len(sys.argv) > 1 else "lora3e-4-relation-attention-g24"
 OLD = sys.argv[2] if len(sys.argv) > 2 else "relation-attention-g24"
 for s in (0, 1, 2):
@@ -49,7 +50,6 @@ for s in (0, 1, 2):
     print(f"s{s} old", curve(old))
     gain_new = evaluation(new, 40)["overall/strict"] - base_new
     gain_old = evaluation(old, 40)["overall/strict"] - base_old
-    diffs.append(gain_new - gain_old)
     for k, at_k in diffs_at.items():
         at_k.append(evaluation(new, k)["overall/strict"] - base_new - evaluation(old, k)["overall/strict"] + base_old)
     x0, x40 = evaluation(new, 0)["monitor/extra_objects"], evaluation(new, 40)["monitor/extra_objects"]
@@ -60,7 +60,8 @@ for s in (0, 1, 2):
 m, (t, p) = st.mean(diffs), paired_t(diffs)
 better = m > 0 and t > 2 and extra_ok  # t = mean / (sd / sqrt n): "beyond 2 SE"
 print(f"mean diff {m:+.4f} SE {m / t:.4f} t {t:.2f} p {p:.3f} n {len(diffs)}; extra ok {extra_ok}; BETTER {better}")
-for k, at_k in diffs_at.items():
+for k in (10, 20, 30):
+    at_k = diffs_at[k]
     mk, (tk, pk) = st.mean(at_k), paired_t(at_k)
     per_seed = " ".join(f"{d:+.3f}" for d in at_k)
     print(f"epoch {k}: mean diff {mk:+.4f} SE {mk / tk:.4f} t {tk:.2f} p {pk:.3f} ({per_seed})")
