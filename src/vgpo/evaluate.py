@@ -56,20 +56,21 @@ def sample_images(
     so results do not depend on the batch size."""
     sigmas = model.schedule(num_steps)
     out = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start : start + batch_size])
-        gens = [torch.Generator().manual_seed(derive_seed(seed, "eval", start + j)) for j in range(len(chunk))]
-        noise = batch_randn((len(chunk), *model.latent_shape), gens, model.device)
-        traj = rollout(
-            model,
-            model.encode_prompts(chunk),
-            model.negative_condition(len(chunk)),
-            sigmas,
-            0.0,
-            guidance_scale,
-            x_init=noise,
-        )
-        out.append(model.decode(traj.final).cpu())
+    with model.fixed_weights():
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start : start + batch_size])
+            gens = [torch.Generator().manual_seed(derive_seed(seed, "eval", start + j)) for j in range(len(chunk))]
+            noise = batch_randn((len(chunk), *model.latent_shape), gens, model.device)
+            traj = rollout(
+                model,
+                model.encode_prompts(chunk),
+                model.negative_condition(len(chunk)),
+                sigmas,
+                0.0,
+                guidance_scale,
+                x_init=noise,
+            )
+            out.append(model.decode(traj.final).cpu())
     return torch.cat(out)
 
 

@@ -14,7 +14,7 @@ Requires the ``real`` extra (diffusers, transformers, peft).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,16 @@ def load_lora_state_dict(
                 " (different rank?)"
             )
     set_peft_model_state_dict(transformer, dict(state), adapter_name=adapter_name)
+
+
+def merged_weights_reused(model: torch.nn.Module, options: LoraOptions | None) -> AbstractContextManager[None]:
+    """The models' ``fixed_weights``: with ``merged_forward``, each layer's merged weight is computed once for
+    the passes without grad inside it (lora_layers.py); otherwise nothing to reuse."""
+    if options is None or not options.merged_forward:
+        return nullcontext()
+    from vgpo.models.lora_layers import reusing_merged_weights
+
+    return reusing_merged_weights(model)
 
 
 @contextmanager
@@ -303,6 +313,9 @@ class LoraDiffusersModel:
     def reference(self):
         """Adapter disabled: the frozen base model (the KL anchor)."""
         return adapters_disabled(self.transformer)
+
+    def fixed_weights(self) -> AbstractContextManager[None]:
+        return merged_weights_reused(self.transformer, self.lora_options)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return lora_state_dict(self.transformer)

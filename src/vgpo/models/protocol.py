@@ -67,6 +67,11 @@ class FlowModel(Protocol):
         frozen copy of the base weights under full fine-tuning)."""
         ...
 
+    def fixed_weights(self) -> AbstractContextManager[None]:
+        """Context in which the caller keeps the weights fixed (enter it after any weight swap): ``velocity``
+        without grad may reuse what depends only on the weights (merged LoRA weights), with identical outputs."""
+        ...
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The trainable weights, for checkpoints (LoRA in PEFT's naming, or the full network)."""
         ...

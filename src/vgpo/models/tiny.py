@@ -17,7 +17,7 @@ import copy
 import json
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -37,6 +37,7 @@ from vgpo.models.lora import (
     load_lora_state_dict,
     lora_parameters,
     lora_state_dict,
+    merged_weights_reused,
 )
 from vgpo.models.protocol import Condition
 from vgpo.models.text_encoder import build_text_encoder
@@ -353,6 +354,9 @@ class TinyFlowModel:
             yield
         finally:
             self.net = current
+
+    def fixed_weights(self) -> AbstractContextManager[None]:
+        return merged_weights_reused(self.net, self.lora_options)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         if self.lora_options:

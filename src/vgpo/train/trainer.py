@@ -105,31 +105,32 @@ def sample_epoch(
     metadata = [prompts[chosen[g]] for g in group_ids.tolist()]
     sde_type = "sde" if cfg.parts.sampler == "ode" else cfg.parts.sampler  # (ode: every noise level is 0)
     trajs, images = [], []
-    for start in range(0, len(metadata), cfg.sample_batch_size):
-        part = slice(start, start + cfg.sample_batch_size)
-        texts = [m["prompt"] for m in metadata[part]]
-        cond = model.encode_prompts(texts)
-        gens = _generators(cfg, epoch, sample_ids[part], model.device)
-        x_init = None
-        if cfg.shared_init_noise:  # one draw per group, seeded by (seed, epoch, group): the same on every process
-            x_init = batch_randn(
-                (len(texts), *model.latent_shape),
-                _generators(cfg, epoch, group_ids[part], model.device, "init"),
-                model.device,
+    with model.fixed_weights():  # the weights that sample stay fixed through the rollout
+        for start in range(0, len(metadata), cfg.sample_batch_size):
+            part = slice(start, start + cfg.sample_batch_size)
+            texts = [m["prompt"] for m in metadata[part]]
+            cond = model.encode_prompts(texts)
+            gens = _generators(cfg, epoch, sample_ids[part], model.device)
+            x_init = None
+            if cfg.shared_init_noise:  # one draw per group, seeded by (seed, epoch, group): the same on every process
+                x_init = batch_randn(
+                    (len(texts), *model.latent_shape),
+                    _generators(cfg, epoch, group_ids[part], model.device, "init"),
+                    model.device,
+                )
+            traj = rollout(
+                model,
+                cond,
+                model.negative_condition(len(texts)),
+                sigmas,
+                cfg.noise_levels,
+                cfg.guidance_scale,
+                generator=gens,
+                x_init=x_init,
+                sde_type=sde_type,
             )
-        traj = rollout(
-            model,
-            cond,
-            model.negative_condition(len(texts)),
-            sigmas,
-            cfg.noise_levels,
-            cfg.guidance_scale,
-            generator=gens,
-            x_init=x_init,
-            sde_type=sde_type,
-        )
-        trajs.append(traj)
-        images.append(model.decode(traj.final).cpu())
+            trajs.append(traj)
+            images.append(model.decode(traj.final).cpu())
     traj = Trajectory(
         sigmas=sigmas,
         states=torch.cat([t.states for t in trajs]),
