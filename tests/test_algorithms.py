@@ -300,3 +300,38 @@ def test_awm_ratio_is_to_the_sampling_weights_and_its_penalty_to_the_old_policy(
     assert len(terms) == cfg.trained_steps
     assert all(t.ratio_dev.abs().max() < 1e-6 for t in terms)
     assert all((t.stats["old_kl"] > 0).all() and torch.allclose(t.stats["old_kl"], t.stats["old_dev"]) for t in terms)
+
+
+def test_flow_matching_anchors_in_one_pass_are_each_training_points_old_velocity(tmp_path, tiny_checkpoint):
+    """The old policy's velocities at a micro-batch's K training points come from one pass of K x B samples
+    (objectives.py): each term's old_dev is the distance to the old velocity at its own (sample, time, noise),
+    as K separate passes give it."""
+    from vgpo.train.fm_losses import fm_interpolate, velocity_kl
+    from vgpo.train.objectives import NFT, MicroBatch, UpdateContext, training_times
+    from vgpo.train.old_policy import OldPolicy
+    from vgpo.train.trainer import sample_epoch
+    from vgpo.worlds import get_world
+
+    cfg = _cfg(tmp_path, tiny_checkpoint, algorithm="nft", fm_timesteps=3, **FM)
+    model = TinyFlowModel.load(tiny_checkpoint, precision="fp32")
+    prompts = get_world("shapes").load_prompts(get_world("shapes").train_file)
+    batch = sample_epoch(cfg, model, prompts, 0, model.schedule(cfg.num_steps))
+    old = OldPolicy(model.trainable_parameters())
+    with torch.no_grad():
+        for w in old.weights:
+            w.add_(0.05 * torch.randn_like(w))
+    idx = torch.tensor([0, 3, 6])
+    cond = model.encode_prompts([batch.metadata[i]["prompt"] for i in idx])
+    terms = list(
+        NFT().terms(UpdateContext(cfg, model, batch, 0, 0, old), MicroBatch(idx, cond, None, torch.ones(3, 4)))
+    )
+    times, noises = training_times(cfg, batch.traj.sigmas, batch.sample_ids[idx], 0, 0, model.latent_shape)
+    x0 = batch.traj.final[idx].float()
+    with torch.no_grad():
+        for k, term in enumerate(terms):
+            xt = fm_interpolate(x0, noises[:, k], times[:, k])
+            v = model.velocity(xt, times[:, k], cond)
+            with old.active():
+                v_old = model.velocity(xt, times[:, k], cond)
+            assert float(velocity_kl(v, v_old).min()) > 0
+            torch.testing.assert_close(term.stats["old_dev"], velocity_kl(v, v_old), rtol=1e-4, atol=1e-7)

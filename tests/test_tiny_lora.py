@@ -132,3 +132,39 @@ def test_lora_training_changes_only_the_adapter_and_resumes(tmp_path, tiny_check
     a = load_trained_model(full)[0].trainable_state_dict()
     b = load_trained_model(resumed)[0].trainable_state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fixed_weights_merge_once_and_follow_any_change(tiny_checkpoint, monkeypatch):
+    """Inside ``fixed_weights`` a merged layer merges once for its no-grad passes and gives the same bits; an
+    in-place change of an adapter (an optimizer step, a weight swap) or a pass with grad merges again."""
+    from vgpo.models.lora_layers import MERGED_LAYERS
+
+    model = load_model("tiny", str(tiny_checkpoint), {"lora": {"rank": 4, "alpha": 8, "merged_forward": True}})
+    params = model.trainable_parameters()
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.05 * torch.randn_like(p))
+        before = _velocity(model)
+    merges = []
+    for cls in MERGED_LAYERS.values():
+        own = cls.get_delta_weight
+        monkeypatch.setattr(cls, "get_delta_weight", lambda self, a, own=own: merges.append(1) or own(self, a))
+    n_layers = sum(type(m) in MERGED_LAYERS.values() for m in model.net.modules())
+    with model.fixed_weights(), torch.no_grad():
+        assert torch.equal(_velocity(model), before) and len(merges) == n_layers
+        with model.fixed_weights():  # a nested scope keeps the outer one's merged weights
+            assert torch.equal(_velocity(model), before) and len(merges) == n_layers
+        assert torch.equal(_velocity(model), before) and len(merges) == n_layers
+        params[-1].add_(0.1)  # in place, as an optimizer step or OldPolicy.active()'s copy_
+        changed = _velocity(model)
+        assert len(merges) == n_layers + 1 and not torch.equal(changed, before)
+        with torch.enable_grad():
+            _velocity(model).square().mean().backward()
+        assert len(merges) == 2 * n_layers + 1 and all(p.grad is not None for p in params)
+    with torch.no_grad():
+        assert torch.equal(_velocity(model), changed)  # outside the scope: merged afresh, same bits
+    assert len(merges) == 3 * n_layers + 1
+    assert all(getattr(m, "_reused", None) is None for m in model.net.modules())
+    plain = load_model("tiny", str(tiny_checkpoint))
+    with plain.fixed_weights(), torch.no_grad():  # nothing to reuse without merged LoRA layers
+        torch.testing.assert_close(_velocity(plain), _velocity(load_model("tiny", str(tiny_checkpoint))))

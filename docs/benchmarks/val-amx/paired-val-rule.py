@@ -5,10 +5,12 @@ Run from the repository root:
     python docs/benchmarks/val-amx/paired-val-rule.py lora-merged-relation-attention-g24     # section 46, merged LoRA
     python docs/benchmarks/val-amx/paired-val-rule.py lora-merged-relation-attention-g24 lora3e-4-relation-attention-g24
 The arguments name run folders under val-amx/ without their ``-s<seed>`` suffix: the new recipe, then the one it is
-read against (default: the preset's stored runs). Rule (declared before the runs, both sections): the new recipe is
-better iff the mean paired difference of val strict at epoch 40 is > 0 and > 2 SE, with extra objects at 40 within
-+0.05 of the base on each seed. The last lines give the same paired difference at epochs 10, 20 and 30 (how fast a
-recipe gets there; the plan that was to read it, decisions log 2026-12-07 03:58 UTC, was withdrawn before any run).
+read against (default: the preset's stored runs); a name with a "/" is a path from the repository root instead
+(section 49: ``docs/benchmarks/val-zen4/lora1e-3-merged-relation-attention-g24
+docs/benchmarks/val-zen4/lora3e-4-merged-relation-attention-g24``). Rule (declared before the runs, both
+sections): the new recipe is better iff the mean paired difference of val strict at epoch 40 is > 0 and > 2 SE, with
+extra objects at 40 within +0.05 of the base on each seed. The last lines give the same paired difference at epochs
+10, 20 and 30 (how fast a recipe gets there: section 49 reads epoch 20).
 """
 
 import json
@@ -41,7 +43,7 @@ diffs = diffs_at[40]  # what the rule reads
 NEW = sys.argv[1] if len(sys.argv) > 1 else "lora3e-4-relation-attention-g24"
 OLD = sys.argv[2] if len(sys.argv) > 2 else "relation-attention-g24"
 for s in (0, 1, 2):
-    new, old = f"{VAL}/{NEW}-s{s}", f"{VAL}/{OLD}-s{s}"
+    new, old = (f"{name if '/' in name else f'{VAL}/{name}'}-s{s}" for name in (NEW, OLD))
     cn, co = json.load(open(f"{new}/config.json")), json.load(open(f"{old}/config.json"))
     print("config diff", {k: (co.get(k), cn.get(k)) for k in sorted(set(cn) | set(co)) if cn.get(k) != co.get(k)})
     base_new, base_old = evaluation(new, 0)["overall/strict"], evaluation(old, 0)["overall/strict"]
