@@ -9,7 +9,11 @@ Variants: ``fp32``, ``bf16`` (autocast, as ``model_options.precision: bf16``), w
 channels-last weights and inputs; ``-compiled`` the network through ``torch.compile`` (inductor, static
 shapes; its compile time is in the first-calls column: the first forward and forward+backward, timed); ``-math`` attention through ``SDPBackend.MATH``; ``-a16`` attention
 in the autocast dtype (the model computes it in float32); ``-t1``/``-t2`` torch threads for that
-variant (CPU seconds then add up both threads' time). ``--batch F B``: the forward's batch (128 = a
+variant (CPU seconds then add up both threads' time); ``-p<N>`` the batch in N passes of batch/N (a
+forward+backward accumulates the N backwards, as the trainer's terms do); ``-fixed`` each call's passes inside
+``model.fixed_weights()`` (with ``--lora``: one merge for the N passes, not one per pass). ``--lora``: the
+demo's adapter (rank 16, alpha 32, merged weights) on the network, with random weights so that the merge
+matters. ``--batch F B``: the forward's batch (128 = a
 rollout chunk of 64 with CFG) and the forward+backward's (32 = a micro-batch of 16 with CFG).
 ``--no-keep-freed-memory`` leaves glibc's default (freed big blocks go back to the OS), to be compared
 in a second process. Each variant's velocity is compared with fp32's (relative L2, worst sample).
@@ -26,7 +30,7 @@ import time
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vgpo.models import layers, tiny
+from vgpo.models import layers, load_model, tiny
 from vgpo.perf import count_flops
 
 
@@ -53,11 +57,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-keep-freed-memory", action="store_true")
+    parser.add_argument("--lora", action="store_true", help="the demo's merged-weight LoRA adapter, random weights")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.no_keep_freed_memory:
         tiny.keep_freed_memory = lambda: None
-    base = tiny.TinyFlowModel.load(args.checkpoint, precision="fp32")
+    lora = {"lora": {"rank": 16, "alpha": 32, "merged_forward": True}} if args.lora else {}
+    base = load_model("tiny", args.checkpoint, {**lora, "precision": "fp32"})
+    if args.lora:
+        with torch.no_grad():
+            for p in base.trainable_parameters():
+                p.add_(0.01 * torch.randn_like(p))
     prompts = ["a red circle", "two blue squares", "a green triangle left of a yellow circle", "a big purple square"]
 
     def inputs(n: int, channels_last: bool):
@@ -80,18 +90,29 @@ def main() -> None:
         if "a16" in parts:
             attention = autocast_attention
         threads = next((int(p[1:]) for p in parts if p[0] == "t" and p[1:].isdigit()), args.threads)
+        passes = next((int(p[1:]) for p in parts if p[0] == "p" and p[1:].isdigit()), 1)
+        scope = model.fixed_weights if "fixed" in parts else contextlib.nullcontext
         fwd_in, bwd_in = inputs(args.batch[0], channels_last), inputs(args.batch[1], channels_last)
+
+        def split(x, sigma, cond):
+            """The inputs in ``passes`` slices along the batch."""
+            n = -(-len(x) // passes)
+            return [
+                (x[i : i + n], sigma[i : i + n], {k: v[i : i + n] for k, v in cond.items()})
+                for i in range(0, len(x), n)
+            ]
 
         def forward():
             torch.set_num_threads(threads)
-            with torch.no_grad(), attention():
-                return model.velocity(*fwd_in)
+            with torch.no_grad(), attention(), scope():
+                return torch.cat([model.velocity(*part) for part in split(*fwd_in)])
 
         def backward():
             torch.set_num_threads(threads)
-            with attention():
-                v = model.velocity(*bwd_in)
-            v.square().mean().backward()
+            for part in split(*bwd_in):
+                with attention():
+                    v = model.velocity(*part)
+                v.square().mean().backward()
             model.net.zero_grad(set_to_none=True)
 
         return {"forward": forward, "backward": backward}
