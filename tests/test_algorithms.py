@@ -1,6 +1,7 @@
 """The algorithm as a composition: presets and explicit parts (algorithms.py), refused combinations,
 the PPO update's CFG gradient, the public advantage hook, and the objectives in the trainer."""
 
+import dataclasses
 import json
 
 import pytest
@@ -76,6 +77,7 @@ def test_explicit_fields_override_only_their_part():
         ({"fm_advantage_interp": "cubic"}, "fm_advantage_interp"),
         ({"nft_beta": 0.0}, "nft_beta"),
         ({"old_policy_decay_max": 1.0}, "old_policy_decay_max"),
+        ({"fm_points_per_pass": 0}, "fm_points_per_pass: expected >= 1"),
     ],
 )
 def test_impossible_combinations_are_refused_in_one_line(data, message):
@@ -335,3 +337,48 @@ def test_flow_matching_anchors_in_one_pass_are_each_training_points_old_velocity
                 v_old = model.velocity(xt, times[:, k], cond)
             assert float(velocity_kl(v, v_old).min()) > 0
             torch.testing.assert_close(term.stats["old_dev"], velocity_kl(v, v_old), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("objective, beta", [("nft", 0.0), ("awm", 0.04)])
+def test_points_per_pass_change_the_passes_not_the_loss(tmp_path, tiny_checkpoint, objective, beta):
+    """fm_points_per_pass groups a micro-batch's training points into fewer, larger passes: the same rows, losses,
+    statistics and gradient as one pass per point, up to float rounding (fp32 here), with or without the KL."""
+    from vgpo.train.objectives import OBJECTIVES, MicroBatch, UpdateContext
+    from vgpo.train.old_policy import OldPolicy
+    from vgpo.train.trainer import sample_epoch
+    from vgpo.worlds import get_world
+
+    model = TinyFlowModel.load(tiny_checkpoint, precision="fp32")
+    params = model.trainable_parameters()
+    old = OldPolicy(params)
+    with torch.no_grad():
+        for w in old.weights:
+            w.add_(0.05 * torch.randn_like(w))
+    prompts = get_world("shapes").load_prompts(get_world("shapes").train_file)
+    cfg = _cfg(tmp_path, tiny_checkpoint, algorithm=objective, fm_timesteps=5, beta=beta, **FM)
+    batch = sample_epoch(cfg, model, prompts, 0, model.schedule(cfg.num_steps))
+    idx = torch.tensor([0, 3, 6])
+    cond = model.encode_prompts([batch.metadata[i]["prompt"] for i in idx])
+    adv = torch.tensor([[1.5], [-0.5], [0.2]]).expand(3, cfg.trained_steps)
+    results = {}
+    for per_pass in (1, 2, 5):  # 5 points: passes of 1 x 5, 2 + 2 + 1, 5
+        cfg = dataclasses.replace(cfg, fm_points_per_pass=per_pass)
+        ctx = UpdateContext(cfg, model, batch, 0, 0, old, [p.detach().clone() for p in params])
+        terms = list(OBJECTIVES[objective].terms(ctx, MicroBatch(idx, cond, None, adv)))
+        assert len(terms) == -(-5 // per_pass) and sum(t.loss.numel() for t in terms) == 5 * 3
+        model_grads = torch.autograd.grad(sum(t.loss.sum() for t in terms), params, allow_unused=True)
+        stats = {k: torch.cat([t.stats[k] for t in terms]) for k in terms[0].stats}
+        results[per_pass] = torch.cat([t.loss.detach() for t in terms]), stats, model_grads
+    loss_1, stats_1, grads_1 = results[1]
+    assert sum(g is not None and float(g.abs().max()) > 0 for g in grads_1) > len(params) // 2
+    scale = max(float(g.abs().max()) for g in grads_1 if g is not None)  # some gradients are rounding noise only
+    for per_pass in (2, 5):
+        loss, stats, grads = results[per_pass]
+        torch.testing.assert_close(loss, loss_1, rtol=1e-4, atol=1e-6)
+        for k in stats_1:
+            torch.testing.assert_close(stats[k], stats_1[k], rtol=1e-4, atol=1e-6)
+        for g, g_1 in zip(grads, grads_1):
+            if g_1 is None:
+                assert g is None
+                continue
+            torch.testing.assert_close(g, g_1, rtol=1e-3, atol=1e-5 * scale)

@@ -125,6 +125,12 @@ class TrainConfig:
         "advantage at a training time t from the per-step advantages at the "
         "sampler's sigmas (TCRM's Q interpolated at sigma = t): linear, nearest",
     )
+    fm_points_per_pass: int = doc(
+        1,
+        "training points per forward+backward pass: a micro-batch's K points go through the network this many at "
+        "a time (P x train_batch_size samples a pass); the same loss and gradient up to float rounding, fewer and "
+        "larger passes (faster on CPU, docs/speed.md) at P times the activation memory",
+    )
     nft_beta: float = doc(1.0, "DiffusionNFT beta: implicit policies old +- beta*(current - old) (paper: 1)")
     nft_weighting: Literal["adaptive", "none"] = doc(
         "adaptive",
@@ -176,6 +182,7 @@ class TrainConfig:
             "eval_batch_size",
             "save_every",
             "tcrm_every",
+            "fm_points_per_pass",
         )
         for name in positive:
             if getattr(self, name) < 1:

@@ -53,8 +53,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class Term:
-    """One loss term of a micro-batch: per-sample loss (B,) with its graph, per-sample statistics
-    (detached, (B,), averaged over all terms for the log), and |ratio - 1| per sample where a ratio exists."""
+    """One loss term of a micro-batch: a loss per row with its graph, statistics per row (detached, averaged over
+    all rows of all terms for the log), and |ratio - 1| per row where a ratio exists. A row is a sample (PPO: one
+    term per trained step), or a sample at one training point (nft/awm: one term per pass of
+    ``fm_points_per_pass`` points, N = points x B rows)."""
 
     loss: torch.Tensor
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -238,29 +240,35 @@ class FlowMatchingObjective(Objective):
         x0 = batch.traj.final[mb.idx].float()
         times, noises = training_times(cfg, sigmas, batch.sample_ids[mb.idx], ctx.epoch, ctx.inner, tuple(x0.shape[1:]))
         times, noises = times.to(x0.device), noises.to(x0.device)
-        points = [
-            fm_interpolate(x0, noises[:, k], times[:, k]).to(batch.traj.states.dtype) for k in range(times.shape[1])
-        ]
-        # Each anchor policy's K velocities in one pass of K x B samples: bit-identical to K passes where the
-        # kernels round a sample alike at any batch size (float32; bf16 off AMX, docs/speed.md), and cheaper.
-        k_times, k_cond = times.T.reshape(-1), cat_conditions(*[mb.cond] * len(points))
-        anchors: dict[str, list[torch.Tensor]] = {}
+        k_points = times.shape[1]
+        # The K points of the B samples stacked point-major (row k*B + b: sample b at its k-th time), so that a
+        # pass takes any run of points as one slice.
+        xt = torch.cat([fm_interpolate(x0, noises[:, k], times[:, k]) for k in range(k_points)])
+        xt = xt.to(batch.traj.states.dtype)
+        t = times.T.reshape(-1)
+        cond = cat_conditions(*[mb.cond] * k_points)
+        target = torch.cat([fm_target(x0, noises[:, k]) for k in range(k_points)])
+        adv = advantage_at_time(mb.advantages.repeat(k_points, 1), sigmas.to(t.device), t, cfg.fm_advantage_interp)
+        # Each anchor policy's velocities in one pass of K x B samples: bit-identical to K passes where the kernels
+        # round a sample alike at any batch size (float32; bf16 off AMX, docs/speed.md), and cheaper.
+        anchors: dict[str, torch.Tensor] = {}
         for name in self.anchors:
             with torch.no_grad(), self._weights(ctx, name), model.fixed_weights():
-                anchors[name] = list(model.velocity(torch.cat(points), k_times, k_cond).float().chunk(len(points)))
-        for k, xt in enumerate(points):
-            t = times[:, k]
-            target = fm_target(x0, noises[:, k])
-            v = model.velocity(xt, t, mb.cond).float()
-            adv = advantage_at_time(mb.advantages, sigmas.to(t.device), t, cfg.fm_advantage_interp)
-            loss, stats, ratio_dev = self.loss(ctx, v, {n: a[k] for n, a in anchors.items()}, target, adv, t)
+                anchors[name] = model.velocity(xt, t, cond).float()
+        n = len(mb.idx)
+        for first in range(0, k_points, cfg.fm_points_per_pass):
+            rows = slice(first * n, min(first + cfg.fm_points_per_pass, k_points) * n)
+            cond_rows = {key: value[rows] for key, value in cond.items()}
+            v = model.velocity(xt[rows], t[rows], cond_rows).float()
+            pass_anchors = {name: a[rows] for name, a in anchors.items()}
+            loss, stats, ratio_dev = self.loss(ctx, v, pass_anchors, target[rows], adv[rows], t[rows])
             if cfg.beta > 0:
                 with torch.no_grad(), model.reference():
-                    v_ref = model.velocity(xt, t, mb.cond).float()
+                    v_ref = model.velocity(xt[rows], t[rows], cond_rows).float()
                 kl = velocity_kl(v, v_ref)
                 loss = loss + cfg.beta * kl
                 stats["kl"] = kl
-            stats["old_dev"] = velocity_kl(v.detach(), anchors["old"][k])
+            stats["old_dev"] = velocity_kl(v.detach(), pass_anchors["old"])
             yield Term(loss, {name: value.detach() for name, value in stats.items()}, ratio_dev)
 
 

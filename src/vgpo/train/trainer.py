@@ -290,7 +290,7 @@ def update(
                         sums[name] += term.stats[name].sum().item()
                     if term.ratio_dev is not None and inner == 0 and s == 0:
                         stats.ratio_dev_first = max(stats.ratio_dev_first, term.ratio_dev.max().item())
-                    n_terms += len(mb)
+                    n_terms += term.loss.numel()  # samples x the points this term holds
             dist.sum_gradients_(params)
             stats.grad_norm = float(dist.full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
             check_update(epoch, stats.grad_norm, sums)  # a non-finite step must never reach the weights
