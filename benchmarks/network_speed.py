@@ -31,6 +31,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vgpo.models import layers, load_model, tiny
+from vgpo.models.protocol import slice_condition
 from vgpo.perf import count_flops
 
 
@@ -98,8 +99,7 @@ def main() -> None:
             """The inputs in ``passes`` slices along the batch."""
             n = -(-len(x) // passes)
             return [
-                (x[i : i + n], sigma[i : i + n], {k: v[i : i + n] for k, v in cond.items()})
-                for i in range(0, len(x), n)
+                (x[i : i + n], sigma[i : i + n], slice_condition(cond, slice(i, i + n))) for i in range(0, len(x), n)
             ]
 
         def forward():

@@ -22,6 +22,11 @@ def cat_conditions(*conds: Condition) -> Condition:
     return {k: torch.cat([c[k] for c in conds], dim=0) for k in keys}
 
 
+def slice_condition(cond: Condition, rows: slice) -> Condition:
+    """The rows ``rows`` of a condition (the batch dimension)."""
+    return {k: v[rows] for k, v in cond.items()}
+
+
 @runtime_checkable
 class FlowModel(Protocol):
     """What the sampler and the trainer need from a model.

@@ -30,7 +30,7 @@ import torch
 
 from vgpo.errors import VgpoError
 from vgpo.models import FlowModel
-from vgpo.models.protocol import Condition, cat_conditions
+from vgpo.models.protocol import Condition, cat_conditions, slice_condition
 from vgpo.sampling import SDEStepOutput, guided_velocity, sde_step
 from vgpo.train.fm_losses import (
     advantage_at_time,
@@ -258,7 +258,7 @@ class FlowMatchingObjective(Objective):
         n = len(mb.idx)
         for first in range(0, k_points, cfg.fm_points_per_pass):
             rows = slice(first * n, min(first + cfg.fm_points_per_pass, k_points) * n)
-            cond_rows = {key: value[rows] for key, value in cond.items()}
+            cond_rows = slice_condition(cond, rows)
             v = model.velocity(xt[rows], t[rows], cond_rows).float()
             pass_anchors = {name: a[rows] for name, a in anchors.items()}
             loss, stats, ratio_dev = self.loss(ctx, v, pass_anchors, target[rows], adv[rows], t[rows])
