@@ -10,7 +10,8 @@ read against (default: the preset's stored runs); a name with a "/" is a path fr
 docs/benchmarks/val-zen4/lora3e-4-merged-relation-attention-g24``). Rule (declared before the runs, both
 sections): the new recipe is better iff the mean paired difference of val strict at epoch 40 is > 0 and > 2 SE, with
 extra objects at 40 within +0.05 of the base on each seed. The last lines give the same paired difference at epochs
-10, 20 and 30 (how fast a recipe gets there: section 49 reads epoch 20).
+10, 20 and 30 (how fast a recipe gets there: section 49 reads epoch 20). ``--epoch N`` reads the rule (gain, extra
+objects, tags) at epoch N instead of 40, for runs that stop there (section 51's 20-epoch runs).
 """
 
 import json
@@ -28,20 +29,29 @@ def evaluation(run: str, epoch: int) -> dict:
     return json.load(open(f"{run}/eval/epoch_{epoch:04d}.json"))
 
 
+args = sys.argv[1:]
+RULE = 40  # the epoch the rule reads
+if "--epoch" in args:
+    at = args.index("--epoch")
+    RULE = int(args[at + 1])
+    del args[at : at + 2]
+EPOCHS = [k for k in (10, 20, 30, 40) if k <= RULE]
+
+
 def curve(run: str) -> str:
-    return " ".join(f"{evaluation(run, k)['overall/strict']:.3f}" for k in (0, 10, 20, 30, 40))
+    return " ".join(f"{evaluation(run, k)['overall/strict']:.3f}" for k in (0, *EPOCHS))
 
 
 def tags(run: str) -> str:
-    b, a = evaluation(run, 0), evaluation(run, 40)
+    b, a = evaluation(run, 0), evaluation(run, RULE)
     return " ".join(f"{t[:5]} {b[t + '/strict']:.2f}->{a[t + '/strict']:.2f}" for t in TAGS)
 
 
 extra_ok = True
-diffs_at = {k: [] for k in (10, 20, 30, 40)}  # per epoch, the paired gain difference of each seed
-diffs = diffs_at[40]  # what the rule reads
-NEW = sys.argv[1] if len(sys.argv) > 1 else "lora3e-4-relation-attention-g24"
-OLD = sys.argv[2] if len(sys.argv) > 2 else "relation-attention-g24"
+diffs_at = {k: [] for k in EPOCHS}  # per epoch, the paired gain difference of each seed
+diffs = diffs_at[RULE]  # what the rule reads
+NEW = args[0] if args else "lora3e-4-relation-attention-g24"
+OLD = args[1] if len(args) > 1 else "relation-attention-g24"
 for s in (0, 1, 2):
     new, old = (f"{name if '/' in name else f'{VAL}/{name}'}-s{s}" for name in (NEW, OLD))
     cn, co = json.load(open(f"{new}/config.json")), json.load(open(f"{old}/config.json"))
@@ -50,19 +60,19 @@ for s in (0, 1, 2):
     print("base equal", base_new == base_old, base_new)
     print(f"s{s} new", curve(new))
     print(f"s{s} old", curve(old))
-    gain_new = evaluation(new, 40)["overall/strict"] - base_new
-    gain_old = evaluation(old, 40)["overall/strict"] - base_old
+    gain_new = evaluation(new, RULE)["overall/strict"] - base_new
+    gain_old = evaluation(old, RULE)["overall/strict"] - base_old
     for k, at_k in diffs_at.items():
         at_k.append(evaluation(new, k)["overall/strict"] - base_new - evaluation(old, k)["overall/strict"] + base_old)
-    x0, x40 = evaluation(new, 0)["monitor/extra_objects"], evaluation(new, 40)["monitor/extra_objects"]
-    extra_ok &= x40 <= x0 + 0.05
-    print(f"  gain new {gain_new:+.3f} old {gain_old:+.3f} diff {gain_new - gain_old:+.3f}; extra {x0:.3f}->{x40:.3f}")
+    x0, x_n = evaluation(new, 0)["monitor/extra_objects"], evaluation(new, RULE)["monitor/extra_objects"]
+    extra_ok &= x_n <= x0 + 0.05
+    print(f"  gain new {gain_new:+.3f} old {gain_old:+.3f} diff {gain_new - gain_old:+.3f}; extra {x0:.3f}->{x_n:.3f}")
     print("  tags new", tags(new))
     print("  tags old", tags(old))
 m, (t, p) = st.mean(diffs), paired_t(diffs)
 better = m > 0 and t > 2 and extra_ok  # t = mean / (sd / sqrt n): "beyond 2 SE"
 print(f"mean diff {m:+.4f} SE {m / t:.4f} t {t:.2f} p {p:.3f} n {len(diffs)}; extra ok {extra_ok}; BETTER {better}")
-for k in (10, 20, 30):
+for k in EPOCHS[:-1]:
     at_k = diffs_at[k]
     mk, (tk, pk) = st.mean(at_k), paired_t(at_k)
     per_seed = " ".join(f"{d:+.3f}" for d in at_k)
