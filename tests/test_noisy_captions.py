@@ -166,8 +166,7 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
     assert "caption_noise.count" in _run_error(capsys, TINY + out + ["--caption-noise", "{count: 1.5}"])
     assert "caption_noise" in _run_error(capsys, TINY + out + ["--set", "caption_noise={color: .nan}"])
     text = ["--world", "text"]
-    assert "no composition space" in _run_error(capsys, TINY + out + text + ["--prompts", "all"])
-    assert "no noisy captions" in _run_error(capsys, TINY + out + text + ["--caption-noise", "web"])
+    assert "caption_noise.relation" in _run_error(capsys, TINY + out + text + ["--caption-noise", "{relation: 0.3}"])
     assert "nope.jsonl" in _run_error(capsys, TINY + out + ["--prompts", str(tmp_path / "nope.jsonl")])
     assert not (tmp_path / "run").exists()
 

@@ -8,7 +8,7 @@ checkpoint files are written atomically.
 
 What is rendered: a prompt split (``prompts``: train by default), or the world's whole composition space
 (``prompts: all``, test compositions included, as web data would hold them); ``caption_noise`` trains on
-captions that misdescribe their render at set rates (shapes: ``WEB_CAPTION_NOISE``), so the base can
+captions that misdescribe their render at set rates (each world's ``WEB_CAPTION_NOISE``), so the base can
 draw every composition but follows prompts imperfectly, the regime RL is meant for.
 """
 
@@ -90,8 +90,8 @@ class PretrainConfig:
     )
     caption_noise: dict[str, float] | str = doc(
         {},
-        "caption corruption rates {relation, color, count, omit} (shapes; 'web': the web-like rates of "
-        "WEB_CAPTION_NOISE); empty: exact captions",
+        "caption corruption rates (shapes: {relation, color, count, omit}; text: {swap, letter, drop}; 'web': "
+        "the world's WEB_CAPTION_NOISE); empty: exact captions",
     )
     out: str = doc("runs/pretrain-shapes", "output folder: model.safetensors, config.json, resume.pt, log.jsonl")
     steps: int = doc(1200, "optimizer steps")

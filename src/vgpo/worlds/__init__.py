@@ -8,10 +8,12 @@ prompt-file worlds ``geneval``, ``ocr`` and ``pickscore`` (``prompts_file``: pro
 from __future__ import annotations
 
 import importlib
+import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
@@ -163,6 +165,38 @@ def read_prompt_lines(path: Path | str, expected: str, comments: bool = False) -
     if not lines:
         raise VgpoError(f"{path}: no prompts; expected {expected}")
     return lines
+
+
+_Rates = TypeVar("_Rates")
+
+
+def check_caption_rates(noise: Any) -> None:
+    """Every field of the caption-noise dataclass ``noise`` (a world's ``CaptionNoise``) a finite rate in
+    [0, 1]; a one-line VgpoError naming ``caption_noise.<field>`` otherwise. Its ``__post_init__`` calls this."""
+    for f in fields(noise):
+        rate = getattr(noise, f.name)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
+            raise VgpoError(f"caption_noise.{f.name}: expected a finite rate in [0, 1], got {rate!r}")
+        if not 0.0 <= rate <= 1.0:
+            raise VgpoError(f"caption_noise.{f.name}: expected a rate in [0, 1], got {rate}")
+
+
+def caption_rates(kind: type[_Rates], spec: dict | str, presets: dict[str, _Rates]) -> _Rates:
+    """A world's caption-noise dataclass ``kind`` from a mapping of its rates (absent keys are 0) or the
+    name of one of ``presets`` ("web"); a one-line VgpoError naming ``caption_noise.<key>`` otherwise."""
+    if isinstance(spec, str):
+        if spec not in presets:
+            raise VgpoError(
+                f"caption_noise: unknown preset {spec!r}; expected one of {', '.join(presets)} or a mapping of rates"
+            )
+        return presets[spec]
+    if not isinstance(spec, dict):
+        raise VgpoError(f"caption_noise: expected a mapping of rates or a preset name, got {spec!r}")
+    known = [f.name for f in fields(kind)]
+    unknown = sorted(str(k) for k in set(spec) - set(known))
+    if unknown:
+        raise VgpoError(f"caption_noise.{unknown[0]}: unknown rate; expected some of {', '.join(known)}")
+    return kind(**spec)
 
 
 def balanced_choice(prompts: Sequence[dict], n: int, generator: torch.Generator) -> list[int]:

@@ -15,17 +15,16 @@ this include's objects are ``rel`` include ``j``'s objects ("a X left of a Y": X
 from __future__ import annotations
 
 import json
-import math
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from itertools import combinations, permutations
 from pathlib import Path
 from typing import Any
 
 from vgpo.config import doc
 from vgpo.errors import VgpoError
-from vgpo.worlds import read_prompt_lines
+from vgpo.worlds import caption_rates, check_caption_rates, read_prompt_lines
 
 CLASSES = ("circle", "square", "triangle")
 COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -429,12 +428,7 @@ class CaptionNoise:
     omit: float = doc(0.0, "two-object scenes (two_object, position, color_attr): one object left out of the caption")
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            rate = getattr(self, f.name)
-            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
-                raise VgpoError(f"caption_noise.{f.name}: expected a finite rate in [0, 1], got {rate!r}")
-            if not 0.0 <= rate <= 1.0:
-                raise VgpoError(f"caption_noise.{f.name}: expected a rate in [0, 1], got {rate}")
+        check_caption_rates(self)
 
 
 #: The web-like rates of the probe that first pretrained a base on the whole composition space (its
@@ -447,20 +441,7 @@ CAPTION_NOISE_PRESETS = {"web": WEB_CAPTION_NOISE}
 def caption_noise(spec: dict | str) -> CaptionNoise:
     """``CaptionNoise`` from a mapping of rates ({relation, color, count, omit}; absent keys are 0) or a
     preset name ("web"); a one-line VgpoError naming ``caption_noise.<key>`` otherwise."""
-    if isinstance(spec, str):
-        if spec not in CAPTION_NOISE_PRESETS:
-            raise VgpoError(
-                f"caption_noise: unknown preset {spec!r}; expected one of {', '.join(CAPTION_NOISE_PRESETS)} "
-                "or a mapping of rates"
-            )
-        return CAPTION_NOISE_PRESETS[spec]
-    if not isinstance(spec, dict):
-        raise VgpoError(f"caption_noise: expected a mapping of rates or a preset name, got {spec!r}")
-    known = [f.name for f in fields(CaptionNoise)]
-    unknown = sorted(str(k) for k in set(spec) - set(known))
-    if unknown:
-        raise VgpoError(f"caption_noise.{unknown[0]}: unknown rate; expected some of {', '.join(known)}")
-    return CaptionNoise(**spec)
+    return caption_rates(CaptionNoise, spec, CAPTION_NOISE_PRESETS)
 
 
 def noisy_caption(meta: dict, noise: CaptionNoise, rng: random.Random) -> str:

@@ -4,21 +4,28 @@ Prompts follow Flow-GRPO's convention (``a sign that says "RIVER"``); the train 
 lists in ``data/`` whose test words never appear in training; for choosing recipes, val words are drawn
 from the train list and ``train_minus_val_words.txt`` is the rest (``make_val_split``). The reward is
 ``ocr`` (RapidOCR's PP-OCR models, installed by the ``ocr`` extra); ``evaluate`` reports ``ocr/accuracy``
-and ``ocr/exact``.
+and ``ocr/exact``. Web-like pretraining renders every shipped word under captions that misspell it at set
+rates (``prompts.composition_space``, ``prompts.noisy_caption``).
 """
 
 from __future__ import annotations
 
 import string
-from pathlib import Path
 
 from vgpo.worlds import World
 
 from .evaluate import accuracy_standard_error, evaluate, format_table
-from .prompts import TEMPLATES, load_prompts, make_metadata, target_text, template_words
+from .prompts import (
+    DATA_DIR,
+    TEMPLATES,
+    composition_space,
+    load_prompts,
+    make_metadata,
+    noisy_captioner,
+    target_text,
+    template_words,
+)
 from .render import IMAGE_SIZE, render, render_text
-
-DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
 def vocabulary() -> list[str]:
@@ -41,6 +48,8 @@ WORLD = World(
     standard_error=accuracy_standard_error,
     val_file=DATA_DIR / "val_words.txt",
     train_minus_val_file=DATA_DIR / "train_minus_val_words.txt",
+    composition_space=composition_space,
+    caption_noise=noisy_captioner,
 )
 
 __all__ = [
