@@ -14,7 +14,7 @@ from vgpo.errors import VgpoError
 pytest.importorskip("rapidocr")
 Levenshtein = pytest.importorskip("rapidfuzz.distance").Levenshtein
 
-from vgpo.rewards.ocr import OcrReward, normalize, ocr_score, target_of
+from vgpo.rewards.ocr import OcrReward, exact_match, normalize, ocr_score, target_of
 from vgpo.worlds import get_world
 from vgpo.worlds.text import load_prompts, make_metadata, render, render_text
 from vgpo.worlds.text.render import font_path
@@ -51,6 +51,12 @@ def test_metric_matches_flow_grpo_formula():
     assert ocr_score("RIVERS", "RIVER") == 1.0
 
 
+def test_exact_match_is_equality_after_normalising():
+    assert exact_match("r i v e r", "RIVER") and exact_match("RIVER", "river")
+    assert not exact_match("RIVERS", "RIVER")  # the metric's substring rule pays 1 here; the whole word does not
+    assert not exact_match("RIVR", "RIVER") and not exact_match("", "RIVER")
+
+
 def test_target_parsing():
     assert target_of('a sign that says "RIVER"') == "RIVER"
     assert target_of('"AB" then "CD"') == "AB"
@@ -71,6 +77,9 @@ def test_registered_lazily_and_options_validated():
         ({"threads": 0}, "threads"),
         ({"det_side_len": 500}, "multiple of 32"),
         ({"batch_size": -1}, "batch_size"),
+        ({"exact_bonus": -0.5}, "exact_bonus"),
+        ({"exact_bonus": float("nan")}, "exact_bonus"),
+        ({"exact_bonus": True}, "exact_bonus"),
     ]:
         with pytest.raises(VgpoError, match=match):
             vgpo.rewards.build("ocr", **bad)
@@ -108,6 +117,22 @@ def test_a_different_word_scores_by_the_formula(reward):
         d, a = drawn.lower(), asked.lower()
         expected = 1.0 if a in d else 1 - min(Levenshtein.distance(d, a), len(a)) / len(a)
         assert score == pytest.approx(expected)
+
+
+def test_exact_bonus_pays_whole_words_only():
+    """Per-letter score plus the bonus where the reading equals the word; a superstring or a near miss gets none."""
+    drawn_asked = [("RIVER", "RIVER"), ("RIVERS", "RIVER"), ("CART", "CAT"), ("GARDEN", "RIVER")]
+    images = torch.stack([render_text(drawn, 7) for drawn, _ in drawn_asked])
+    prompts = _prompts([asked for _, asked in drawn_asked])
+    plain = vgpo.rewards.build("ocr", threads=2)
+    with_bonus = vgpo.rewards.build("ocr", threads=2, exact_bonus=0.75)
+    base, bonus = plain(images, prompts, []), with_bonus(images, prompts, [])
+    assert plain.last_texts == with_bonus.last_texts
+    for text, (_, asked), b, s in zip(plain.last_texts, drawn_asked, base.tolist(), bonus.tolist()):
+        assert s == pytest.approx(b + (0.75 if exact_match(text, asked) else 0.0))
+    assert bonus[0].item() == pytest.approx(1.75)  # a clean render of the asked word reads exactly
+    assert bonus[1:].tolist() == pytest.approx(base[1:].tolist())  # RIVERS: 1 by the metric, no whole-word credit
+    assert base[1].item() == 1.0
 
 
 def test_one_engine_call_per_batch(reward, monkeypatch):

@@ -8,6 +8,9 @@ Metric (Flow-GRPO): target = the prompt's first quoted span (else ``metadata["te
 recognised text have spaces removed and are lower-cased; reward = 1 when the target is a substring of the
 recognised text, else ``1 - min(Levenshtein(recognised, target), len(target)) / len(target)``.
 Recognised text whose confidence is under ``min_confidence`` counts as empty.
+With ``exact_bonus`` b > 0 (our option, not Flow-GRPO's) the reward is that score plus b when the recognised text
+equals the target (``exact_match``, the text world's ``ocr/exact``): credit for a whole word beside the per-letter
+credit, so a group's rare fully correct word stands out from its near misses.
 
 Options of ``vgpo.rewards.build("ocr", ...)`` (or ``{"ocr": {"weight": 1, ...}}`` in a config):
 
@@ -28,6 +31,8 @@ rec_height: height the recognition model reads at (its native 48).
 det_side_len: longer side of the detection input, a multiple of 32 (default 512: SD's 512x512 outputs
     go in unresized; ~0.3 s/image on 2 cores).
 batch_size: crops per recognition model call inside the one engine call (default 64).
+exact_bonus: added to an image's reward when its recognised text equals the target (default 0: Flow-GRPO's
+    metric alone). Training only: evaluation keeps the metric.
 
 The engine is built on the first call. One batch makes one detection model call (``"det"``) and one
 recognition engine call for all crops of the batch; only numpy pre/post-processing loops over images.
@@ -35,6 +40,7 @@ recognition engine call for all crops of the batch; only numpy pre/post-processi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -87,6 +93,11 @@ def ocr_score(recognised: str, target: str) -> float:
     return 1.0 - min(dist, len(target)) / len(target)
 
 
+def exact_match(recognised: str, target: str) -> bool:
+    """The recognised text equals the target, spaces removed and lower-cased (no extra letters either)."""
+    return normalize(recognised) == normalize(target)
+
+
 def _shipped_model(models_dir: Path, kind: str) -> Path:
     found = sorted(models_dir.glob(f"*_{kind}_*.onnx"))
     if len(found) != 1:
@@ -121,6 +132,7 @@ class OcrReward:
         rec_height: int = 48,
         det_side_len: int = 512,
         batch_size: int = 64,
+        exact_bonus: float = 0.0,
     ):
         if mode not in MODES:
             raise VgpoError(f"reward.ocr.mode: expected one of {', '.join(MODES)}, got {mode!r}")
@@ -133,7 +145,11 @@ class OcrReward:
                 raise VgpoError(f"reward.ocr.{name}: expected a positive integer, got {value!r}")
         if det_side_len % 32:
             raise VgpoError(f"reward.ocr.det_side_len: expected a multiple of 32, got {det_side_len}")
+        numeric = isinstance(exact_bonus, (int, float)) and not isinstance(exact_bonus, bool)
+        if not numeric or not 0 <= exact_bonus < math.inf:
+            raise VgpoError(f"reward.ocr.exact_bonus: expected a finite number >= 0, got {exact_bonus!r}")
         self.mode = mode
+        self.exact_bonus = float(exact_bonus)
         self.min_confidence = float(min_confidence)
         self.threads = threads
         self.rec_height = rec_height
@@ -254,4 +270,6 @@ class OcrReward:
         targets = self.targets(prompts, metadata)
         read = self.read(images)
         self.last_texts = [text for text, _ in read]
-        return torch.tensor([ocr_score(text, target) for (text, _), target in zip(read, targets)], dtype=torch.float32)
+        pairs = list(zip(self.last_texts, targets))
+        scores = [ocr_score(text, target) + self.exact_bonus * exact_match(text, target) for text, target in pairs]
+        return torch.tensor(scores, dtype=torch.float32)

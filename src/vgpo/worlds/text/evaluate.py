@@ -33,14 +33,14 @@ def evaluate(images: torch.Tensor, metadata: Sequence[dict]) -> dict:
         raise VgpoError(f"text evaluate: got {images.shape[0]} images but {len(metadata)} metadata dicts")
     if not metadata:
         raise VgpoError("text evaluate: no images to evaluate")
-    from vgpo.rewards.ocr import normalize, ocr_score
+    from vgpo.rewards.ocr import exact_match, normalize, ocr_score
 
     judge = _judge()
     prompts = [str(m.get("prompt", "")) for m in metadata]
     targets = judge.targets(prompts, metadata)
     texts = [text for text, _ in judge.read(images)]
     scores = [ocr_score(text, target) for text, target in zip(texts, targets)]
-    exact = [float(normalize(text) == normalize(target)) for text, target in zip(texts, targets)]
+    exact = [float(exact_match(text, target)) for text, target in zip(texts, targets)]
     mean = sum(scores) / len(scores)
     variance = sum((s - mean) ** 2 for s in scores) / (len(scores) - 1) if len(scores) > 1 else 0.0
     metrics: dict = {
