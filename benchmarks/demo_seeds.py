@@ -35,9 +35,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from shuffled_control import shuffling_hooks  # noqa: E402
 from vgpo.config import from_dict, load_yaml, parse_overrides  # noqa: E402
+from vgpo.errors import VgpoError  # noqa: E402
 from vgpo.train import TrainConfig, train  # noqa: E402
 from vgpo.train.cli import DEMO_PRESET  # noqa: E402
-from vgpo.train.run_folder import eval_files, has_checkpoint  # noqa: E402
+from vgpo.train.run_folder import check_kept, eval_files, has_checkpoint  # noqa: E402
 from vgpo.worlds import get_world  # noqa: E402
 
 WALL_FILE = "wall_s.txt"
@@ -66,7 +67,9 @@ def main() -> None:
         help="which of each seed's pair to train and report (split a pair across two processes)",
     )
     parser.add_argument(
-        "--keep", action="store_true", help="reuse a run folder that already holds a finished run of the same seed"
+        "--keep",
+        action="store_true",
+        help="reuse a run folder that already holds a finished run of the same seed and settings",
     )
     parser.add_argument(
         "--resume",
@@ -85,6 +88,7 @@ def main() -> None:
             started = time.time()
             kept = args.keep and _finished(Path(cfg.out), cfg.epochs)
             if kept:
+                check_kept(Path(cfg.out), cfg)  # a kept run must be the run this call asks for
                 out = cfg.out
             else:
                 # The control's permutation is a function of (seed, epoch), so a resumed control is the same run.
@@ -164,4 +168,7 @@ def _share(value: float | None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except VgpoError as err:  # one line, as the vgpo CLI prints it
+        sys.exit(f"demo_seeds: error: {err}")

@@ -232,6 +232,23 @@ def test_resume_with_a_config_that_changes_the_computation_is_refused(capsys, tm
     assert _epochs(out) == [1, 2]
 
 
+def test_keep_refuses_a_finished_run_with_other_settings(tmp_path, tiny_checkpoint):
+    """benchmarks/demo_seeds.py --keep reuses a finished run only when it ran with the settings asked for (a
+    mistyped override that trains nothing must not put another run's numbers under its name)."""
+    out = tmp_path / "run"
+    cfg = _cfg(out, tiny_checkpoint, epochs=1)
+    run_folder.write_config(out, cfg)
+    run_folder.check_kept(out, cfg)
+    run_folder.check_kept(out, _cfg(out, tiny_checkpoint, epochs=1, threads=3, eval_every=2))  # same computation
+    asked = _cfg(out, tiny_checkpoint, epochs=1, lr=0.01, model_options={"lora": {"rank:16": None}})
+    expected = r"^--keep: .*config\.json ran with other settings: lr \(.*model_options"
+    with pytest.raises(VgpoError, match=expected) as err:
+        run_folder.check_kept(out, asked)
+    assert "\n" not in str(err.value)
+    with pytest.raises(VgpoError, match="config.json: file not found"):
+        run_folder.check_kept(tmp_path / "missing", cfg)
+
+
 def test_resume_drops_a_partial_last_metrics_line(tmp_path, tiny_checkpoint):
     out = tmp_path / "run"
     train(_cfg(out, tiny_checkpoint, epochs=1))

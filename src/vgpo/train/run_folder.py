@@ -93,27 +93,42 @@ def prepare(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
 
 
 def check_resumable(out: Path, cfg: TrainConfig) -> None:
-    """Refuse a resume whose config changes what the run computes, naming the differing fields. A field
-    the saved config lacks was added later: it counts as its default (the behaviour the run had)."""
+    """Refuse a resume whose config changes what the run computes, naming the differing fields."""
     saved, where = read_state(out)
-    defaults = asdict(TrainConfig())
-    mine = asdict(cfg)
-    diff = sorted(
-        f.name
-        for f in fields(TrainConfig)
-        if f.name not in RESUME_MAY_DIFFER
-        and _plain(mine[f.name]) != _plain(saved["config"].get(f.name, defaults[f.name]))
-    )
-    if diff:
-        shown = ", ".join(f"{k} ({saved['config'].get(k, defaults[k])!r} -> {mine[k]!r})" for k in diff[:4])
-        more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+    changes = config_changes(saved["config"], cfg)
+    if changes:
         raise VgpoError(
-            f"--resume: the config changes what {out} computes: {shown}{more}; "
+            f"--resume: the config changes what {out} computes: {changes}; "
             "use the saved config, or a new --out (or --overwrite to start again)"
         )
     read_metrics(out / METRICS)  # a corrupt row is named before anything is written
     if cfg.epochs < saved["epoch"]:
         raise VgpoError(f"epochs: {cfg.epochs} is fewer than the {saved['epoch']} epochs {where} already holds")
+
+
+def config_changes(saved: dict, cfg: TrainConfig) -> str:
+    """The fields outside ``RESUME_MAY_DIFFER`` where ``cfg`` computes something other than a run's ``saved``
+    config, as ``name (saved -> cfg's)``, the first four named; '' when none. A field the saved config lacks
+    was added later: it counts as its default (the behaviour the run had)."""
+    defaults = asdict(TrainConfig())
+    mine = asdict(cfg)
+    diff = sorted(
+        f.name
+        for f in fields(TrainConfig)
+        if f.name not in RESUME_MAY_DIFFER and _plain(mine[f.name]) != _plain(saved.get(f.name, defaults[f.name]))
+    )
+    shown = ", ".join(f"{k} ({saved.get(k, defaults[k])!r} -> {mine[k]!r})" for k in diff[:4])
+    return shown + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
+
+
+def check_kept(out: Path, cfg: TrainConfig) -> None:
+    """Refuse to reuse a finished run (``--keep``) whose ``config.json`` computes something other than ``cfg``."""
+    changes = config_changes(load_json(Path(out) / CONFIG), cfg)
+    if changes:
+        raise VgpoError(
+            f"--keep: {Path(out) / CONFIG} ran with other settings: {changes}; "
+            "ask for the settings it ran with, or a new --out"
+        )
 
 
 def _plain(value: object) -> object:
